@@ -1,0 +1,81 @@
+//! Process lifecycle: exec, exit and new processes.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use profiler_common::{Counter, kind};
+
+use crate::{
+    filter::traced,
+    maps::{
+        EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, INFLIGHT, NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET,
+        TARGETS, count,
+    },
+    record::emit,
+    tgid_of,
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// sched_process_exec: the process's old image and heap are gone.
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if traced(tgid_of(pid_tgid)) {
+        emit(kind::EXEC, pid_tgid, 0, 0, 0, 0);
+    }
+    0
+}
+
+/// sched_process_exit: drops the thread's pending call; reports the process's end.
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = INFLIGHT.remove(pid_tgid);
+    let tgid = tgid_of(pid_tgid);
+    if !group_dead(&ctx, pid_tgid) {
+        return 0;
+    }
+    if traced(tgid) {
+        emit(kind::EXIT, pid_tgid, 0, 0, 0, 0);
+    }
+    let _ = TARGETS.remove(tgid);
+    0
+}
+
+/// task_newtask: a traced process's new child process is traced too when following forks.
+#[tracepoint]
+pub fn new_task(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let parent = tgid_of(pid_tgid);
+    if !traced(parent) {
+        return 0;
+    }
+    // SAFETY: offsets come from the tracepoint's format file, read at load.
+    let flags: u64 = unsafe { ctx.read_at(NEWTASK_FLAGS_OFFSET.load() as usize) }.unwrap_or(0);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID_OFFSET.load() as usize) }) else {
+        return 0;
+    };
+    let child = child as u32;
+    if FOLLOW_FORKS.load() != 0 && TARGETS.insert(child, 1u8, 0).is_err() {
+        count(Counter::TargetsFull);
+    }
+    emit(kind::FORK, (u64::from(child) << 32) | u64::from(child), u64::from(parent), 0, 0, 0);
+    0
+}
+
+/// True when the exiting thread is the process's last one.
+fn group_dead(ctx: &TracePointContext, pid_tgid: u64) -> bool {
+    let offset = EXIT_GROUP_DEAD_OFFSET.load();
+    if offset == 0 {
+        return pid_tgid as u32 == tgid_of(pid_tgid);
+    }
+    // SAFETY: the offset comes from the tracepoint's format file, read at load.
+    unsafe { ctx.read_at::<u8>(offset as usize) }.is_ok_and(|dead| dead != 0)
+}

@@ -1,0 +1,209 @@
+//! heapwatch's eBPF programs.
+//!
+//! Entry uprobes on the allocator functions record the request of a thread's
+//! outermost call; one shared uretprobe turns it into an ALLOC record; free
+//! and realloc's old block become FREE records at entry. Tracepoints report
+//! exec, exit and new processes. Every record that cannot be kept is counted.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod lifecycle;
+mod maps;
+mod record;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use profiler_common::{Counter, Pending, func, kind, saturating_product};
+
+use crate::{
+    filter::traced,
+    maps::{INFLIGHT, STACKS, count},
+    record::emit,
+};
+
+/// `bpf_get_stackid` flag: capture the user-space stack.
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// Entry of malloc, valloc and pvalloc: `size` is the first argument.
+#[uprobe]
+pub fn size_arg0_entry(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(0).unwrap_or(0);
+    begin_call(&ctx, func::RETURNS_POINTER, size, 0);
+    0
+}
+
+/// Entry of aligned_alloc and memalign: `size` is the second argument.
+#[uprobe]
+pub fn size_arg1_entry(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    begin_call(&ctx, func::RETURNS_POINTER, size, 0);
+    0
+}
+
+/// Entry of calloc(n, m): `n * m` bytes (an overflowing product fails in libc).
+#[uprobe]
+pub fn calloc_entry(ctx: ProbeContext) -> u32 {
+    let size = array_size(&ctx, 0);
+    begin_call(&ctx, func::RETURNS_POINTER, size, 0);
+    0
+}
+
+/// Entry of realloc(p, n).
+#[uprobe]
+pub fn realloc_entry(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    begin_realloc(&ctx, size);
+    0
+}
+
+/// Entry of reallocarray(p, n, m).
+#[uprobe]
+pub fn reallocarray_entry(ctx: ProbeContext) -> u32 {
+    let size = array_size(&ctx, 1);
+    begin_realloc(&ctx, size);
+    0
+}
+
+/// Entry of posix_memalign(memptr, alignment, size).
+#[uprobe]
+pub fn posix_memalign_entry(ctx: ProbeContext) -> u32 {
+    let memptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    begin_call(&ctx, func::POSIX_MEMALIGN, size, memptr);
+    0
+}
+
+/// Entry of free(p): free(NULL) and frees made by the allocator itself count nothing.
+#[uprobe]
+pub fn free_entry(ctx: ProbeContext) -> u32 {
+    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if ptr == 0 || !traced(tgid_of(pid_tgid)) {
+        return 0;
+    }
+    // SAFETY: a lookup only; the value is not dereferenced.
+    if unsafe { INFLIGHT.get(pid_tgid) }.is_some() {
+        return 0;
+    }
+    emit(kind::FREE, pid_tgid, ptr, 0, 0, 0);
+    0
+}
+
+/// Return of every allocating function: emits the allocation of the outermost call.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: the map value stays valid for this program's run; only this thread writes it.
+    let pending = unsafe {
+        if (*slot).depth > 0 {
+            (*slot).depth -= 1;
+            return 0;
+        }
+        *slot
+    };
+    let _ = INFLIGHT.remove(pid_tgid);
+    finish_call(&ctx, pid_tgid, &pending);
+    0
+}
+
+fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending) {
+    let ret: u64 = ctx.ret();
+    let ptr = match p.func {
+        func::POSIX_MEMALIGN if ret as u32 == 0 => {
+            // SAFETY: reads user memory through the helper, which fails safely.
+            unsafe { bpf_probe_read_user(p.aux as *const u64) }.unwrap_or(0)
+        }
+        func::POSIX_MEMALIGN => 0,
+        _ => ret,
+    };
+    if ptr != 0 {
+        emit(kind::ALLOC, pid_tgid, ptr, p.size, p.caller, p.stack_id);
+    } else if p.func == func::REALLOC && p.aux != 0 && p.size != 0 {
+        emit(kind::REALLOC_FAIL, pid_tgid, p.aux, 0, 0, 0);
+    }
+}
+
+fn begin_realloc(ctx: &ProbeContext, size: u64) {
+    let old = ctx.arg::<u64>(0).unwrap_or(0);
+    if let Some(pid_tgid) = begin_call(ctx, func::REALLOC, size, old)
+        && old != 0
+    {
+        emit(kind::REALLOC_FREE, pid_tgid, old, 0, 0, 0);
+    }
+}
+
+/// Records the outermost allocator call of a thread; a nested call only
+/// deepens the guard. Returns the caller's pid_tgid when the call is recorded.
+fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(tgid_of(pid_tgid)) {
+        return None;
+    }
+    if let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid) {
+        // SAFETY: the map value stays valid for this program's run; only this thread writes it.
+        unsafe { (*slot).depth += 1 };
+        return None;
+    }
+    let pending = Pending {
+        size,
+        caller: caller_address(ctx),
+        aux,
+        stack_id: stack_id(ctx),
+        func,
+        depth: 0,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
+        count(Counter::InflightFull);
+        return None;
+    }
+    Some(pid_tgid)
+}
+
+/// The return address at the top of the stack at function entry: the immediate
+/// caller, which the frame-pointer walk misses when the callee starts without `push %rbp`.
+fn caller_address(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` points at the probe's saved registers for this run.
+    let sp = unsafe { (*ctx.regs).rsp };
+    // SAFETY: reads user memory through the helper, which fails safely.
+    unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+}
+
+fn stack_id(ctx: &ProbeContext) -> i32 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            count(Counter::StackFailed);
+            err
+        }
+    }
+}
+
+/// `n * m` from arguments `first` and `first + 1`; an overflow saturates (libc then fails the call).
+fn array_size(ctx: &ProbeContext, first: usize) -> u64 {
+    let n = ctx.arg::<u64>(first).unwrap_or(0);
+    let m = ctx.arg::<u64>(first + 1).unwrap_or(0);
+    saturating_product(n, m)
+}
+
+/// The process id half of a `bpf_get_current_pid_tgid` value.
+pub(crate) const fn tgid_of(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

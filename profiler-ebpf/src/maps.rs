@@ -1,0 +1,58 @@
+//! Maps and load-time globals. Sizes here are defaults: userspace sets them at load.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use profiler_common::{Counter, Pending};
+
+/// The tracer's own tgid: never traced.
+#[unsafe(no_mangle)]
+pub static SELF_TGID: Global<u32> = Global::new(0);
+/// One of `profiler_common::filter_mode`.
+#[unsafe(no_mangle)]
+pub static FILTER_MODE: Global<u32> = Global::new(0);
+/// Non-zero: a traced process's new children are traced too.
+#[unsafe(no_mangle)]
+pub static FOLLOW_FORKS: Global<u32> = Global::new(0);
+/// Pending bytes in the ring buffer past which a submit wakes the reader.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: Global<u64> = Global::new(64 * 1024);
+/// Offset of `group_dead` in sched_process_exit's record; 0 when the kernel lacks it.
+#[unsafe(no_mangle)]
+pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `pid` in task_newtask's record.
+#[unsafe(no_mangle)]
+pub static NEWTASK_PID_OFFSET: Global<u32> = Global::new(8);
+/// Offset of `clone_flags` in task_newtask's record.
+#[unsafe(no_mangle)]
+pub static NEWTASK_FLAGS_OFFSET: Global<u32> = Global::new(32);
+
+/// Records for userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Outermost allocator call of each thread (key: pid_tgid), between entry and return.
+#[map]
+pub static INFLIGHT: HashMap<u64, Pending> = HashMap::with_max_entries(65536, 0);
+
+/// Processes to trace when `FILTER_MODE` is `TARGETS` (key: tgid).
+#[map]
+pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// User stacks of allocation sites.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Per-CPU counters indexed by `profiler_common::Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Adds one to a per-CPU counter.
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}

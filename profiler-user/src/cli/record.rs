@@ -1,0 +1,246 @@
+//! `heapwatch record -- CMD`: trace a command from its first instruction to
+//! its exit and report its heap as valgrind would.
+
+use std::{collections::HashMap, fs, io, num::NonZeroU32, path::PathBuf, time::Duration};
+
+use aya::maps::{MapData, StackTraceMap};
+use profiler_common::Counter;
+use thiserror::Error;
+
+use super::{
+    RecordArgs,
+    command::{CommandError, resolve_command},
+    session::{HeldChild, delegate_signals},
+};
+use crate::{
+    events::{HeapEvent, decode},
+    probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
+    report::{CommandStatus, ProcessReport, RecordReport, SiteReport, render_text},
+    stacks::{SiteResolver, Symbols},
+    tracker::{EndReason, ProcessState, Tracker, TrackerConfig},
+};
+
+/// How often the reader drains when the kernel has not woken it.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Why a recording failed.
+#[derive(Debug, Error)]
+pub enum RecordError {
+    /// The command cannot be run.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The command could not be started.
+    #[error("start {command}: {source}")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The probes could not be loaded or attached.
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    /// Waiting for the command or reading events failed.
+    #[error("trace {command}: {source}")]
+    Trace {
+        /// The command.
+        command: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The JSON report could not be written.
+    #[error("write the JSON report to {path}: {source}")]
+    Json {
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RecordError {
+    /// heapwatch's exit code for this error: 127 when the command cannot be
+    /// found or run (as a shell says), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Command(_) | Self::Spawn { .. } => 127,
+            _ => 1,
+        }
+    }
+}
+
+/// Records the command; prints its summary to stderr and returns its status.
+pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
+    let name = args.command[0].clone();
+    let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;
+    let spawn_error = |source| RecordError::Spawn {
+        command: name.clone(),
+        source,
+    };
+    let mut child = HeldChild::spawn(&program, &args.command).map_err(spawn_error)?;
+    let pid = NonZeroU32::new(child.pid()).ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
+    let mut probes = Probes::attach(&ProbeConfig {
+        libc: args.libc.clone(),
+        scope: Scope::Process {
+            pid,
+            follow_forks: args.follow_forks,
+        },
+        ring_bytes: args.ring_kib * 1024,
+    })?;
+    let mut reader = probes.reader()?;
+    let stack_map = probes.stacks()?;
+    child.release().map_err(spawn_error)?;
+    delegate_signals();
+    let mut recording = Recording::new(args.follow_forks);
+    let status = recording
+        .run(&mut child, &mut reader, &stack_map)
+        .map_err(|source| RecordError::Trace {
+            command: name.clone(),
+            source,
+        })?;
+    let counters = probes.counters()?;
+    drop(probes);
+    let report = recording.into_report(args, status, pid.get(), &counters);
+    eprint!("{}", render_text(&report, args.top as usize));
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(status)
+}
+
+fn write_json(path: &PathBuf, report: &RecordReport) -> Result<(), RecordError> {
+    let json_error = |source| RecordError::Json {
+        path: path.clone(),
+        source,
+    };
+    let text = serde_json::to_string_pretty(report).map_err(|e| json_error(io::Error::other(e)))?;
+    fs::write(path, text + "\n").map_err(json_error)
+}
+
+/// The state of one recording: the tracker, the sites seen, the processes ended.
+struct Recording {
+    tracker: Tracker,
+    sites: SiteResolver,
+    exited: HashMap<u32, ProcessState>,
+    malformed: u64,
+}
+
+impl Recording {
+    fn new(follow_forks: bool) -> Self {
+        Self {
+            tracker: Tracker::new(TrackerConfig {
+                copy_on_fork: follow_forks,
+            }),
+            sites: SiteResolver::new(),
+            exited: HashMap::new(),
+            malformed: 0,
+        }
+    }
+
+    /// Drains events until the command has ended and every record is read.
+    fn run(
+        &mut self,
+        child: &mut HeldChild,
+        reader: &mut EventReader,
+        stack_map: &StackTraceMap<MapData>,
+    ) -> io::Result<CommandStatus> {
+        loop {
+            reader.wait(POLL_INTERVAL)?;
+            reader.drain(|bytes| self.apply(bytes, stack_map));
+            child.forward_signals();
+            if let Some(status) = child.try_wait()? {
+                reader.drain(|bytes| self.apply(bytes, stack_map));
+                return Ok(status);
+            }
+        }
+    }
+
+    fn apply(&mut self, bytes: &[u8], stack_map: &StackTraceMap<MapData>) {
+        let event = match decode(bytes) {
+            Ok(event) => event,
+            Err(_) => {
+                self.malformed += 1;
+                return;
+            }
+        };
+        match event {
+            HeapEvent::Alloc { task, site, .. } => self.sites.observe(task.tgid, site, stack_map),
+            HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
+            _ => {}
+        }
+        if let Some(finished) = self.tracker.apply(&event)
+            && finished.reason == EndReason::Exit
+        {
+            self.exited.insert(finished.tgid, finished.state);
+        }
+    }
+
+    fn into_report(
+        mut self,
+        args: &RecordArgs,
+        status: CommandStatus,
+        main_pid: u32,
+        counters: &[u64; Counter::COUNT as usize],
+    ) -> RecordReport {
+        let mut symbols = Symbols::new();
+        let mut processes: Vec<ProcessReport> = Vec::new();
+        let running = self.tracker.drain();
+        for (pid, state, exited) in self
+            .exited
+            .drain()
+            .map(|(pid, state)| (pid, state, true))
+            .chain(running.into_iter().map(|(pid, state)| (pid, state, false)))
+        {
+            processes.push(process_report(pid, &state, exited, &self.sites, &mut symbols));
+        }
+        processes.sort_by_key(|p| (p.pid != main_pid, p.pid));
+        RecordReport {
+            command: args.command.clone(),
+            status,
+            processes,
+            lost_records: counters[Counter::RingbufFull as usize],
+            unpaired_calls: counters[Counter::InflightFull as usize],
+            stack_failures: counters[Counter::StackFailed as usize],
+            malformed_records: self.malformed,
+        }
+    }
+}
+
+fn process_report(
+    pid: u32,
+    state: &ProcessState,
+    exited: bool,
+    resolver: &SiteResolver,
+    symbols: &mut Symbols,
+) -> ProcessReport {
+    let counters = state.counters();
+    let mut live: Vec<_> = state.sites().iter().filter(|s| s.live_blocks > 0).collect();
+    live.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.site.cmp(&b.site)));
+    let sites = live
+        .into_iter()
+        .map(|s| SiteReport {
+            live_bytes: s.live_bytes,
+            live_blocks: s.live_blocks,
+            allocs: s.allocs,
+            bytes_allocated: s.bytes_allocated,
+            stack: resolver
+                .frames(pid, s.site)
+                .map(|frames| symbols.symbolize(&frames))
+                .unwrap_or_default(),
+        })
+        .collect();
+    ProcessReport {
+        pid,
+        exited,
+        in_use_bytes: state.live_bytes(),
+        in_use_blocks: state.live_blocks(),
+        allocs: counters.allocs,
+        frees: counters.frees,
+        bytes_allocated: counters.bytes_allocated,
+        unmatched_frees: counters.unmatched_frees,
+        sites,
+    }
+}

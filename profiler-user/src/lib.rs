@@ -1,0 +1,13 @@
+//! heapwatch: a system-wide memory-allocation profiler built on eBPF uprobes.
+//!
+//! The modules follow the data path: [`probes`] loads and attaches the eBPF
+//! programs and reads their ring buffer, [`events`] decodes the records,
+//! [`tracker`] keeps every process's heap, [`stacks`] turns allocation sites
+//! into symbols, [`report`] renders summaries and [`cli`] glues the commands.
+
+pub mod events;
+pub mod probes;
+pub mod tracker;
+pub mod cli;
+pub mod report;
+pub mod stacks;

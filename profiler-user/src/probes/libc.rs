@@ -1,0 +1,52 @@
+//! Finding the C library that processes map.
+
+use std::path::{Path, PathBuf};
+
+/// The first file mapped in `maps` (the text of a /proc/PID/maps) whose name
+/// is the C library's: `libc.so.6`, `libc.so`, or `libc-2.36.so`.
+pub fn libc_in_maps(maps: &str) -> Option<PathBuf> {
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.starts_with('/') && is_libc_name(Path::new(path)))
+        .map(PathBuf::from)
+}
+
+fn is_libc_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name == "libc.so"
+        || name.starts_with("libc.so.")
+        || (name.starts_with("libc-") && name.ends_with(".so"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 131 /usr/bin/cat
+7f1c2a000000-7f1c2a028000 r--p 00000000 08:01 412 /usr/lib/x86_64-linux-gnu/libcap.so.2
+7f1c2a200000-7f1c2a228000 r--p 00000000 08:01 401 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a228000-7f1c2a3bd000 r-xp 00028000 08:01 401 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd0e1f0000-7ffd0e211000 rw-p 00000000 00:00 0 [stack]
+";
+
+    #[test]
+    fn finds_libc_not_its_lookalikes() {
+        assert_eq!(
+            libc_in_maps(MAPS),
+            Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+        );
+    }
+
+    #[test]
+    fn finds_versioned_names_and_nothing_in_static_programs() {
+        assert_eq!(
+            libc_in_maps("1000-2000 r-xp 0 08:01 1 /lib/libc-2.31.so\n"),
+            Some(PathBuf::from("/lib/libc-2.31.so"))
+        );
+        assert_eq!(libc_in_maps("1000-2000 r-xp 0 08:01 1 /usr/bin/static\n"), None);
+        assert_eq!(libc_in_maps(""), None);
+    }
+}

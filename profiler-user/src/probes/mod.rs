@@ -1,0 +1,420 @@
+//! Loading heapwatch's eBPF object, attaching its programs to the allocator
+//! and the process lifecycle tracepoints, and reading what they report.
+
+mod caps;
+mod libc;
+mod reader;
+mod tracefs;
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, StackTraceMap},
+    programs::{ProgramError, TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope},
+};
+use profiler_common::{Counter, filter_mode};
+use thiserror::Error;
+
+pub use caps::missing_capabilities;
+pub use libc::libc_in_maps;
+pub use reader::EventReader;
+pub use tracefs::field_offset;
+
+/// Where the probes fire.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    /// Every process on the machine but heapwatch itself.
+    AllProcesses,
+    /// One process; with `follow_forks`, the processes it forks too.
+    Process {
+        /// The process.
+        pid: NonZeroU32,
+        /// Trace its new child processes as well.
+        follow_forks: bool,
+    },
+}
+
+/// How to load and attach the probes.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// The C library to probe; `None` finds the one heapwatch itself maps.
+    pub libc: Option<PathBuf>,
+    /// Which processes are traced.
+    pub scope: Scope,
+    /// Ring-buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+}
+
+/// A probed allocator function.
+struct AllocatorFn {
+    name: &'static str,
+    entry: &'static str,
+    returns: bool,
+    required: bool,
+}
+
+const fn allocator(name: &'static str, entry: &'static str, returns: bool, required: bool) -> AllocatorFn {
+    AllocatorFn {
+        name,
+        entry,
+        returns,
+        required,
+    }
+}
+
+/// The malloc family. The optional ones are absent from some C libraries.
+const ALLOCATOR_FNS: [AllocatorFn; 10] = [
+    allocator("malloc", "size_arg0_entry", true, true),
+    allocator("calloc", "calloc_entry", true, true),
+    allocator("realloc", "realloc_entry", true, true),
+    allocator("free", "free_entry", false, true),
+    allocator("reallocarray", "reallocarray_entry", true, false),
+    allocator("posix_memalign", "posix_memalign_entry", true, false),
+    allocator("aligned_alloc", "size_arg1_entry", true, false),
+    allocator("memalign", "size_arg1_entry", true, false),
+    allocator("valloc", "size_arg0_entry", true, false),
+    allocator("pvalloc", "size_arg0_entry", true, false),
+];
+
+const RETURN_PROGRAM: &str = "alloc_return";
+
+/// Tracepoints: (category, name, program).
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
+    ("sched", "sched_process_exec", "process_exec"),
+    ("sched", "sched_process_exit", "process_exit"),
+    ("task", "task_newtask", "new_task"),
+];
+
+/// What can go wrong while loading and attaching.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    /// Missing privileges.
+    #[error(
+        "heapwatch needs root, or the capabilities {missing} (missing here), to load eBPF programs: run it with sudo"
+    )]
+    Privileges {
+        /// The missing capabilities, comma-separated.
+        missing: String,
+    },
+    /// tracefs could not be mounted.
+    #[error("mount tracefs at /sys/kernel/tracing: {0}")]
+    Tracefs(#[source] std::io::Error),
+    /// A tracepoint's format could not be read or lacks a field.
+    #[error("tracepoint {tracepoint} has no field `{field}` in this kernel")]
+    TracepointField {
+        /// category/name.
+        tracepoint: String,
+        /// The field.
+        field: &'static str,
+    },
+    /// No C library found to probe.
+    #[error(
+        "no C library is mapped in heapwatch's own process (a static build?): name the allocator library with --libc PATH"
+    )]
+    LibcNotFound,
+    /// The named allocator library does not exist.
+    #[error("allocator library {0} does not exist: name the C library the program uses with --libc PATH")]
+    LibcMissing(PathBuf),
+    /// The eBPF object did not load.
+    #[error("load heapwatch's eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program is not in the object or did not load.
+    #[error("load eBPF program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A probe did not attach.
+    #[error("attach {what} to {function} in {library}: {source}")]
+    Attach {
+        /// "uprobe" or "uretprobe" or "tracepoint".
+        what: &'static str,
+        /// The function or tracepoint.
+        function: String,
+        /// The library probed.
+        library: PathBuf,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing or unusable.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded and attached probes. Dropping them detaches everything,
+/// return probes first (an entry without its return is harmless; the reverse is not).
+pub struct Probes {
+    ebpf: Ebpf,
+    return_links: Vec<UProbeLinkId>,
+    libc: PathBuf,
+    skipped: Vec<&'static str>,
+}
+
+impl Probes {
+    /// Loads the object and attaches every program.
+    pub fn attach(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+        let libc = resolve_libc(config.libc.as_deref())?;
+        let mut ebpf = load_object(config)?;
+        if let Scope::Process { pid, .. } = config.scope {
+            add_target(&mut ebpf, pid.get())?;
+        }
+        attach_tracepoints(&mut ebpf)?;
+        let mut probes = Self {
+            ebpf,
+            return_links: Vec::new(),
+            libc,
+            skipped: Vec::new(),
+        };
+        probes.attach_allocator(uprobe_scope(config.scope))?;
+        Ok(probes)
+    }
+
+    /// The C library probed.
+    pub fn libc(&self) -> &Path {
+        &self.libc
+    }
+
+    /// Optional allocator functions the library lacks.
+    pub fn skipped(&self) -> &[&'static str] {
+        &self.skipped
+    }
+
+    /// Takes the ring-buffer reader (once).
+    pub fn reader(&mut self) -> Result<EventReader, ProbeError> {
+        EventReader::new(take_map(&mut self.ebpf, "EVENTS")?)
+    }
+
+    /// Takes the stack-trace map (once).
+    pub fn stacks(&mut self) -> Result<StackTraceMap<aya::maps::MapData>, ProbeError> {
+        let map = take_map(&mut self.ebpf, "STACKS")?;
+        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "STACKS",
+            source,
+        })
+    }
+
+    /// Kernel-side drop counters, summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], ProbeError> {
+        let map_error = |source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        };
+        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::Map {
+            name: "COUNTERS",
+            source: aya::maps::MapError::InvalidName {
+                name: "COUNTERS".to_owned(),
+            },
+        })?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_error)?;
+        let mut sums = [0; Counter::COUNT as usize];
+        for (index, sum) in sums.iter_mut().enumerate() {
+            let values = array.get(&(index as u32), 0).map_err(map_error)?;
+            *sum = values.iter().sum();
+        }
+        Ok(sums)
+    }
+
+    fn attach_allocator(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
+        for name in ALLOCATOR_FNS.iter().map(|f| f.entry).chain([RETURN_PROGRAM]) {
+            let program = uprobe(&mut self.ebpf, name)?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .map_err(|source| ProbeError::Program { name, source })?;
+            }
+        }
+        for function in &ALLOCATOR_FNS {
+            match self.attach_function(function, scope) {
+                Err(ProbeError::Attach { .. }) if !function.required => {
+                    self.skipped.push(function.name);
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_function(&mut self, function: &AllocatorFn, scope: UProbeScope) -> Result<(), ProbeError> {
+        let attach_error = |what, source| ProbeError::Attach {
+            what,
+            function: function.name.to_owned(),
+            library: self.libc.clone(),
+            source,
+        };
+        if function.returns {
+            let link = uprobe(&mut self.ebpf, RETURN_PROGRAM)?
+                .attach(function.name, &self.libc, scope)
+                .map_err(|e| attach_error("uretprobe", e))?;
+            self.return_links.push(link);
+        }
+        uprobe(&mut self.ebpf, function.entry)?
+            .attach(function.name, &self.libc, scope)
+            .map_err(|e| attach_error("uprobe", e))?;
+        Ok(())
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        if let Ok(program) = uprobe(&mut self.ebpf, RETURN_PROGRAM) {
+            for link in self.return_links.drain(..) {
+                let _ = program.detach(link);
+            }
+        }
+    }
+}
+
+fn check_privileges() -> Result<(), ProbeError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let missing = missing_capabilities(&status);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ProbeError::Privileges {
+        missing: missing.join(", "),
+    })
+}
+
+fn resolve_libc(requested: Option<&Path>) -> Result<PathBuf, ProbeError> {
+    let path = match requested {
+        Some(path) => path.to_owned(),
+        None => {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            libc_in_maps(&maps).ok_or(ProbeError::LibcNotFound)?
+        }
+    };
+    if !path.is_file() {
+        return Err(ProbeError::LibcMissing(path));
+    }
+    Ok(path)
+}
+
+fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
+    let offsets = TracepointOffsets::read()?;
+    let (mode, follow) = match config.scope {
+        Scope::AllProcesses => (filter_mode::ALL, 0u32),
+        Scope::Process { follow_forks, .. } => (filter_mode::TARGETS, u32::from(follow_forks)),
+    };
+    let self_tgid = std::process::id();
+    let wakeup_bytes = u64::from(config.ring_bytes / 8);
+    EbpfLoader::new()
+        .override_global("SELF_TGID", &self_tgid, true)
+        .override_global("FILTER_MODE", &mode, true)
+        .override_global("FOLLOW_FORKS", &follow, true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+        .override_global("EXIT_GROUP_DEAD_OFFSET", &offsets.exit_group_dead, true)
+        .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
+        .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)
+        .map_max_entries("EVENTS", config.ring_bytes)
+        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heapwatch")))
+        .map_err(ProbeError::Load)
+}
+
+/// Record layouts of the tracepoints, read from this kernel's tracefs.
+struct TracepointOffsets {
+    exit_group_dead: u32,
+    newtask_pid: u32,
+    newtask_flags: u32,
+}
+
+impl TracepointOffsets {
+    fn read() -> Result<Self, ProbeError> {
+        let exit = tracefs::read_format("sched", "sched_process_exit").unwrap_or_default();
+        let newtask = tracefs::read_format("task", "task_newtask").unwrap_or_default();
+        let required = |format: &str, field| {
+            field_offset(format, field).ok_or_else(|| ProbeError::TracepointField {
+                tracepoint: "task/task_newtask".to_owned(),
+                field,
+            })
+        };
+        Ok(Self {
+            exit_group_dead: field_offset(&exit, "group_dead").unwrap_or(0),
+            newtask_pid: required(&newtask, "pid")?,
+            newtask_flags: required(&newtask, "clone_flags")?,
+        })
+    }
+}
+
+fn add_target(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
+    let map_error = |source| ProbeError::Map {
+        name: "TARGETS",
+        source,
+    };
+    let map = ebpf.map_mut("TARGETS").ok_or(ProbeError::Map {
+        name: "TARGETS",
+        source: aya::maps::MapError::InvalidName {
+            name: "TARGETS".to_owned(),
+        },
+    })?;
+    let mut targets: aya::maps::HashMap<&mut MapData, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(map_error)?;
+    targets.insert(pid, 1, 0).map_err(map_error)
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for (category, name, program_name) in TRACEPOINTS {
+        let program: &mut TracePoint = program_mut(ebpf, program_name)?;
+        program.load().map_err(|source| ProbeError::Program {
+            name: program_name,
+            source,
+        })?;
+        program
+            .attach(category, name)
+            .map_err(|source| ProbeError::Attach {
+                what: "tracepoint",
+                function: format!("{category}/{name}"),
+                library: PathBuf::from("the kernel"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    program_mut(ebpf, name)
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(ProbeError::Program {
+        name,
+        source: ProgramError::NotLoaded,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })
+}
+
+fn uprobe_scope(scope: Scope) -> UProbeScope {
+    match scope {
+        Scope::AllProcesses | Scope::Process { follow_forks: true, .. } => UProbeScope::AllProcesses,
+        Scope::Process { pid, .. } => UProbeScope::OneProcess(pid),
+    }
+}

@@ -1,0 +1,273 @@
+//! Reports of a recording: the data (serializable as JSON) and its text
+//! rendering in valgrind's words.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stacks::SymFrame;
+
+/// Everything `heapwatch record` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordReport {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// How the command ended.
+    pub status: CommandStatus,
+    /// The command's process first, then any followed children.
+    pub processes: Vec<ProcessReport>,
+    /// Records the kernel could not write (ring buffer full): figures are inexact when non-zero.
+    pub lost_records: u64,
+    /// Allocations whose entry could not be paired with their return (in-flight map full).
+    pub unpaired_calls: u64,
+    /// Allocations whose stack could not be captured.
+    pub stack_failures: u64,
+    /// Records that could not be decoded.
+    pub malformed_records: u64,
+}
+
+/// How the recorded command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(i32),
+}
+
+/// One process's heap summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessReport {
+    /// Process id.
+    pub pid: u32,
+    /// False when it was still running as the recording ended (a followed child).
+    pub exited: bool,
+    /// Bytes still allocated at exit.
+    pub in_use_bytes: u64,
+    /// Blocks still allocated at exit.
+    pub in_use_blocks: u64,
+    /// Successful allocating calls.
+    pub allocs: u64,
+    /// Frees of allocated blocks.
+    pub frees: u64,
+    /// Bytes allocated in all.
+    pub bytes_allocated: u64,
+    /// Frees of blocks allocated before tracing began.
+    pub unmatched_frees: u64,
+    /// Sites still holding memory, largest first.
+    pub sites: Vec<SiteReport>,
+}
+
+/// An allocation site still holding memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteReport {
+    /// Bytes it still holds.
+    pub live_bytes: u64,
+    /// Blocks it still holds.
+    pub live_blocks: u64,
+    /// Allocations it made.
+    pub allocs: u64,
+    /// Bytes it allocated.
+    pub bytes_allocated: u64,
+    /// Its stack, immediate caller first.
+    pub stack: Vec<SymFrame>,
+}
+
+/// Renders the report as valgrind's heap summary, `top` sites per process.
+pub fn render_text(report: &RecordReport, top: usize) -> String {
+    let mut out = String::new();
+    for process in &report.processes {
+        render_process(&mut out, process, top);
+    }
+    let tag = report.processes.first().map_or(0, |p| p.pid);
+    for (count, what) in [
+        (report.lost_records, "records lost (ring buffer full): the figures above are inexact"),
+        (report.unpaired_calls, "allocations unpaired (in-flight map full): the figures above are inexact"),
+        (report.malformed_records, "malformed records ignored"),
+        (report.stack_failures, "allocation stacks not captured"),
+    ] {
+        if count > 0 {
+            let _ = writeln!(out, "=={tag}== heapwatch: {} {what}", thousands(count));
+        }
+    }
+    out
+}
+
+fn render_process(out: &mut String, p: &ProcessReport, top: usize) {
+    let tag = format!("=={}==", p.pid);
+    let when = if p.exited { "at exit" } else { "when recording ended" };
+    let _ = writeln!(out, "{tag} HEAP SUMMARY:");
+    let _ = writeln!(
+        out,
+        "{tag}     in use {when}: {} bytes in {} blocks",
+        thousands(p.in_use_bytes),
+        thousands(p.in_use_blocks)
+    );
+    let _ = writeln!(
+        out,
+        "{tag}   total heap usage: {} allocs, {} frees, {} bytes allocated",
+        thousands(p.allocs),
+        thousands(p.frees),
+        thousands(p.bytes_allocated)
+    );
+    if p.unmatched_frees > 0 {
+        let _ = writeln!(
+            out,
+            "{tag}   {} frees of blocks allocated before tracing began",
+            thousands(p.unmatched_frees)
+        );
+    }
+    let _ = writeln!(out, "{tag}");
+    for site in p.sites.iter().take(top) {
+        render_site(out, &tag, site, when);
+    }
+    if p.sites.len() > top {
+        let rest = &p.sites[top..];
+        let bytes: u64 = rest.iter().map(|s| s.live_bytes).sum();
+        let _ = writeln!(
+            out,
+            "{tag} ... and {} more sites holding {} bytes (raise --top to see them)",
+            thousands(rest.len() as u64),
+            thousands(bytes)
+        );
+        let _ = writeln!(out, "{tag}");
+    }
+    if p.in_use_blocks == 0 {
+        let _ = writeln!(out, "{tag} All heap blocks were freed -- no leaks are possible");
+        let _ = writeln!(out, "{tag}");
+    }
+}
+
+fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
+    let _ = writeln!(
+        out,
+        "{tag} {} bytes in {} blocks still in use {when}, allocated at:",
+        thousands(site.live_bytes),
+        thousands(site.live_blocks)
+    );
+    for (i, frame) in site.stack.iter().enumerate() {
+        let lead = if i == 0 { "at" } else { "by" };
+        let _ = writeln!(out, "{tag}    {lead} {}", describe(frame));
+    }
+    if site.stack.is_empty() {
+        let _ = writeln!(out, "{tag}    (no stack captured)");
+    }
+    let _ = writeln!(out, "{tag}");
+}
+
+fn describe(frame: &SymFrame) -> String {
+    let function = frame.function.as_deref().unwrap_or("???");
+    let place = match (&frame.file, frame.line, &frame.module) {
+        (Some(file), Some(line), _) => format!(" ({}:{line})", basename(file)),
+        (_, _, Some(module)) => format!(" (in {module})"),
+        _ => String::new(),
+    };
+    format!("0x{:X}: {function}{place}", frame.address)
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// `1234567` as `1,234,567`, as valgrind prints numbers.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, line: u32) -> SymFrame {
+        SymFrame {
+            address: 0x1136,
+            module: Some("/tmp/leak".to_owned()),
+            function: Some(function.to_owned()),
+            file: Some("/src/leak.c".to_owned()),
+            line: Some(line),
+        }
+    }
+
+    fn process(in_use_blocks: u64, sites: Vec<SiteReport>) -> ProcessReport {
+        ProcessReport {
+            pid: 42,
+            exited: true,
+            in_use_bytes: in_use_blocks * 4000,
+            in_use_blocks,
+            allocs: 100_000,
+            frees: 100_000 - in_use_blocks,
+            bytes_allocated: 400_000_000,
+            unmatched_frees: 0,
+            sites,
+        }
+    }
+
+    fn report(processes: Vec<ProcessReport>) -> RecordReport {
+        RecordReport {
+            command: vec!["./leak".to_owned()],
+            status: CommandStatus::Exited(0),
+            processes,
+            lost_records: 0,
+            unpaired_calls: 0,
+            stack_failures: 0,
+            malformed_records: 0,
+        }
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(400_000_000), "400,000,000");
+    }
+
+    #[test]
+    fn renders_valgrinds_summary_and_the_sites() {
+        let site = SiteReport {
+            live_bytes: 400_000_000,
+            live_blocks: 100_000,
+            allocs: 100_000,
+            bytes_allocated: 400_000_000,
+            stack: vec![frame("leak", 8), frame("main", 15)],
+        };
+        let text = render_text(&report(vec![process(100_000, vec![site])]), 10);
+        assert!(text.contains("==42==     in use at exit: 400,000,000 bytes in 100,000 blocks\n"));
+        assert!(text.contains("==42==   total heap usage: 100,000 allocs, 0 frees, 400,000,000 bytes allocated\n"));
+        assert!(text.contains("still in use at exit, allocated at:\n==42==    at 0x1136: leak (leak.c:8)\n==42==    by 0x1136: main (leak.c:15)\n"));
+        assert!(!text.contains("no leaks are possible"));
+    }
+
+    #[test]
+    fn says_when_everything_was_freed_and_what_was_lost() {
+        let mut r = report(vec![process(0, vec![])]);
+        r.lost_records = 1500;
+        let text = render_text(&r, 10);
+        assert!(text.contains("==42== All heap blocks were freed -- no leaks are possible"));
+        assert!(text.contains("1,500 records lost"));
+    }
+
+    #[test]
+    fn cuts_the_site_list_at_top() {
+        let site = |n| SiteReport {
+            live_bytes: n,
+            live_blocks: 1,
+            allocs: 1,
+            bytes_allocated: n,
+            stack: vec![],
+        };
+        let text = render_text(&report(vec![process(3, vec![site(30), site(20), site(10)])]), 1);
+        assert!(text.contains("30 bytes in 1 blocks"));
+        assert!(!text.contains("20 bytes in 1 blocks"));
+        assert!(text.contains("... and 2 more sites holding 30 bytes"));
+    }
+}

@@ -1,0 +1,86 @@
+//! A process's executable file mappings, from /proc/PID/maps: pure parsing
+//! and address normalization to (file, file offset).
+
+use std::{path::Path, sync::Arc};
+
+/// One executable, file-backed mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// The mapped file.
+    pub path: Arc<Path>,
+}
+
+/// The executable file mappings listed in a /proc/PID/maps text.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.split_whitespace();
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let path = fields.nth(2)?;
+    if !perms.contains('x') || !path.starts_with('/') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        file_offset: u64::from_str_radix(offset, 16).ok()?,
+        path: Arc::from(Path::new(path)),
+    })
+}
+
+/// The file and file offset of `address`, if a mapping holds it.
+pub fn normalize(mappings: &[Mapping], address: u64) -> Option<(Arc<Path>, u64)> {
+    mappings
+        .iter()
+        .find(|m| (m.start..m.end).contains(&address))
+        .map(|m| (Arc::clone(&m.path), address - m.start + m.file_offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+5581a2a00000-5581a2a01000 r--p 00000000 fe:01 2345 /tmp/leak
+5581a2a01000-5581a2a02000 r-xp 00001000 fe:01 2345 /tmp/leak
+7f00aa228000-7f00aa3bd000 r-xp 00028000 fe:01 401 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f00aa400000-7f00aa421000 rw-p 00000000 00:00 0 [heap]
+7ffd0e1f0000-7ffd0e211000 r-xp 00000000 00:00 0 [vdso]
+";
+
+    #[test]
+    fn keeps_executable_file_mappings_only() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 2);
+        assert_eq!(maps[0].start, 0x5581a2a01000);
+        assert_eq!(maps[0].file_offset, 0x1000);
+        assert_eq!(&*maps[1].path, Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+    }
+
+    #[test]
+    fn normalizes_to_file_offsets() {
+        let maps = parse_maps(MAPS);
+        let (path, offset) = normalize(&maps, 0x5581a2a01136).expect("in the program's text");
+        assert_eq!((&*path, offset), (Path::new("/tmp/leak"), 0x1136));
+        let (_, offset) = normalize(&maps, 0x7f00aa228010).expect("in libc's text");
+        assert_eq!(offset, 0x28010);
+        assert_eq!(normalize(&maps, 0x5581a2a00010), None);
+        assert_eq!(normalize(&maps, 0x7ffd0e1f0000), None);
+    }
+
+    #[test]
+    fn tolerates_garbage() {
+        assert!(parse_maps("not a maps line\nzz-yy r-xp 0 0 0 /x\n").is_empty());
+    }
+}

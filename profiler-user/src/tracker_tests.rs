@@ -1,0 +1,276 @@
+//! Unit and property tests of the tracker against a reference model.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const TGID: u32 = 100;
+
+fn task(tid: u32) -> Task {
+    Task { tgid: TGID, tid }
+}
+
+fn site(caller: u64) -> RawSite {
+    RawSite {
+        stack_id: 1,
+        caller,
+    }
+}
+
+fn alloc(tid: u32, ptr: u64, size: u64) -> HeapEvent {
+    HeapEvent::Alloc {
+        task: task(tid),
+        ptr,
+        size,
+        site: site(0x400),
+        time_ns: 0,
+    }
+}
+
+fn run(events: &[HeapEvent]) -> Tracker {
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    for event in events {
+        tracker.apply(event);
+    }
+    tracker
+}
+
+#[test]
+fn malloc_and_free_balance() {
+    let t = run(&[
+        alloc(1, 0x10, 100),
+        alloc(1, 0x20, 50),
+        HeapEvent::Free {
+            task: task(1),
+            ptr: 0x10,
+        },
+    ]);
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!((p.live_bytes(), p.live_blocks()), (50, 1));
+    let c = p.counters();
+    assert_eq!((c.allocs, c.frees, c.bytes_allocated, c.bytes_freed), (2, 1, 150, 100));
+}
+
+#[test]
+fn unmatched_free_never_goes_negative() {
+    let t = run(&[
+        alloc(1, 0x10, 8),
+        HeapEvent::Free {
+            task: task(1),
+            ptr: 0x99,
+        },
+    ]);
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!(p.live_bytes(), 8);
+    assert_eq!(p.counters().frees, 0);
+    assert_eq!(p.counters().unmatched_frees, 1);
+}
+
+#[test]
+fn failed_realloc_restores_the_old_block() {
+    let t = run(&[
+        alloc(1, 0x10, 8),
+        HeapEvent::ReallocFree {
+            task: task(1),
+            ptr: 0x10,
+        },
+        HeapEvent::ReallocFail {
+            task: task(1),
+            ptr: 0x10,
+        },
+    ]);
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!((p.live_bytes(), p.live_blocks()), (8, 1));
+    assert_eq!((p.counters().allocs, p.counters().frees), (1, 0));
+    assert_eq!(p.sites()[0].live_bytes, 8);
+}
+
+#[test]
+fn exit_and_exec_hand_back_the_state() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    t.apply(&alloc(1, 0x10, 8));
+    let finished = t.apply(&HeapEvent::Exec { tgid: TGID }).expect("state handed back");
+    assert_eq!(finished.reason, EndReason::Exec);
+    assert_eq!(finished.state.live_bytes(), 8);
+    assert!(t.process(TGID).is_none());
+    t.apply(&alloc(1, 0x10, 4));
+    let finished = t.apply(&HeapEvent::Exit { tgid: TGID }).expect("state handed back");
+    assert_eq!((finished.reason, finished.state.live_bytes()), (EndReason::Exit, 4));
+    assert!(t.apply(&HeapEvent::Exit { tgid: TGID }).is_none());
+}
+
+#[test]
+fn fork_copies_the_parent_only_when_asked() {
+    for copy_on_fork in [false, true] {
+        let mut t = Tracker::new(TrackerConfig { copy_on_fork });
+        t.apply(&alloc(1, 0x10, 8));
+        t.apply(&HeapEvent::Fork {
+            child: 200,
+            parent: TGID,
+        });
+        let child = t.process(200).map(|p| p.live_bytes());
+        assert_eq!(child, copy_on_fork.then_some(8));
+    }
+}
+
+#[test]
+fn sites_are_kept_apart() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    for (ptr, caller) in [(0x10, 1), (0x20, 2), (0x30, 2)] {
+        t.apply(&HeapEvent::Alloc {
+            task: task(1),
+            ptr,
+            size: 10,
+            site: site(caller),
+            time_ns: 0,
+        });
+    }
+    let p = t.process(TGID).expect("process tracked");
+    let mut live: Vec<_> = p.sites().iter().map(|s| (s.site.caller, s.live_bytes)).collect();
+    live.sort_unstable();
+    assert_eq!(live, vec![(1, 10), (2, 20)]);
+}
+
+/// A user-level allocator call, as a program makes it.
+#[derive(Clone, Debug)]
+enum Call {
+    Malloc { tid: u32, size: u64 },
+    Free { tid: u32, pick: usize },
+    FreeUnknown { tid: u32 },
+    Realloc { tid: u32, pick: Option<usize>, size: u64, fails: bool },
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    prop_oneof![
+        (1..4u32, 0..5000u64).prop_map(|(tid, size)| Call::Malloc { tid, size }),
+        (1..4u32, any::<usize>()).prop_map(|(tid, pick)| Call::Free { tid, pick }),
+        (1..4u32).prop_map(|tid| Call::FreeUnknown { tid }),
+        (1..4u32, proptest::option::of(any::<usize>()), 0..5000u64, any::<bool>()).prop_map(
+            |(tid, pick, size, fails)| Call::Realloc {
+                tid,
+                pick,
+                size,
+                fails,
+            }
+        ),
+    ]
+}
+
+/// The reference: valgrind's rules applied directly to a map of live blocks,
+/// with an allocator that reuses the lowest freed address.
+#[derive(Default)]
+struct Model {
+    live: BTreeMap<u64, u64>,
+    free_addrs: Vec<u64>,
+    next_addr: u64,
+    allocs: u64,
+    frees: u64,
+    bytes: u64,
+    unmatched: u64,
+}
+
+impl Model {
+    fn address(&mut self) -> u64 {
+        self.free_addrs.sort_unstable_by(|a, b| b.cmp(a));
+        self.free_addrs.pop().unwrap_or_else(|| {
+            self.next_addr += 16;
+            self.next_addr
+        })
+    }
+
+    fn pick(&self, pick: usize) -> Option<u64> {
+        let n = self.live.len();
+        (n > 0).then(|| *self.live.keys().nth(pick % n).expect("index in range"))
+    }
+
+    fn release(&mut self, ptr: u64) {
+        self.live.remove(&ptr);
+        self.free_addrs.push(ptr);
+        self.frees += 1;
+    }
+
+    /// Applies a call and returns the events the kernel side would emit for it.
+    fn call(&mut self, call: &Call) -> Vec<HeapEvent> {
+        match *call {
+            Call::Malloc { tid, size } => {
+                let ptr = self.address();
+                self.live.insert(ptr, size);
+                self.allocs += 1;
+                self.bytes += size;
+                vec![alloc(tid, ptr, size)]
+            }
+            Call::Free { tid, pick } => match self.pick(pick) {
+                Some(ptr) => {
+                    self.release(ptr);
+                    vec![HeapEvent::Free { task: task(tid), ptr }]
+                }
+                None => vec![],
+            },
+            Call::FreeUnknown { tid } => {
+                self.unmatched += 1;
+                vec![HeapEvent::Free {
+                    task: task(tid),
+                    ptr: u64::MAX - 15,
+                }]
+            }
+            Call::Realloc {
+                tid,
+                pick,
+                size,
+                fails,
+            } => self.realloc(tid, pick.and_then(|p| self.pick(p)), size, fails),
+        }
+    }
+
+    fn realloc(&mut self, tid: u32, old: Option<u64>, size: u64, fails: bool) -> Vec<HeapEvent> {
+        let mut events = Vec::new();
+        if let Some(ptr) = old {
+            events.push(HeapEvent::ReallocFree { task: task(tid), ptr });
+        }
+        match old {
+            Some(ptr) if fails && size > 0 => {
+                events.push(HeapEvent::ReallocFail { task: task(tid), ptr });
+            }
+            None if fails && size > 0 => {}
+            Some(ptr) if size == 0 => self.release(ptr),
+            _ => {
+                if let Some(ptr) = old {
+                    self.release(ptr);
+                }
+                let ptr = self.address();
+                self.live.insert(ptr, size);
+                self.allocs += 1;
+                self.bytes += size;
+                events.push(alloc(tid, ptr, size));
+            }
+        }
+        events
+    }
+}
+
+proptest! {
+    #[test]
+    fn tracker_matches_the_reference_model(calls in proptest::collection::vec(call(), 0..300)) {
+        let mut model = Model::default();
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        for c in &calls {
+            for event in model.call(c) {
+                tracker.apply(&event);
+            }
+        }
+        let (live_bytes, live_blocks, counters) = match tracker.process(TGID) {
+            Some(p) => (p.live_bytes(), p.live_blocks(), p.counters()),
+            None => (0, 0, Counters::default()),
+        };
+        prop_assert_eq!(live_bytes, model.live.values().sum::<u64>());
+        prop_assert_eq!(live_blocks, model.live.len() as u64);
+        prop_assert_eq!(counters.allocs, model.allocs);
+        prop_assert_eq!(counters.frees, model.frees);
+        prop_assert_eq!(counters.bytes_allocated, model.bytes);
+        prop_assert_eq!(counters.unmatched_frees, model.unmatched);
+        let site_live: u64 = tracker.process(TGID).map_or(0, |p| p.sites().iter().map(|s| s.live_bytes).sum());
+        prop_assert_eq!(site_live, live_bytes);
+    }
+}

@@ -1,0 +1,60 @@
+//! `cargo xtask`: the project's own tasks, so that nothing is installed by hand.
+
+mod packages;
+mod run;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// heapwatch's development tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test heapwatch")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (nightly's rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Build heapwatch (release) with its eBPF programs.
+    Build,
+    /// Build heapwatch and run it with ARGS (as root).
+    Run {
+        /// Arguments for heapwatch.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test, the root-only eBPF tests included (as root; none is skipped).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, for example).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            run::build()
+        }
+        Task::Run { args } => {
+            setup()?;
+            run::build()?;
+            run::heapwatch(&args)
+        }
+        Task::Test { args } => {
+            setup()?;
+            run::test(&args)
+        }
+    }
+}
+
+fn setup() -> Result<()> {
+    toolchain::ensure()?;
+    packages::ensure(packages::TEST_PACKAGES)
+}

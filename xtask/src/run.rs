@@ -1,0 +1,50 @@
+//! Building, running and testing heapwatch.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::{packages::is_root, toolchain::run};
+
+/// Environment variable that makes root-only tests fail instead of skipping.
+const REQUIRE_ROOT_TESTS: &str = "HEAPWATCH_REQUIRE_ROOT_TESTS";
+
+/// Builds the release binary (the eBPF object is built by its build script).
+pub fn build() -> Result<()> {
+    run(Command::new(cargo()).args(["build", "--release", "--package", "profiler-user"]))
+}
+
+/// Runs the built heapwatch with `args`.
+pub fn heapwatch(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("heapwatch loads eBPF programs and needs root (or CAP_BPF and CAP_PERFMON): run as root");
+    }
+    let binary = workspace_root().join("target/release/heapwatch");
+    let status = Command::new(&binary).args(args).status()?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Builds every test first (nothing compiles while probes are attached), then
+/// runs them one at a time, root-only ones included.
+pub fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask test` runs the eBPF tests, which need root: run it as root");
+    }
+    run(Command::new(cargo()).args(["test", "--release", "--no-run", "--quiet"]))?;
+    run(Command::new(cargo())
+        .args(["test", "--release"])
+        .args(args)
+        .args(["--", "--test-threads=1"])
+        .env(REQUIRE_ROOT_TESTS, "1"))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
