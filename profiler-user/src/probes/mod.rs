@@ -4,6 +4,7 @@
 mod caps;
 mod libc;
 mod reader;
+mod symbols;
 mod tracefs;
 
 use std::{
@@ -119,6 +120,15 @@ pub enum ProbeError {
     /// The named allocator library does not exist.
     #[error("allocator library {0} does not exist: name the C library the program uses with --libc PATH")]
     LibcMissing(PathBuf),
+    /// The allocator library's symbols could not be read.
+    #[error("read the symbols of {library}: {source}")]
+    Symbols {
+        /// The library.
+        library: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The eBPF object did not load.
     #[error("load heapwatch's eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
@@ -162,6 +172,7 @@ pub struct Probes {
     return_links: Vec<UProbeLinkId>,
     libc: PathBuf,
     skipped: Vec<&'static str>,
+    aliased: Vec<(&'static str, &'static str)>,
 }
 
 impl Probes {
@@ -180,6 +191,7 @@ impl Probes {
             return_links: Vec::new(),
             libc,
             skipped: Vec::new(),
+            aliased: Vec::new(),
         };
         probes.attach_allocator(uprobe_scope(config.scope))?;
         Ok(probes)
@@ -193,6 +205,11 @@ impl Probes {
     /// Optional allocator functions the library lacks.
     pub fn skipped(&self) -> &[&'static str] {
         &self.skipped
+    }
+
+    /// Functions not probed because they are another's alias: (alias, probed name).
+    pub fn aliased(&self) -> &[(&'static str, &'static str)] {
+        &self.aliased
     }
 
     /// Takes the ring-buffer reader (once).
@@ -239,7 +256,17 @@ impl Probes {
                     .map_err(|source| ProbeError::Program { name, source })?;
             }
         }
+        let addresses = symbols::symbol_addresses(&self.libc).map_err(|source| ProbeError::Symbols {
+            library: self.libc.clone(),
+            source,
+        })?;
+        let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
+        let aliases = symbols::aliases(&names, &addresses);
         for function in &ALLOCATOR_FNS {
+            if let Some(&probed) = aliases.get(function.name) {
+                self.aliased.push((function.name, probed));
+                continue;
+            }
             match self.attach_function(function, scope) {
                 Err(ProbeError::Attach { .. }) if !function.required => {
                     self.skipped.push(function.name);
