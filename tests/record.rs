@@ -1,0 +1,328 @@
+//! `heapwatch record` end to end: real eBPF programs tracing real fixture
+//! programs, their figures compared with valgrind's, run in the same test.
+
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{
+    Summary, assert_no_heapwatch_programs, fixture, have_root, heapwatch, heapwatch_links, record,
+    valgrind,
+};
+
+/// Records `command` and runs it under valgrind; asserts equal summaries.
+fn assert_matches_valgrind(flags: &[&str], command: &[&str]) -> support::Recorded {
+    let recorded = record(flags, command);
+    recorded.assert_exact();
+    let mut ours = recorded.summaries();
+    let mut theirs = valgrind(command);
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "heapwatch vs valgrind for {command:?}\n{}", recorded.stderr());
+    recorded
+}
+
+fn live_sites(process: &Value) -> Vec<Value> {
+    process["sites"].as_array().cloned().unwrap_or_default()
+}
+
+fn functions(site: &Value) -> Vec<String> {
+    site["stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("???").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn c_leak_matches_valgrind_and_names_the_leaking_function() {
+    if !have_root("c_leak_matches_valgrind_and_names_the_leaking_function") {
+        return;
+    }
+    let leak = fixture("leak");
+    let recorded = assert_matches_valgrind(&[], &[leak.to_str().expect("utf-8 path")]);
+    let process = &recorded.processes()[0];
+    let site = live_sites(process)
+        .into_iter()
+        .find(|s| s["live_bytes"] == 400_000_000u64)
+        .unwrap_or_else(|| panic!("no site holding 400,000,000 bytes: {process}"));
+    assert_eq!(site["live_blocks"], 100_000u64);
+    assert_eq!(functions(&site)[..2], ["leak", "main"], "{site}");
+    assert_eq!(site["stack"][0]["file"].as_str().map(|f| f.ends_with("leak.c")), Some(true));
+    let text = recorded.stderr();
+    assert!(
+        text.contains("400,000,000 bytes in 100,000 blocks still in use at exit, allocated at:"),
+        "{text}"
+    );
+    assert!(text.contains(": leak (leak.c:"), "{text}");
+}
+
+#[test]
+fn rust_boxes_dropped_each_time_match_valgrind() {
+    if !have_root("rust_boxes_dropped_each_time_match_valgrind") {
+        return;
+    }
+    let program = fixture("rust_drop");
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+    let summary = recorded.summaries()[0];
+    assert!(summary.allocs >= 100_000, "{summary:?}");
+    let boxes = live_sites(&recorded.processes()[0])
+        .iter()
+        .filter(|s| functions(s).iter().any(|f| f.contains("make_and_drop")))
+        .count();
+    assert_eq!(boxes, 0, "the boxes are all freed");
+}
+
+#[test]
+fn cpp_new_and_delete_match_valgrind() {
+    if !have_root("cpp_new_and_delete_match_valgrind") {
+        return;
+    }
+    let program = fixture("cpp_new");
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+    let sites = live_sites(&recorded.processes()[0]);
+    let list = sites
+        .iter()
+        .find(|s| s["live_blocks"] == 10u64)
+        .unwrap_or_else(|| panic!("no site with the 10 leaked nodes: {sites:?}"));
+    // libstdc++ has no frame pointers: the frame-pointer walk from malloc
+    // skips operator new's caller, so the stack reads operator new, main.
+    let stack = functions(list);
+    assert_eq!(stack[..2], ["operator new(unsigned long)", "main"], "{list}");
+}
+
+#[test]
+fn every_malloc_family_function_matches_valgrind() {
+    if !have_root("every_malloc_family_function_matches_valgrind") {
+        return;
+    }
+    let program = fixture("malloc_family");
+    assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+}
+
+#[test]
+fn failed_reallocs_and_pvalloc_match_the_programs_own_count() {
+    if !have_root("failed_reallocs_and_pvalloc_match_the_programs_own_count") {
+        return;
+    }
+    let program = fixture("malloc_edge");
+    let recorded = record(&[], &[program.to_str().expect("utf-8 path")]);
+    recorded.assert_exact();
+    let stdout = String::from_utf8_lossy(&recorded.output.stdout);
+    let expect_line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("expect: "))
+        .unwrap_or_else(|| panic!("the fixture printed no expectation: {stdout}"));
+    let value = |key: &str| -> u64 {
+        expect_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {expect_line}"))
+    };
+    let expected = Summary {
+        in_use_bytes: value("in_use_bytes"),
+        in_use_blocks: value("in_use_blocks"),
+        allocs: value("allocs"),
+        frees: value("frees"),
+        bytes_allocated: value("bytes_allocated"),
+    };
+    assert_eq!(recorded.summaries()[0], expected, "{}", recorded.stderr());
+}
+
+#[test]
+fn blocks_freed_by_other_threads_match_valgrind() {
+    if !have_root("blocks_freed_by_other_threads_match_valgrind") {
+        return;
+    }
+    let program = fixture("threads");
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+    assert!(recorded.summaries()[0].frees >= 40_000);
+}
+
+#[test]
+fn a_forked_child_that_leaks_matches_valgrind_per_process() {
+    if !have_root("a_forked_child_that_leaks_matches_valgrind_per_process") {
+        return;
+    }
+    let program = fixture("fork_leak");
+    let recorded = assert_matches_valgrind(&["--follow-forks"], &[program.to_str().expect("utf-8 path")]);
+    let processes = recorded.processes();
+    assert_eq!(processes.len(), 2, "parent and child: {processes:?}");
+    let child = &processes[1];
+    let leak = live_sites(child)
+        .into_iter()
+        .find(|s| s["live_blocks"] == 5u64)
+        .unwrap_or_else(|| panic!("the child's 5 leaked blocks: {child}"));
+    assert_eq!(functions(&leak)[0], "child_leak");
+}
+
+#[test]
+fn without_follow_forks_only_the_command_is_traced() {
+    if !have_root("without_follow_forks_only_the_command_is_traced") {
+        return;
+    }
+    let program = fixture("fork_leak");
+    let recorded = record(&[], &[program.to_str().expect("utf-8 path")]);
+    let summaries = recorded.summaries();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert_eq!((summaries[0].allocs, summaries[0].frees), (1, 1));
+}
+
+#[test]
+fn coreutils_match_valgrind() {
+    if !have_root("coreutils_match_valgrind") {
+        return;
+    }
+    let input = support::tempfile_path("lines.txt");
+    std::fs::write(&input, "pear\napple\nfig\napple\n").expect("write the input file");
+    let input = input.to_str().expect("utf-8 path");
+    for command in [
+        vec!["ls", "-l", "/usr"],
+        vec!["sort", input],
+        vec!["uniq", "-c", input],
+        vec!["wc", input],
+        vec!["seq", "1", "1000"],
+        vec!["du", "-s", "/usr/share/doc"],
+    ] {
+        assert_matches_valgrind(&[], &command);
+    }
+    let _ = std::fs::remove_file(input);
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    if !have_root("exit_status_is_the_commands") {
+        return;
+    }
+    let status = heapwatch()
+        .args(["record", "--", "sh", "-c", "exit 3"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run heapwatch");
+    assert_eq!(status.code(), Some(3));
+    assert_no_heapwatch_programs();
+}
+
+#[test]
+fn a_crashing_or_killed_command_leaves_nothing_attached() {
+    if !have_root("a_crashing_or_killed_command_leaves_nothing_attached") {
+        return;
+    }
+    let crash = fixture("crash");
+    let crash = crash.to_str().expect("utf-8 path");
+    let aborted = record(&[], &[crash]);
+    assert_eq!(aborted.output.status.code(), Some(128 + libc::SIGABRT));
+    assert_eq!(aborted.report["status"]["killed"], libc::SIGABRT);
+    assert_eq!(aborted.summaries()[0].in_use_blocks, 1, "{}", aborted.stderr());
+    let killed = record(&[], &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(killed.output.status.code(), Some(128 + libc::SIGKILL));
+}
+
+#[test]
+fn heapwatch_killed_mid_recording_leaves_nothing_attached() {
+    if !have_root("heapwatch_killed_mid_recording_leaves_nothing_attached") {
+        return;
+    }
+    let crash = fixture("crash");
+    let mut recorder = heapwatch()
+        .args(["record", "--"])
+        .arg(&crash)
+        .arg("wait")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start heapwatch record");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while heapwatch_links().is_empty() {
+        assert!(Instant::now() < deadline, "heapwatch never attached");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let command_pid = child_of(recorder.id()).expect("the recorded command runs");
+    recorder.kill().expect("kill heapwatch");
+    recorder.wait().expect("reap heapwatch");
+    assert_no_heapwatch_programs();
+    // SAFETY: kills the fixture process the test started through heapwatch.
+    unsafe { libc::kill(command_pid, libc::SIGKILL) };
+}
+
+/// The first child of process `pid`.
+fn child_of(pid: u32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn a_missing_command_is_a_clear_error() {
+    if !have_root("a_missing_command_is_a_clear_error") {
+        return;
+    }
+    let output = heapwatch()
+        .args(["record", "--", "no-such-command-heapwatch"])
+        .output()
+        .expect("run heapwatch");
+    assert_eq!(output.status.code(), Some(127));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-command-heapwatch: command not found"), "{stderr}");
+    assert_no_heapwatch_programs();
+}
+
+#[test]
+fn a_missing_allocator_library_is_a_clear_error() {
+    if !have_root("a_missing_allocator_library_is_a_clear_error") {
+        return;
+    }
+    let output = heapwatch()
+        .args(["record", "--libc", "/no/such/libc.so.6", "--", "true"])
+        .output()
+        .expect("run heapwatch");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("allocator library /no/such/libc.so.6 does not exist"), "{stderr}");
+    assert_no_heapwatch_programs();
+}
+
+#[test]
+fn a_library_without_an_allocator_is_a_clear_error() {
+    if !have_root("a_library_without_an_allocator_is_a_clear_error") {
+        return;
+    }
+    let not_libc = fixture("leak");
+    let output = heapwatch()
+        .args(["record", "--libc"])
+        .arg(&not_libc)
+        .args(["--", "true"])
+        .output()
+        .expect("run heapwatch");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("to malloc in"), "{stderr}");
+    assert!(stderr.contains("does not appear"), "{stderr}");
+    assert_no_heapwatch_programs();
+}
+
+#[test]
+fn an_unprivileged_user_is_told_what_is_missing() {
+    if !have_root("an_unprivileged_user_is_told_what_is_missing") {
+        return;
+    }
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(env!("CARGO_BIN_EXE_heapwatch"))
+        .args(["record", "--", "true"])
+        .output()
+        .expect("run heapwatch as nobody");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CAP_BPF, CAP_PERFMON"), "{stderr}");
+    assert!(stderr.contains("run it with sudo"), "{stderr}");
+    assert_no_heapwatch_programs();
+}

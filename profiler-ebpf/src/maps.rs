@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use profiler_common::{Counter, Pending};
 
@@ -40,6 +40,12 @@ pub static INFLIGHT: HashMap<u64, Pending> = HashMap::with_max_entries(65536, 0)
 /// Processes to trace when `FILTER_MODE` is `TARGETS` (key: tgid).
 #[map]
 pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Processes (tgid) whose image has already allocated: the first allocation
+/// of each new image wakes the reader at once, so that it reads the process's
+/// mappings while the process lives.
+#[map]
+pub static ALLOCATED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// User stacks of allocation sites.
 #[map]

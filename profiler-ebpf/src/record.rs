@@ -1,10 +1,10 @@
 //! Writing records to the ring buffer.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use profiler_common::{Counter, Event};
+use profiler_common::{Counter, Event, kind};
 
 use crate::{
-    maps::{EVENTS, WAKEUP_BYTES, count},
+    maps::{ALLOCATED, EVENTS, WAKEUP_BYTES, count},
     tgid_of,
 };
 
@@ -29,14 +29,37 @@ pub fn emit(kind: u32, pid_tgid: u64, ptr: u64, size: u64, caller: u64, stack_id
         // SAFETY: helper without preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
     });
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup_flag(kind, tgid_of(pid_tgid)));
 }
 
-/// Wake the reader only once enough data waits: a wakeup per record costs microseconds.
-fn wakeup_flag() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+/// Wake the reader only once enough data waits (a wakeup per record costs
+/// microseconds), or when a process image appears, allocates first, or goes.
+fn wakeup_flag(kind: u32, tgid: u32) -> u64 {
+    let urgent = match kind {
+        kind::ALLOC => first_allocation(tgid),
+        kind::EXEC | kind::FORK => {
+            let _ = ALLOCATED.remove(tgid);
+            true
+        }
+        kind::EXIT => {
+            let _ = ALLOCATED.remove(tgid);
+            false
+        }
+        _ => false,
+    };
+    if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// True for the first allocation of a process image.
+fn first_allocation(tgid: u32) -> bool {
+    // SAFETY: a lookup only; the value is not dereferenced.
+    if unsafe { ALLOCATED.get(tgid) }.is_some() {
+        return false;
+    }
+    let _ = ALLOCATED.insert(tgid, 1u8, 0);
+    true
 }

@@ -68,8 +68,8 @@ mod tests {
             Err(CommandError::NotFound("./no/such/file".to_owned()))
         );
         assert_eq!(
-            resolve_command("/etc/hostname", "/bin"),
-            Err(CommandError::NotExecutable(PathBuf::from("/etc/hostname")))
+            resolve_command("/etc/passwd", "/bin"),
+            Err(CommandError::NotExecutable(PathBuf::from("/etc/passwd")))
         );
         assert_eq!(resolve_command("/", "/bin"), Err(CommandError::NotExecutable(PathBuf::from("/"))));
         assert!(resolve_command("", "/bin").is_err());

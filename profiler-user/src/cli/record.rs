@@ -169,6 +169,7 @@ impl Recording {
         match event {
             HeapEvent::Alloc { task, site, .. } => self.sites.observe(task.tgid, site, stack_map),
             HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
+            HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),
             _ => {}
         }
         if let Some(finished) = self.tracker.apply(&event)

@@ -75,6 +75,16 @@ impl SiteResolver {
         self.stacks.get(&(tgid, site)).cloned()
     }
 
+    /// Gives a forked child its parent's mappings: the child has the same,
+    /// and may exit before its own can be read.
+    pub fn inherit_maps(&mut self, child: u32, parent: u32) {
+        let mappings = match self.maps.get(&parent) {
+            Some(mappings) => mappings.clone(),
+            None => read_maps(parent),
+        };
+        self.maps.insert(child, mappings);
+    }
+
     /// Forgets a process's mappings (it exec'd a new image).
     pub fn forget_maps(&mut self, tgid: u32) {
         self.maps.remove(&tgid);

@@ -1,0 +1,253 @@
+//! Shared helpers of the integration tests: fixture builds, running
+//! heapwatch and valgrind, and the kernel's listing of BPF programs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::Mutex,
+};
+
+use serde_json::Value;
+
+/// Names (as the kernel keeps them, cut to 15 bytes) of heapwatch's programs.
+const PROGRAM_NAMES: [&str; 11] = [
+    "size_arg0_entry",
+    "size_arg1_entry",
+    "calloc_entry",
+    "realloc_entry",
+    "reallocarray_en",
+    "posix_memalign_",
+    "free_entry",
+    "alloc_return",
+    "process_exec",
+    "process_exit",
+    "new_task",
+];
+
+/// True when the test may load eBPF programs. Without root it prints why it
+/// skips, unless `cargo xtask test` asked for every test to run.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HEAPWATCH_REQUIRE_ROOT_TESTS").is_none(),
+        "{test} needs root, and cargo xtask test runs every test: run it as root"
+    );
+    eprintln!("skipping {test}: it loads eBPF programs and needs root (cargo xtask test runs it)");
+    false
+}
+
+/// The heapwatch binary under test.
+pub fn heapwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_heapwatch"))
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Builds tests/fixtures/NAME.{c,cpp,rs} with frame pointers and debug info
+/// and returns the binary's path.
+pub fn fixture(name: &str) -> PathBuf {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&out_dir).expect("create the fixtures' build directory");
+    let binary = out_dir.join(name);
+    let (source, mut compiler) = compiler_for(&sources, name);
+    let status = compiler
+        .arg(&source)
+        .arg("-o")
+        .arg(&binary)
+        .status()
+        .unwrap_or_else(|e| panic!("run the compiler for {}: {e}", source.display()));
+    assert!(status.success(), "building fixture {} failed", source.display());
+    binary
+}
+
+fn compiler_for(sources: &Path, name: &str) -> (PathBuf, Command) {
+    let c_flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];
+    for (ext, program) in [("c", "gcc"), ("cpp", "g++")] {
+        let source = sources.join(format!("{name}.{ext}"));
+        if source.exists() {
+            let mut cmd = Command::new(program);
+            cmd.args(c_flags);
+            return (source, cmd);
+        }
+    }
+    let source = sources.join(format!("{name}.rs"));
+    assert!(source.exists(), "no fixture named {name}");
+    let mut cmd = Command::new("rustc");
+    cmd.args(["-C", "opt-level=2", "-C", "force-frame-pointers=yes", "-g", "--edition", "2021"]);
+    (source, cmd)
+}
+
+/// valgrind's five heap-summary figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Summary {
+    pub in_use_bytes: u64,
+    pub in_use_blocks: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    pub bytes_allocated: u64,
+}
+
+impl Summary {
+    /// The figures of one process of a heapwatch JSON report.
+    pub fn of_process(process: &Value) -> Self {
+        let field = |name: &str| {
+            process[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("report lacks {name}: {process}"))
+        };
+        Self {
+            in_use_bytes: field("in_use_bytes"),
+            in_use_blocks: field("in_use_blocks"),
+            allocs: field("allocs"),
+            frees: field("frees"),
+            bytes_allocated: field("bytes_allocated"),
+        }
+    }
+}
+
+/// A finished `heapwatch record` run.
+pub struct Recorded {
+    pub output: Output,
+    pub report: Value,
+}
+
+impl Recorded {
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Heap summaries of every process, main process first.
+    pub fn summaries(&self) -> Vec<Summary> {
+        self.processes().iter().map(Summary::of_process).collect()
+    }
+
+    pub fn processes(&self) -> Vec<Value> {
+        self.report["processes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("report without processes: {}", self.report))
+            .clone()
+    }
+
+    /// Asserts that the kernel lost nothing and every call was paired.
+    pub fn assert_exact(&self) {
+        for counter in ["lost_records", "unpaired_calls", "malformed_records"] {
+            assert_eq!(self.report[counter], 0, "{counter} in {}", self.report);
+        }
+    }
+}
+
+/// Runs `heapwatch record [flags] -- command...` with a JSON report.
+pub fn record(flags: &[&str], command: &[&str]) -> Recorded {
+    let json = tempfile_path("report.json");
+    let output = heapwatch()
+        .arg("record")
+        .args(flags)
+        .arg("--json")
+        .arg(&json)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run heapwatch record");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); heapwatch said: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    let report = serde_json::from_str(&text).expect("the JSON report parses");
+    assert_no_heapwatch_programs();
+    Recorded { output, report }
+}
+
+/// valgrind's summaries of `command`, one per process, in the order printed.
+pub fn valgrind(command: &[&str]) -> Vec<Summary> {
+    let output = Command::new("valgrind")
+        .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run valgrind");
+    let text = String::from_utf8_lossy(&output.stderr);
+    let summaries = parse_valgrind(&text);
+    assert!(!summaries.is_empty(), "no heap summary from valgrind:\n{text}");
+    summaries
+}
+
+fn parse_valgrind(text: &str) -> Vec<Summary> {
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split_whitespace()
+            .filter_map(|w| w.trim_end_matches(',').replace(',', "").parse().ok())
+            .collect()
+    };
+    let mut summaries = Vec::new();
+    let mut in_use = None;
+    for line in text.lines() {
+        let body = line.splitn(3, "==").nth(2).unwrap_or("");
+        if body.contains("in use at exit:") {
+            in_use = Some(numbers(body));
+        } else if body.contains("total heap usage:") {
+            let usage = numbers(body);
+            let in_use = in_use.take().expect("in use line before heap usage");
+            summaries.push(Summary {
+                in_use_bytes: in_use[0],
+                in_use_blocks: in_use[1],
+                allocs: usage[0],
+                frees: usage[1],
+                bytes_allocated: usage[2],
+            });
+        }
+    }
+    summaries
+}
+
+/// Asserts that no link to heapwatch's programs is left and none of its
+/// programs is still loaded in the kernel.
+pub fn assert_no_heapwatch_programs() {
+    let links = heapwatch_links();
+    assert!(links.is_empty(), "heapwatch links still attached: {links:?}");
+    let loaded = heapwatch_programs();
+    assert!(loaded.is_empty(), "heapwatch programs still loaded: {loaded:?}");
+}
+
+/// heapwatch's programs the kernel lists (`bpftool prog show`): (id, name).
+pub fn heapwatch_programs() -> Vec<(u64, String)> {
+    bpftool(&["prog", "show"])
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .filter(|(_, name)| PROGRAM_NAMES.contains(&name.as_str()))
+        .collect()
+}
+
+/// BPF links the kernel lists (`bpftool link show`) whose program is heapwatch's.
+pub fn heapwatch_links() -> Vec<Value> {
+    let ids: Vec<u64> = heapwatch_programs().into_iter().map(|(id, _)| id).collect();
+    bpftool(&["link", "show"])
+        .into_iter()
+        .filter(|link| link["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .collect()
+}
+
+fn bpftool(args: &[&str]) -> Vec<Value> {
+    let output = Command::new("bpftool")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run bpftool");
+    assert!(output.status.success(), "bpftool {args:?} failed");
+    let listing: Value = serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+    listing.as_array().cloned().unwrap_or_default()
+}
+
+/// A path under /tmp unique to this test process.
+pub fn tempfile_path(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("heapwatch-test-{}-{n}-{name}", std::process::id()))
+}
