@@ -23,7 +23,12 @@ fn assert_matches_valgrind(flags: &[&str], command: &[&str]) -> support::Recorde
     let mut theirs = valgrind(command);
     ours.sort();
     theirs.sort();
-    assert_eq!(ours, theirs, "heapwatch vs valgrind for {command:?}\n{}", recorded.stderr());
+    assert_eq!(
+        ours,
+        theirs,
+        "heapwatch vs valgrind for {command:?}\n{}",
+        recorded.stderr()
+    );
     recorded
 }
 
@@ -57,7 +62,12 @@ fn c_leak_matches_valgrind_and_names_the_leaking_function() {
         .unwrap_or_else(|| panic!("no site holding 400,000,000 bytes: {process}"));
     assert_eq!(site["live_blocks"], 100_000u64);
     assert_eq!(functions(&site)[..2], ["leak", "main"], "{site}");
-    assert_eq!(site["stack"][0]["file"].as_str().map(|f| f.ends_with("leak.c")), Some(true));
+    assert_eq!(
+        site["stack"][0]["file"]
+            .as_str()
+            .map(|f| f.ends_with("leak.c")),
+        Some(true)
+    );
     let text = recorded.stderr();
     assert!(
         text.contains("400,000,000 bytes in 100,000 blocks still in use at exit, allocated at:"),
@@ -97,7 +107,11 @@ fn cpp_new_and_delete_match_valgrind() {
     // libstdc++ has no frame pointers: the frame-pointer walk from malloc
     // skips operator new's caller, so the stack reads operator new, main.
     let stack = functions(list);
-    assert_eq!(stack[..2], ["operator new(unsigned long)", "main"], "{list}");
+    assert_eq!(
+        stack[..2],
+        ["operator new(unsigned long)", "main"],
+        "{list}"
+    );
 }
 
 #[test]
@@ -155,7 +169,10 @@ fn a_forked_child_that_leaks_matches_valgrind_per_process() {
         return;
     }
     let program = fixture("fork_leak");
-    let recorded = assert_matches_valgrind(&["--follow-forks"], &[program.to_str().expect("utf-8 path")]);
+    let recorded = assert_matches_valgrind(
+        &["--follow-forks"],
+        &[program.to_str().expect("utf-8 path")],
+    );
     let processes = recorded.processes();
     assert_eq!(processes.len(), 2, "parent and child: {processes:?}");
     let child = &processes[1];
@@ -214,6 +231,20 @@ fn exit_status_is_the_commands() {
 }
 
 #[test]
+fn a_command_that_allocates_nothing_still_gets_its_summary() {
+    if !have_root("a_command_that_allocates_nothing_still_gets_its_summary") {
+        return;
+    }
+    let recorded = assert_matches_valgrind(&[], &["true"]);
+    assert_eq!(recorded.summaries()[0].allocs, 0);
+    assert!(
+        recorded
+            .stderr()
+            .contains("All heap blocks were freed -- no leaks are possible")
+    );
+}
+
+#[test]
 fn a_crashing_or_killed_command_leaves_nothing_attached() {
     if !have_root("a_crashing_or_killed_command_leaves_nothing_attached") {
         return;
@@ -223,7 +254,12 @@ fn a_crashing_or_killed_command_leaves_nothing_attached() {
     let aborted = record(&[], &[crash]);
     assert_eq!(aborted.output.status.code(), Some(128 + libc::SIGABRT));
     assert_eq!(aborted.report["status"]["killed"], libc::SIGABRT);
-    assert_eq!(aborted.summaries()[0].in_use_blocks, 1, "{}", aborted.stderr());
+    assert_eq!(
+        aborted.summaries()[0].in_use_blocks,
+        1,
+        "{}",
+        aborted.stderr()
+    );
     let killed = record(&[], &["sh", "-c", "kill -9 $$"]);
     assert_eq!(killed.output.status.code(), Some(128 + libc::SIGKILL));
 }
@@ -271,7 +307,10 @@ fn a_missing_command_is_a_clear_error() {
         .expect("run heapwatch");
     assert_eq!(output.status.code(), Some(127));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no-such-command-heapwatch: command not found"), "{stderr}");
+    assert!(
+        stderr.contains("no-such-command-heapwatch: command not found"),
+        "{stderr}"
+    );
     assert_no_heapwatch_programs();
 }
 
@@ -286,7 +325,10 @@ fn a_missing_allocator_library_is_a_clear_error() {
         .expect("run heapwatch");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("allocator library /no/such/libc.so.6 does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("allocator library /no/such/libc.so.6 does not exist"),
+        "{stderr}"
+    );
     assert_no_heapwatch_programs();
 }
 
@@ -315,7 +357,12 @@ fn an_unprivileged_user_is_told_what_is_missing() {
         return;
     }
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(env!("CARGO_BIN_EXE_heapwatch"))
         .args(["record", "--", "true"])
         .output()

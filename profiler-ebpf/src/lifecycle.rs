@@ -1,9 +1,7 @@
 //! Process lifecycle: exec, exit and new processes.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use profiler_common::{Counter, kind};
 
@@ -66,7 +64,14 @@ pub fn new_task(ctx: TracePointContext) -> u32 {
     if FOLLOW_FORKS.load() != 0 && TARGETS.insert(child, 1u8, 0).is_err() {
         count(Counter::TargetsFull);
     }
-    emit(kind::FORK, (u64::from(child) << 32) | u64::from(child), u64::from(parent), 0, 0, 0);
+    emit(
+        kind::FORK,
+        (u64::from(child) << 32) | u64::from(child),
+        u64::from(parent),
+        0,
+        0,
+        0,
+    );
     0
 }
 

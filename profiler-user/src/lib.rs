@@ -5,9 +5,9 @@
 //! [`tracker`] keeps every process's heap, [`stacks`] turns allocation sites
 //! into symbols, [`report`] renders summaries and [`cli`] glues the commands.
 
+pub mod cli;
 pub mod events;
 pub mod probes;
-pub mod tracker;
-pub mod cli;
 pub mod report;
 pub mod stacks;
+pub mod tracker;

@@ -14,6 +14,10 @@ pub struct RecordReport {
     pub command: Vec<String>,
     /// How the command ended.
     pub status: CommandStatus,
+    /// The allocator library probed.
+    pub allocator_library: String,
+    /// Optional allocator functions the library lacks (not probed).
+    pub absent_functions: Vec<String>,
     /// The command's process first, then any followed children.
     pub processes: Vec<ProcessReport>,
     /// Records the kernel could not write (ring buffer full): figures are inexact when non-zero.
@@ -77,13 +81,28 @@ pub struct SiteReport {
 /// Renders the report as valgrind's heap summary, `top` sites per process.
 pub fn render_text(report: &RecordReport, top: usize) -> String {
     let mut out = String::new();
+    let tag = report.processes.first().map_or(0, |p| p.pid);
+    let _ = write!(
+        out,
+        "=={tag}== heapwatch: traced the malloc family of {}",
+        report.allocator_library
+    );
+    if !report.absent_functions.is_empty() {
+        let _ = write!(out, " (absent: {})", report.absent_functions.join(", "));
+    }
+    let _ = writeln!(out, "\n=={tag}==");
     for process in &report.processes {
         render_process(&mut out, process, top);
     }
-    let tag = report.processes.first().map_or(0, |p| p.pid);
     for (count, what) in [
-        (report.lost_records, "records lost (ring buffer full): the figures above are inexact"),
-        (report.unpaired_calls, "allocations unpaired (in-flight map full): the figures above are inexact"),
+        (
+            report.lost_records,
+            "records lost (ring buffer full): the figures above are inexact",
+        ),
+        (
+            report.unpaired_calls,
+            "allocations unpaired (in-flight map full): the figures above are inexact",
+        ),
         (report.malformed_records, "malformed records ignored"),
         (report.stack_failures, "allocation stacks not captured"),
     ] {
@@ -96,7 +115,11 @@ pub fn render_text(report: &RecordReport, top: usize) -> String {
 
 fn render_process(out: &mut String, p: &ProcessReport, top: usize) {
     let tag = format!("=={}==", p.pid);
-    let when = if p.exited { "at exit" } else { "when recording ended" };
+    let when = if p.exited {
+        "at exit"
+    } else {
+        "when recording ended"
+    };
     let _ = writeln!(out, "{tag} HEAP SUMMARY:");
     let _ = writeln!(
         out,
@@ -134,7 +157,10 @@ fn render_process(out: &mut String, p: &ProcessReport, top: usize) {
         let _ = writeln!(out, "{tag}");
     }
     if p.in_use_blocks == 0 {
-        let _ = writeln!(out, "{tag} All heap blocks were freed -- no leaks are possible");
+        let _ = writeln!(
+            out,
+            "{tag} All heap blocks were freed -- no leaks are possible"
+        );
         let _ = writeln!(out, "{tag}");
     }
 }
@@ -175,7 +201,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -215,6 +241,8 @@ mod tests {
         RecordReport {
             command: vec!["./leak".to_owned()],
             status: CommandStatus::Exited(0),
+            allocator_library: "/lib/libc.so.6".to_owned(),
+            absent_functions: vec![],
             processes,
             lost_records: 0,
             unpaired_calls: 0,
@@ -241,8 +269,11 @@ mod tests {
             stack: vec![frame("leak", 8), frame("main", 15)],
         };
         let text = render_text(&report(vec![process(100_000, vec![site])]), 10);
+        assert!(text.starts_with("==42== heapwatch: traced the malloc family of /lib/libc.so.6\n"));
         assert!(text.contains("==42==     in use at exit: 400,000,000 bytes in 100,000 blocks\n"));
-        assert!(text.contains("==42==   total heap usage: 100,000 allocs, 0 frees, 400,000,000 bytes allocated\n"));
+        assert!(text.contains(
+            "==42==   total heap usage: 100,000 allocs, 0 frees, 400,000,000 bytes allocated\n"
+        ));
         assert!(text.contains("still in use at exit, allocated at:\n==42==    at 0x1136: leak (leak.c:8)\n==42==    by 0x1136: main (leak.c:15)\n"));
         assert!(!text.contains("no leaks are possible"));
     }
@@ -265,7 +296,10 @@ mod tests {
             bytes_allocated: n,
             stack: vec![],
         };
-        let text = render_text(&report(vec![process(3, vec![site(30), site(20), site(10)])]), 1);
+        let text = render_text(
+            &report(vec![process(3, vec![site(30), site(20), site(10)])]),
+            1,
+        );
         assert!(text.contains("30 bytes in 1 blocks"));
         assert!(!text.contains("20 bytes in 1 blocks"));
         assert!(text.contains("... and 2 more sites holding 30 bytes"));

@@ -109,7 +109,14 @@ impl ProcessState {
         stats.live_blocks += 1;
         stats.allocs += 1;
         stats.bytes_allocated += size;
-        self.live.insert(ptr, LiveBlock { size, time_ns, site });
+        self.live.insert(
+            ptr,
+            LiveBlock {
+                size,
+                time_ns,
+                site,
+            },
+        );
         self.live_bytes += size;
         self.counters.allocs += 1;
         self.counters.bytes_allocated += size;

@@ -50,7 +50,10 @@ fn malloc_and_free_balance() {
     let p = t.process(TGID).expect("process tracked");
     assert_eq!((p.live_bytes(), p.live_blocks()), (50, 1));
     let c = p.counters();
-    assert_eq!((c.allocs, c.frees, c.bytes_allocated, c.bytes_freed), (2, 1, 150, 100));
+    assert_eq!(
+        (c.allocs, c.frees, c.bytes_allocated, c.bytes_freed),
+        (2, 1, 150, 100)
+    );
 }
 
 #[test]
@@ -91,13 +94,20 @@ fn failed_realloc_restores_the_old_block() {
 fn exit_and_exec_hand_back_the_state() {
     let mut t = Tracker::new(TrackerConfig::default());
     t.apply(&alloc(1, 0x10, 8));
-    let finished = t.apply(&HeapEvent::Exec { tgid: TGID }).expect("state handed back");
+    let finished = t
+        .apply(&HeapEvent::Exec { tgid: TGID })
+        .expect("state handed back");
     assert_eq!(finished.reason, EndReason::Exec);
     assert_eq!(finished.state.live_bytes(), 8);
     assert!(t.process(TGID).is_none());
     t.apply(&alloc(1, 0x10, 4));
-    let finished = t.apply(&HeapEvent::Exit { tgid: TGID }).expect("state handed back");
-    assert_eq!((finished.reason, finished.state.live_bytes()), (EndReason::Exit, 4));
+    let finished = t
+        .apply(&HeapEvent::Exit { tgid: TGID })
+        .expect("state handed back");
+    assert_eq!(
+        (finished.reason, finished.state.live_bytes()),
+        (EndReason::Exit, 4)
+    );
     assert!(t.apply(&HeapEvent::Exit { tgid: TGID }).is_none());
 }
 
@@ -128,7 +138,11 @@ fn sites_are_kept_apart() {
         });
     }
     let p = t.process(TGID).expect("process tracked");
-    let mut live: Vec<_> = p.sites().iter().map(|s| (s.site.caller, s.live_bytes)).collect();
+    let mut live: Vec<_> = p
+        .sites()
+        .iter()
+        .map(|s| (s.site.caller, s.live_bytes))
+        .collect();
     live.sort_unstable();
     assert_eq!(live, vec![(1, 10), (2, 20)]);
 }
@@ -136,10 +150,23 @@ fn sites_are_kept_apart() {
 /// A user-level allocator call, as a program makes it.
 #[derive(Clone, Debug)]
 enum Call {
-    Malloc { tid: u32, size: u64 },
-    Free { tid: u32, pick: usize },
-    FreeUnknown { tid: u32 },
-    Realloc { tid: u32, pick: Option<usize>, size: u64, fails: bool },
+    Malloc {
+        tid: u32,
+        size: u64,
+    },
+    Free {
+        tid: u32,
+        pick: usize,
+    },
+    FreeUnknown {
+        tid: u32,
+    },
+    Realloc {
+        tid: u32,
+        pick: Option<usize>,
+        size: u64,
+        fails: bool,
+    },
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -147,14 +174,18 @@ fn call() -> impl Strategy<Value = Call> {
         (1..4u32, 0..5000u64).prop_map(|(tid, size)| Call::Malloc { tid, size }),
         (1..4u32, any::<usize>()).prop_map(|(tid, pick)| Call::Free { tid, pick }),
         (1..4u32).prop_map(|tid| Call::FreeUnknown { tid }),
-        (1..4u32, proptest::option::of(any::<usize>()), 0..5000u64, any::<bool>()).prop_map(
-            |(tid, pick, size, fails)| Call::Realloc {
+        (
+            1..4u32,
+            proptest::option::of(any::<usize>()),
+            0..5000u64,
+            any::<bool>()
+        )
+            .prop_map(|(tid, pick, size, fails)| Call::Realloc {
                 tid,
                 pick,
                 size,
                 fails,
-            }
-        ),
+            }),
     ]
 }
 
@@ -204,7 +235,10 @@ impl Model {
             Call::Free { tid, pick } => match self.pick(pick) {
                 Some(ptr) => {
                     self.release(ptr);
-                    vec![HeapEvent::Free { task: task(tid), ptr }]
+                    vec![HeapEvent::Free {
+                        task: task(tid),
+                        ptr,
+                    }]
                 }
                 None => vec![],
             },
@@ -227,11 +261,17 @@ impl Model {
     fn realloc(&mut self, tid: u32, old: Option<u64>, size: u64, fails: bool) -> Vec<HeapEvent> {
         let mut events = Vec::new();
         if let Some(ptr) = old {
-            events.push(HeapEvent::ReallocFree { task: task(tid), ptr });
+            events.push(HeapEvent::ReallocFree {
+                task: task(tid),
+                ptr,
+            });
         }
         match old {
             Some(ptr) if fails && size > 0 => {
-                events.push(HeapEvent::ReallocFail { task: task(tid), ptr });
+                events.push(HeapEvent::ReallocFail {
+                    task: task(tid),
+                    ptr,
+                });
             }
             None if fails && size > 0 => {}
             Some(ptr) if size == 0 => self.release(ptr),

@@ -61,7 +61,11 @@ pub fn fixture(name: &str) -> PathBuf {
         .arg(&binary)
         .status()
         .unwrap_or_else(|e| panic!("run the compiler for {}: {e}", source.display()));
-    assert!(status.success(), "building fixture {} failed", source.display());
+    assert!(
+        status.success(),
+        "building fixture {} failed",
+        source.display()
+    );
     binary
 }
 
@@ -78,7 +82,15 @@ fn compiler_for(sources: &Path, name: &str) -> (PathBuf, Command) {
     let source = sources.join(format!("{name}.rs"));
     assert!(source.exists(), "no fixture named {name}");
     let mut cmd = Command::new("rustc");
-    cmd.args(["-C", "opt-level=2", "-C", "force-frame-pointers=yes", "-g", "--edition", "2021"]);
+    cmd.args([
+        "-C",
+        "opt-level=2",
+        "-C",
+        "force-frame-pointers=yes",
+        "-g",
+        "--edition",
+        "2021",
+    ]);
     (source, cmd)
 }
 
@@ -176,7 +188,10 @@ pub fn valgrind(command: &[&str]) -> Vec<Summary> {
         .expect("run valgrind");
     let text = String::from_utf8_lossy(&output.stderr);
     let summaries = parse_valgrind(&text);
-    assert!(!summaries.is_empty(), "no heap summary from valgrind:\n{text}");
+    assert!(
+        !summaries.is_empty(),
+        "no heap summary from valgrind:\n{text}"
+    );
     summaries
 }
 
@@ -211,9 +226,15 @@ fn parse_valgrind(text: &str) -> Vec<Summary> {
 /// programs is still loaded in the kernel.
 pub fn assert_no_heapwatch_programs() {
     let links = heapwatch_links();
-    assert!(links.is_empty(), "heapwatch links still attached: {links:?}");
+    assert!(
+        links.is_empty(),
+        "heapwatch links still attached: {links:?}"
+    );
     let loaded = heapwatch_programs();
-    assert!(loaded.is_empty(), "heapwatch programs still loaded: {loaded:?}");
+    assert!(
+        loaded.is_empty(),
+        "heapwatch programs still loaded: {loaded:?}"
+    );
 }
 
 /// heapwatch's programs the kernel lists (`bpftool prog show`): (id, name).

@@ -1,6 +1,10 @@
 //! Building, running and testing heapwatch.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Result, bail};
 
@@ -17,7 +21,9 @@ pub fn build() -> Result<()> {
 /// Runs the built heapwatch with `args`.
 pub fn heapwatch(args: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("heapwatch loads eBPF programs and needs root (or CAP_BPF and CAP_PERFMON): run as root");
+        bail!(
+            "heapwatch loads eBPF programs and needs root (or CAP_BPF and CAP_PERFMON): run as root"
+        );
     }
     let binary = workspace_root().join("target/release/heapwatch");
     let status = Command::new(&binary).args(args).status()?;
@@ -31,11 +37,60 @@ pub fn test(args: &[String]) -> Result<()> {
         bail!("`cargo xtask test` runs the eBPF tests, which need root: run it as root");
     }
     run(Command::new(cargo()).args(["test", "--release", "--no-run", "--quiet"]))?;
-    run(Command::new(cargo())
+    let mut child = Command::new(cargo())
         .args(["test", "--release"])
         .args(args)
         .args(["--", "--test-threads=1"])
-        .env(REQUIRE_ROOT_TESTS, "1"))
+        .env(REQUIRE_ROOT_TESTS, "1")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let status = child.wait()?;
+    println!(
+        "cargo xtask test: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    if !status.success() {
+        bail!("tests failed");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums of cargo test's "test result:" lines.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, line: &str) {
+        let Some(result) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in result.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let count: u64 = count.parse().unwrap_or(0);
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn cargo() -> String {

@@ -76,7 +76,9 @@ fn bpf_linker_runs() -> bool {
 fn link_llvm(prefix: &Path, llvm: &Path) -> Result<()> {
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("create {}", lib.display()))?;
-    let soname = llvm.file_name().context("nightly's libLLVM has no file name")?;
+    let soname = llvm
+        .file_name()
+        .context("nightly's libLLVM has no file name")?;
     for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
         let link = lib.join(name);
         if link.symlink_metadata().is_ok() {
@@ -94,7 +96,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
         .output()
         .context("run `rustc +nightly --print sysroot`")?;
     if !out.status.success() {
-        bail!("`rustc +nightly --print sysroot` failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`rustc +nightly --print sysroot` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
@@ -105,7 +110,10 @@ fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
     let entries = fs::read_dir(&lib).with_context(|| format!("list {}", lib.display()))?;
     for entry in entries {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.starts_with("libLLVM.so.22") {
             return Ok(path);
         }

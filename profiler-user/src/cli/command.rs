@@ -71,7 +71,10 @@ mod tests {
             resolve_command("/etc/passwd", "/bin"),
             Err(CommandError::NotExecutable(PathBuf::from("/etc/passwd")))
         );
-        assert_eq!(resolve_command("/", "/bin"), Err(CommandError::NotExecutable(PathBuf::from("/"))));
+        assert_eq!(
+            resolve_command("/", "/bin"),
+            Err(CommandError::NotExecutable(PathBuf::from("/")))
+        );
         assert!(resolve_command("", "/bin").is_err());
     }
 }

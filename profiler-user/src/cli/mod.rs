@@ -80,7 +80,10 @@ mod tests {
             .expect("valid command line");
         let Command::Record(args) = cli.command;
         assert_eq!(args.command, ["ls", "-l"]);
-        assert_eq!((args.top, args.ring_kib, args.follow_forks), (3, 4096, false));
+        assert_eq!(
+            (args.top, args.ring_kib, args.follow_forks),
+            (3, 4096, false)
+        );
     }
 
     #[test]

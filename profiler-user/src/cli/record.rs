@@ -81,7 +81,8 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
         source,
     };
     let mut child = HeldChild::spawn(&program, &args.command).map_err(spawn_error)?;
-    let pid = NonZeroU32::new(child.pid()).ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
+    let pid = NonZeroU32::new(child.pid())
+        .ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
     let mut probes = Probes::attach(&ProbeConfig {
         libc: args.libc.clone(),
         scope: Scope::Process {
@@ -102,8 +103,12 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
             source,
         })?;
     let counters = probes.counters()?;
+    let allocator = Allocator {
+        library: probes.libc().display().to_string(),
+        absent: probes.skipped().iter().map(|f| (*f).to_owned()).collect(),
+    };
     drop(probes);
-    let report = recording.into_report(args, status, pid.get(), &counters);
+    let report = recording.into_report(args, status, pid.get(), &counters, allocator);
     eprint!("{}", render_text(&report, args.top as usize));
     if let Some(path) = &args.json {
         write_json(path, &report)?;
@@ -118,6 +123,12 @@ fn write_json(path: &PathBuf, report: &RecordReport) -> Result<(), RecordError> 
     };
     let text = serde_json::to_string_pretty(report).map_err(|e| json_error(io::Error::other(e)))?;
     fs::write(path, text + "\n").map_err(json_error)
+}
+
+/// What was probed.
+struct Allocator {
+    library: String,
+    absent: Vec<String>,
 }
 
 /// The state of one recording: the tracker, the sites seen, the processes ended.
@@ -185,6 +196,7 @@ impl Recording {
         status: CommandStatus,
         main_pid: u32,
         counters: &[u64; Counter::COUNT as usize],
+        allocator: Allocator,
     ) -> RecordReport {
         let mut symbols = Symbols::new();
         let mut processes: Vec<ProcessReport> = Vec::new();
@@ -195,12 +207,30 @@ impl Recording {
             .map(|(pid, state)| (pid, state, true))
             .chain(running.into_iter().map(|(pid, state)| (pid, state, false)))
         {
-            processes.push(process_report(pid, &state, exited, &self.sites, &mut symbols));
+            processes.push(process_report(
+                pid,
+                &state,
+                exited,
+                &self.sites,
+                &mut symbols,
+            ));
+        }
+        if !processes.iter().any(|p| p.pid == main_pid) {
+            let no_allocations = ProcessState::default();
+            processes.push(process_report(
+                main_pid,
+                &no_allocations,
+                true,
+                &self.sites,
+                &mut symbols,
+            ));
         }
         processes.sort_by_key(|p| (p.pid != main_pid, p.pid));
         RecordReport {
             command: args.command.clone(),
             status,
+            allocator_library: allocator.library,
+            absent_functions: allocator.absent,
             processes,
             lost_records: counters[Counter::RingbufFull as usize],
             unpaired_calls: counters[Counter::InflightFull as usize],

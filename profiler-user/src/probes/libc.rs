@@ -46,7 +46,10 @@ mod tests {
             libc_in_maps("1000-2000 r-xp 0 08:01 1 /lib/libc-2.31.so\n"),
             Some(PathBuf::from("/lib/libc-2.31.so"))
         );
-        assert_eq!(libc_in_maps("1000-2000 r-xp 0 08:01 1 /usr/bin/static\n"), None);
+        assert_eq!(
+            libc_in_maps("1000-2000 r-xp 0 08:01 1 /usr/bin/static\n"),
+            None
+        );
         assert_eq!(libc_in_maps(""), None);
     }
 }

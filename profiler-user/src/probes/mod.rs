@@ -58,7 +58,12 @@ struct AllocatorFn {
     required: bool,
 }
 
-const fn allocator(name: &'static str, entry: &'static str, returns: bool, required: bool) -> AllocatorFn {
+const fn allocator(
+    name: &'static str,
+    entry: &'static str,
+    returns: bool,
+    required: bool,
+) -> AllocatorFn {
     AllocatorFn {
         name,
         entry,
@@ -118,7 +123,9 @@ pub enum ProbeError {
     )]
     LibcNotFound,
     /// The named allocator library does not exist.
-    #[error("allocator library {0} does not exist: name the C library the program uses with --libc PATH")]
+    #[error(
+        "allocator library {0} does not exist: name the C library the program uses with --libc PATH"
+    )]
     LibcMissing(PathBuf),
     /// The allocator library's symbols could not be read.
     #[error("read the symbols of {library}: {source}")]
@@ -131,7 +138,7 @@ pub enum ProbeError {
     },
     /// The eBPF object did not load.
     #[error("load heapwatch's eBPF object: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// A program is not in the object or did not load.
     #[error("load eBPF program {name}: {source}")]
     Program {
@@ -139,7 +146,7 @@ pub enum ProbeError {
         name: &'static str,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A probe did not attach.
     #[error("attach {what} to {function} in {library}: {source}")]
@@ -152,7 +159,7 @@ pub enum ProbeError {
         library: PathBuf,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map is missing or unusable.
     #[error("eBPF map {name}: {source}")]
@@ -161,7 +168,7 @@ pub enum ProbeError {
         name: &'static str,
         /// Cause.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -172,7 +179,6 @@ pub struct Probes {
     return_links: Vec<UProbeLinkId>,
     libc: PathBuf,
     skipped: Vec<&'static str>,
-    aliased: Vec<(&'static str, &'static str)>,
 }
 
 impl Probes {
@@ -191,7 +197,6 @@ impl Probes {
             return_links: Vec::new(),
             libc,
             skipped: Vec::new(),
-            aliased: Vec::new(),
         };
         probes.attach_allocator(uprobe_scope(config.scope))?;
         Ok(probes)
@@ -207,11 +212,6 @@ impl Probes {
         &self.skipped
     }
 
-    /// Functions not probed because they are another's alias: (alias, probed name).
-    pub fn aliased(&self) -> &[(&'static str, &'static str)] {
-        &self.aliased
-    }
-
     /// Takes the ring-buffer reader (once).
     pub fn reader(&mut self) -> Result<EventReader, ProbeError> {
         EventReader::new(take_map(&mut self.ebpf, "EVENTS")?)
@@ -220,51 +220,49 @@ impl Probes {
     /// Takes the stack-trace map (once).
     pub fn stacks(&mut self) -> Result<StackTraceMap<aya::maps::MapData>, ProbeError> {
         let map = take_map(&mut self.ebpf, "STACKS")?;
-        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: "STACKS",
-            source,
-        })
+        StackTraceMap::try_from(map).map_err(|source| map_error("STACKS", source))
     }
 
     /// Kernel-side drop counters, summed over CPUs, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], ProbeError> {
-        let map_error = |source| ProbeError::Map {
-            name: "COUNTERS",
-            source,
-        };
-        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::Map {
-            name: "COUNTERS",
-            source: aya::maps::MapError::InvalidName {
-                name: "COUNTERS".to_owned(),
-            },
-        })?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_error)?;
+        let counters_error = |source| map_error("COUNTERS", source);
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or_else(|| missing_map("COUNTERS"))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(counters_error)?;
         let mut sums = [0; Counter::COUNT as usize];
         for (index, sum) in sums.iter_mut().enumerate() {
-            let values = array.get(&(index as u32), 0).map_err(map_error)?;
+            let values = array.get(&(index as u32), 0).map_err(counters_error)?;
             *sum = values.iter().sum();
         }
         Ok(sums)
     }
 
     fn attach_allocator(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
-        for name in ALLOCATOR_FNS.iter().map(|f| f.entry).chain([RETURN_PROGRAM]) {
+        for name in ALLOCATOR_FNS
+            .iter()
+            .map(|f| f.entry)
+            .chain([RETURN_PROGRAM])
+        {
             let program = uprobe(&mut self.ebpf, name)?;
             if program.fd().is_err() {
-                program
-                    .load()
-                    .map_err(|source| ProbeError::Program { name, source })?;
+                program.load().map_err(|source| ProbeError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
             }
         }
-        let addresses = symbols::symbol_addresses(&self.libc).map_err(|source| ProbeError::Symbols {
-            library: self.libc.clone(),
-            source,
-        })?;
+        let addresses =
+            symbols::symbol_addresses(&self.libc).map_err(|source| ProbeError::Symbols {
+                library: self.libc.clone(),
+                source,
+            })?;
         let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
         let aliases = symbols::aliases(&names, &addresses);
         for function in &ALLOCATOR_FNS {
-            if let Some(&probed) = aliases.get(function.name) {
-                self.aliased.push((function.name, probed));
+            if aliases.contains_key(function.name) {
                 continue;
             }
             match self.attach_function(function, scope) {
@@ -277,12 +275,16 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_function(&mut self, function: &AllocatorFn, scope: UProbeScope) -> Result<(), ProbeError> {
+    fn attach_function(
+        &mut self,
+        function: &AllocatorFn,
+        scope: UProbeScope,
+    ) -> Result<(), ProbeError> {
         let attach_error = |what, source| ProbeError::Attach {
             what,
             function: function.name.to_owned(),
             library: self.libc.clone(),
-            source,
+            source: Box::new(source),
         };
         if function.returns {
             let link = uprobe(&mut self.ebpf, RETURN_PROGRAM)?
@@ -349,8 +351,11 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
         .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)
         .map_max_entries("EVENTS", config.ring_bytes)
-        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heapwatch")))
-        .map_err(ProbeError::Load)
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/heapwatch"
+        )))
+        .map_err(|e| ProbeError::Load(Box::new(e)))
 }
 
 /// Record layouts of the tracepoints, read from this kernel's tracefs.
@@ -379,19 +384,13 @@ impl TracepointOffsets {
 }
 
 fn add_target(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
-    let map_error = |source| ProbeError::Map {
-        name: "TARGETS",
-        source,
-    };
-    let map = ebpf.map_mut("TARGETS").ok_or(ProbeError::Map {
-        name: "TARGETS",
-        source: aya::maps::MapError::InvalidName {
-            name: "TARGETS".to_owned(),
-        },
-    })?;
+    let targets_error = |source| map_error("TARGETS", source);
+    let map = ebpf
+        .map_mut("TARGETS")
+        .ok_or_else(|| missing_map("TARGETS"))?;
     let mut targets: aya::maps::HashMap<&mut MapData, u32, u8> =
-        aya::maps::HashMap::try_from(map).map_err(map_error)?;
-    targets.insert(pid, 1, 0).map_err(map_error)
+        aya::maps::HashMap::try_from(map).map_err(targets_error)?;
+    targets.insert(pid, 1, 0).map_err(targets_error)
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
@@ -399,7 +398,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         let program: &mut TracePoint = program_mut(ebpf, program_name)?;
         program.load().map_err(|source| ProbeError::Program {
             name: program_name,
-            source,
+            source: Box::new(source),
         })?;
         program
             .attach(category, name)
@@ -407,7 +406,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
                 what: "tracepoint",
                 function: format!("{category}/{name}"),
                 library: PathBuf::from("the kernel"),
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(())
@@ -423,25 +422,40 @@ where
 {
     let program = ebpf.program_mut(name).ok_or(ProbeError::Program {
         name,
-        source: ProgramError::NotLoaded,
+        source: Box::new(ProgramError::NotLoaded),
     })?;
-    program
-        .try_into()
-        .map_err(|source| ProbeError::Program { name, source })
+    program.try_into().map_err(|source| ProbeError::Program {
+        name,
+        source: Box::new(source),
+    })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::Map {
+    ebpf.take_map(name).ok_or_else(|| missing_map(name))
+}
+
+fn missing_map(name: &'static str) -> ProbeError {
+    map_error(
         name,
-        source: aya::maps::MapError::InvalidName {
+        aya::maps::MapError::InvalidName {
             name: name.to_owned(),
         },
-    })
+    )
+}
+
+fn map_error(name: &'static str, source: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 fn uprobe_scope(scope: Scope) -> UProbeScope {
     match scope {
-        Scope::AllProcesses | Scope::Process { follow_forks: true, .. } => UProbeScope::AllProcesses,
+        Scope::AllProcesses
+        | Scope::Process {
+            follow_forks: true, ..
+        } => UProbeScope::AllProcesses,
         Scope::Process { pid, .. } => UProbeScope::OneProcess(pid),
     }
 }

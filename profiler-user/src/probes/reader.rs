@@ -17,10 +17,7 @@ pub struct EventReader {
 
 impl EventReader {
     pub(super) fn new(map: Map) -> Result<Self, ProbeError> {
-        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })?;
+        let ring = RingBuf::try_from(map).map_err(|source| super::map_error("EVENTS", source))?;
         Ok(Self { ring })
     }
 

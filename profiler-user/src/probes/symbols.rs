@@ -18,7 +18,10 @@ pub fn symbol_addresses(path: &Path) -> io::Result<HashMap<String, u64>> {
 }
 
 /// For each name in `names` (in order), the earlier name it is an alias of, if any.
-pub fn aliases<'a>(names: &[&'a str], addresses: &HashMap<String, u64>) -> HashMap<&'a str, &'a str> {
+pub fn aliases<'a>(
+    names: &[&'a str],
+    addresses: &HashMap<String, u64>,
+) -> HashMap<&'a str, &'a str> {
     let mut first_at: HashMap<u64, &'a str> = HashMap::new();
     let mut aliases = HashMap::new();
     for &name in names {
@@ -43,11 +46,18 @@ mod tests {
 
     #[test]
     fn later_names_at_the_same_address_are_aliases() {
-        let addresses: HashMap<String, u64> = [("memalign", 0x10), ("aligned_alloc", 0x10), ("malloc", 0x20)]
-            .into_iter()
-            .map(|(n, a)| (n.to_owned(), a))
-            .collect();
-        let found = aliases(&["malloc", "memalign", "aligned_alloc", "missing"], &addresses);
+        let addresses: HashMap<String, u64> = [
+            ("memalign", 0x10),
+            ("aligned_alloc", 0x10),
+            ("malloc", 0x20),
+        ]
+        .into_iter()
+        .map(|(n, a)| (n.to_owned(), a))
+        .collect();
+        let found = aliases(
+            &["malloc", "memalign", "aligned_alloc", "missing"],
+            &addresses,
+        );
         assert_eq!(found, HashMap::from([("aligned_alloc", "memalign")]));
     }
 

@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(maps.len(), 2);
         assert_eq!(maps[0].start, 0x5581a2a01000);
         assert_eq!(maps[0].file_offset, 0x1000);
-        assert_eq!(&*maps[1].path, Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert_eq!(
+            &*maps[1].path,
+            Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
     }
 
     #[test]

@@ -113,12 +113,18 @@ mod tests {
 
     #[test]
     fn caller_comes_first_and_the_allocator_frame_goes() {
-        assert_eq!(compose_stack(0x10, &[0xa110c, 0x20, 0x30]), vec![0x10, 0x20, 0x30]);
+        assert_eq!(
+            compose_stack(0x10, &[0xa110c, 0x20, 0x30]),
+            vec![0x10, 0x20, 0x30]
+        );
     }
 
     #[test]
     fn a_caller_the_kernel_already_found_is_not_repeated() {
-        assert_eq!(compose_stack(0x10, &[0xa110c, 0x10, 0x20]), vec![0x10, 0x20]);
+        assert_eq!(
+            compose_stack(0x10, &[0xa110c, 0x10, 0x20]),
+            vec![0x10, 0x20]
+        );
     }
 
     #[test]

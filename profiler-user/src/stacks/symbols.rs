@@ -80,7 +80,10 @@ impl Symbols {
         // A return address: look up the call instruction just before it.
         let lookup = offset.saturating_sub(1);
         let source = Source::Elf(Elf::new(path.to_path_buf()));
-        let resolved = match self.symbolizer.symbolize_single(&source, Input::FileOffset(lookup)) {
+        let resolved = match self
+            .symbolizer
+            .symbolize_single(&source, Input::FileOffset(lookup))
+        {
             Ok(Symbolized::Sym(sym)) => {
                 let code = sym.code_info.as_deref();
                 Resolved {
