@@ -10,10 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{
-    Summary, assert_no_heapwatch_programs, fixture, have_root, heapwatch, heapwatch_links, record,
-    valgrind,
-};
+use support::{BpfBaseline, Summary, fixture, have_root, heapwatch, record, valgrind};
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
 fn assert_matches_valgrind(flags: &[&str], command: &[&str]) -> support::Recorded {
@@ -104,14 +101,12 @@ fn cpp_new_and_delete_match_valgrind() {
         .iter()
         .find(|s| s["live_blocks"] == 10u64)
         .unwrap_or_else(|| panic!("no site with the 10 leaked nodes: {sites:?}"));
-    // libstdc++ has no frame pointers: the frame-pointer walk from malloc
-    // skips operator new's caller, so the stack reads operator new, main.
-    let stack = functions(list);
-    assert_eq!(
-        stack[..2],
-        ["operator new(unsigned long)", "main"],
-        "{list}"
-    );
+    assert_eq!(functions(list)[..2], ["make_list(int)", "main"], "{list}");
+    let array = sites
+        .iter()
+        .find(|s| s["live_bytes"] == 777u64)
+        .unwrap_or_else(|| panic!("no site with the leaked array: {sites:?}"));
+    assert_eq!(functions(array)[0], "main", "{array}");
 }
 
 #[test]
@@ -221,13 +216,14 @@ fn exit_status_is_the_commands() {
     if !have_root("exit_status_is_the_commands") {
         return;
     }
+    let baseline = BpfBaseline::take();
     let status = heapwatch()
         .args(["record", "--", "sh", "-c", "exit 3"])
         .stderr(Stdio::null())
         .status()
         .expect("run heapwatch");
     assert_eq!(status.code(), Some(3));
-    assert_no_heapwatch_programs();
+    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -270,24 +266,66 @@ fn heapwatch_killed_mid_recording_leaves_nothing_attached() {
         return;
     }
     let crash = fixture("crash");
-    let mut recorder = heapwatch()
+    let baseline = BpfBaseline::take();
+    let recorder = heapwatch()
         .args(["record", "--"])
         .arg(&crash)
         .arg("wait")
         .stderr(Stdio::null())
         .spawn()
         .expect("start heapwatch record");
+    let mut recorder = KillOnDrop::new(recorder);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while heapwatch_links().is_empty() {
-        assert!(Instant::now() < deadline, "heapwatch never attached");
+    while baseline.new_links().is_empty() || child_of(recorder.pid()).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "heapwatch never attached and started the command"
+        );
         thread::sleep(Duration::from_millis(50));
     }
-    let command_pid = child_of(recorder.id()).expect("the recorded command runs");
-    recorder.kill().expect("kill heapwatch");
-    recorder.wait().expect("reap heapwatch");
-    assert_no_heapwatch_programs();
-    // SAFETY: kills the fixture process the test started through heapwatch.
-    unsafe { libc::kill(command_pid, libc::SIGKILL) };
+    let command = child_of(recorder.pid()).map(KillOnDrop::pid_only);
+    recorder.kill_now();
+    baseline.assert_nothing_left();
+    drop(command);
+}
+
+/// A process killed (and, if it is our child, reaped) when the test ends,
+/// whether it passes or panics.
+struct KillOnDrop {
+    child: Option<std::process::Child>,
+    pid: i32,
+}
+
+impl KillOnDrop {
+    fn new(child: std::process::Child) -> Self {
+        let pid = child.id() as i32;
+        Self {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    fn pid_only(pid: i32) -> Self {
+        Self { child: None, pid }
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn kill_now(&mut self) {
+        // SAFETY: signals a process this test started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
 }
 
 /// The first child of process `pid`.
@@ -301,6 +339,7 @@ fn a_missing_command_is_a_clear_error() {
     if !have_root("a_missing_command_is_a_clear_error") {
         return;
     }
+    let baseline = BpfBaseline::take();
     let output = heapwatch()
         .args(["record", "--", "no-such-command-heapwatch"])
         .output()
@@ -311,7 +350,7 @@ fn a_missing_command_is_a_clear_error() {
         stderr.contains("no-such-command-heapwatch: command not found"),
         "{stderr}"
     );
-    assert_no_heapwatch_programs();
+    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -319,6 +358,7 @@ fn a_missing_allocator_library_is_a_clear_error() {
     if !have_root("a_missing_allocator_library_is_a_clear_error") {
         return;
     }
+    let baseline = BpfBaseline::take();
     let output = heapwatch()
         .args(["record", "--libc", "/no/such/libc.so.6", "--", "true"])
         .output()
@@ -329,7 +369,7 @@ fn a_missing_allocator_library_is_a_clear_error() {
         stderr.contains("allocator library /no/such/libc.so.6 does not exist"),
         "{stderr}"
     );
-    assert_no_heapwatch_programs();
+    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -337,6 +377,7 @@ fn a_library_without_an_allocator_is_a_clear_error() {
     if !have_root("a_library_without_an_allocator_is_a_clear_error") {
         return;
     }
+    let baseline = BpfBaseline::take();
     let not_libc = fixture("leak");
     let output = heapwatch()
         .args(["record", "--libc"])
@@ -348,7 +389,7 @@ fn a_library_without_an_allocator_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("to malloc in"), "{stderr}");
     assert!(stderr.contains("does not appear"), "{stderr}");
-    assert_no_heapwatch_programs();
+    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -356,6 +397,7 @@ fn an_unprivileged_user_is_told_what_is_missing() {
     if !have_root("an_unprivileged_user_is_told_what_is_missing") {
         return;
     }
+    let baseline = BpfBaseline::take();
     let output = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -371,5 +413,5 @@ fn an_unprivileged_user_is_told_what_is_missing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("CAP_BPF, CAP_PERFMON"), "{stderr}");
     assert!(stderr.contains("run it with sudo"), "{stderr}");
-    assert_no_heapwatch_programs();
+    baseline.assert_nothing_left();
 }

@@ -82,6 +82,25 @@ pub struct Pending {
 }
 const _: () = assert!(size_of::<Pending>() == 40);
 
+/// Where a C++ `operator new` was called from, kept until the malloc it makes
+/// (libstdc++ has no frame pointers, so malloc's own stack walk skips this caller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OuterCall {
+    /// Return address of the `operator new` call.
+    pub caller: u64,
+    /// Stack pointer at `operator new`'s entry.
+    pub sp: u64,
+    /// User stack id at `operator new`'s entry, or a negative errno.
+    pub stack_id: i32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<OuterCall>() == 24);
+
+/// How far below `operator new`'s stack pointer its malloc call may start.
+pub const OUTER_CALL_MAX_FRAME: u64 = 512;
+
 /// Kernel-side counters of records and entries that could not be kept,
 /// indexes of the per-CPU `COUNTERS` array.
 #[repr(u32)]

@@ -9,7 +9,7 @@ use crate::{
     filter::traced,
     maps::{
         EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, INFLIGHT, NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET,
-        TARGETS, count,
+        OUTER, TARGETS, count,
     },
     record::emit,
     tgid_of,
@@ -32,6 +32,7 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = INFLIGHT.remove(pid_tgid);
+    let _ = OUTER.remove(pid_tgid);
     let tgid = tgid_of(pid_tgid);
     if !group_dead(&ctx, pid_tgid) {
         return 0;

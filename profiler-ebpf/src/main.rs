@@ -17,11 +17,13 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
-use profiler_common::{Counter, Pending, func, kind, saturating_product};
+use profiler_common::{
+    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, func, kind, saturating_product,
+};
 
 use crate::{
     filter::traced,
-    maps::{INFLIGHT, STACKS, count},
+    maps::{INFLIGHT, OUTER, STACKS, count},
     record::emit,
 };
 
@@ -93,6 +95,36 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry of C++ `operator new` (all variants): remembers its call site for the
+/// malloc it makes. It is not counted itself; that malloc is.
+#[uprobe]
+pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(tgid_of(pid_tgid)) {
+        return 0;
+    }
+    // SAFETY: a lookup only; the value is not dereferenced.
+    if unsafe { INFLIGHT.get(pid_tgid) }.is_some() {
+        return 0;
+    }
+    let sp = stack_pointer(&ctx);
+    // operator new[] calls operator new: keep the outermost call site.
+    // SAFETY: the value is copied out.
+    if let Some(outer) = unsafe { OUTER.get(pid_tgid) }.copied()
+        && encloses(&outer, sp)
+    {
+        return 0;
+    }
+    let outer = OuterCall {
+        caller: caller_address(&ctx),
+        sp,
+        stack_id: stack_id(&ctx),
+        _pad: 0,
+    };
+    let _ = OUTER.insert(pid_tgid, outer, 0);
+    0
+}
+
 /// Return of every allocating function: emits the allocation of the outermost call.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
@@ -151,11 +183,13 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
         unsafe { (*slot).depth += 1 };
         return None;
     }
+    let (caller, stack_id) =
+        outer_site(ctx, pid_tgid).unwrap_or_else(|| (caller_address(ctx), stack_id(ctx)));
     let pending = Pending {
         size,
-        caller: caller_address(ctx),
+        caller,
         aux,
-        stack_id: stack_id(ctx),
+        stack_id,
         func,
         depth: 0,
         _pad: 0,
@@ -167,11 +201,29 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
     Some(pid_tgid)
 }
 
+/// The call site of the `operator new` this allocation is made for, if the
+/// thread's pending one is just above on the stack (a stale one never is).
+fn outer_site(ctx: &ProbeContext, pid_tgid: u64) -> Option<(u64, i32)> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let outer = unsafe { OUTER.get(pid_tgid) }.copied()?;
+    let _ = OUTER.remove(pid_tgid);
+    encloses(&outer, stack_pointer(ctx)).then_some((outer.caller, outer.stack_id))
+}
+
+/// True when a call with stack pointer `sp` is made from inside `outer`'s call.
+fn encloses(outer: &OuterCall, sp: u64) -> bool {
+    sp < outer.sp && outer.sp - sp <= OUTER_CALL_MAX_FRAME
+}
+
+fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` points at the probe's saved registers for this run.
+    unsafe { (*ctx.regs).rsp }
+}
+
 /// The return address at the top of the stack at function entry: the immediate
 /// caller, which the frame-pointer walk misses when the callee starts without `push %rbp`.
 fn caller_address(ctx: &ProbeContext) -> u64 {
-    // SAFETY: `regs` points at the probe's saved registers for this run.
-    let sp = unsafe { (*ctx.regs).rsp };
+    let sp = stack_pointer(ctx);
     // SAFETY: reads user memory through the helper, which fails safely.
     unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use profiler_common::{Counter, Pending};
+use profiler_common::{Counter, OuterCall, Pending};
 
 /// The tracer's own tgid: never traced.
 #[unsafe(no_mangle)]
@@ -36,6 +36,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// Outermost allocator call of each thread (key: pid_tgid), between entry and return.
 #[map]
 pub static INFLIGHT: HashMap<u64, Pending> = HashMap::with_max_entries(65536, 0);
+
+/// A thread's pending C++ `operator new` call site (key: pid_tgid).
+#[map]
+pub static OUTER: LruHashMap<u64, OuterCall> = LruHashMap::with_max_entries(65536, 0);
 
 /// Processes to trace when `FILTER_MODE` is `TARGETS` (key: tgid).
 #[map]

@@ -10,7 +10,8 @@ use std::{
 use serde_json::Value;
 
 /// Names (as the kernel keeps them, cut to 15 bytes) of heapwatch's programs.
-const PROGRAM_NAMES: [&str; 11] = [
+const PROGRAM_NAMES: [&str; 12] = [
+    "cxx_new_entry",
     "size_arg0_entry",
     "size_arg1_entry",
     "calloc_entry",
@@ -155,6 +156,7 @@ impl Recorded {
 
 /// Runs `heapwatch record [flags] -- command...` with a JSON report.
 pub fn record(flags: &[&str], command: &[&str]) -> Recorded {
+    let baseline = BpfBaseline::take();
     let json = tempfile_path("report.json");
     let output = heapwatch()
         .arg("record")
@@ -174,7 +176,7 @@ pub fn record(flags: &[&str], command: &[&str]) -> Recorded {
     });
     let _ = std::fs::remove_file(&json);
     let report = serde_json::from_str(&text).expect("the JSON report parses");
-    assert_no_heapwatch_programs();
+    baseline.assert_nothing_left();
     Recorded { output, report }
 }
 
@@ -222,23 +224,55 @@ fn parse_valgrind(text: &str) -> Vec<Summary> {
     summaries
 }
 
-/// Asserts that no link to heapwatch's programs is left and none of its
-/// programs is still loaded in the kernel.
-pub fn assert_no_heapwatch_programs() {
-    let links = heapwatch_links();
-    assert!(
-        links.is_empty(),
-        "heapwatch links still attached: {links:?}"
-    );
-    let loaded = heapwatch_programs();
-    assert!(
-        loaded.is_empty(),
-        "heapwatch programs still loaded: {loaded:?}"
-    );
+/// heapwatch's programs and links that exist before a test, so that the test
+/// checks only what it made itself (another heapwatch may be running).
+pub struct BpfBaseline {
+    programs: Vec<u64>,
+    links: Vec<u64>,
+}
+
+impl BpfBaseline {
+    /// Notes what exists now.
+    pub fn take() -> Self {
+        Self {
+            programs: heapwatch_programs().into_iter().map(|(id, _)| id).collect(),
+            links: link_ids(&heapwatch_links()),
+        }
+    }
+
+    /// heapwatch links attached since the baseline.
+    pub fn new_links(&self) -> Vec<u64> {
+        link_ids(&heapwatch_links())
+            .into_iter()
+            .filter(|id| !self.links.contains(id))
+            .collect()
+    }
+
+    /// Asserts that no heapwatch link or program made since the baseline is
+    /// left in the kernel.
+    pub fn assert_nothing_left(&self) {
+        let links = self.new_links();
+        assert!(
+            links.is_empty(),
+            "heapwatch links still attached: {links:?}"
+        );
+        let programs: Vec<(u64, String)> = heapwatch_programs()
+            .into_iter()
+            .filter(|(id, _)| !self.programs.contains(id))
+            .collect();
+        assert!(
+            programs.is_empty(),
+            "heapwatch programs still loaded: {programs:?}"
+        );
+    }
+}
+
+fn link_ids(links: &[Value]) -> Vec<u64> {
+    links.iter().filter_map(|l| l["id"].as_u64()).collect()
 }
 
 /// heapwatch's programs the kernel lists (`bpftool prog show`): (id, name).
-pub fn heapwatch_programs() -> Vec<(u64, String)> {
+fn heapwatch_programs() -> Vec<(u64, String)> {
     bpftool(&["prog", "show"])
         .iter()
         .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
@@ -247,7 +281,7 @@ pub fn heapwatch_programs() -> Vec<(u64, String)> {
 }
 
 /// BPF links the kernel lists (`bpftool link show`) whose program is heapwatch's.
-pub fn heapwatch_links() -> Vec<Value> {
+fn heapwatch_links() -> Vec<Value> {
     let ids: Vec<u64> = heapwatch_programs().into_iter().map(|(id, _)| id).collect();
     bpftool(&["link", "show"])
         .into_iter()

@@ -1,4 +1,5 @@
-//! Finding the C library that processes map.
+//! Finding the libraries to probe: the C library processes map, and the C++
+//! runtime from the dynamic linker's cache.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,15 @@ pub fn libc_in_maps(maps: &str) -> Option<PathBuf> {
         .filter_map(|line| line.split_whitespace().nth(5))
         .find(|path| path.starts_with('/') && is_libc_name(Path::new(path)))
         .map(PathBuf::from)
+}
+
+/// The path of the 64-bit `soname` in the text of `ldconfig -p`.
+pub fn library_in_ldconfig(ldconfig: &str, soname: &str) -> Option<PathBuf> {
+    ldconfig.lines().find_map(|line| {
+        let (left, path) = line.trim().split_once(" => ")?;
+        let (name, kind) = left.split_once(' ')?;
+        (name == soname && kind.contains("x86-64")).then(|| PathBuf::from(path.trim()))
+    })
 }
 
 fn is_libc_name(path: &Path) -> bool {
@@ -38,6 +48,21 @@ mod tests {
             libc_in_maps(MAPS),
             Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"))
         );
+    }
+
+    #[test]
+    fn finds_the_64_bit_library_in_the_linker_cache() {
+        let cache = "\
+1234 libs found in cache `/etc/ld.so.cache'
+\tlibstdc++.so.6 (libc6) => /lib/i386-linux-gnu/libstdc++.so.6
+\tlibstdc++.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libstdc++.so.6
+\tlibstdc++.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libstdc++.so
+";
+        assert_eq!(
+            library_in_ldconfig(cache, "libstdc++.so.6"),
+            Some(PathBuf::from("/lib/x86_64-linux-gnu/libstdc++.so.6"))
+        );
+        assert_eq!(library_in_ldconfig(cache, "libfoo.so.1"), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use profiler_common::{Counter, filter_mode};
 use thiserror::Error;
 
 pub use caps::missing_capabilities;
-pub use libc::libc_in_maps;
+pub use libc::{libc_in_maps, library_in_ldconfig};
 pub use reader::EventReader;
 pub use tracefs::field_offset;
 
@@ -87,6 +87,22 @@ const ALLOCATOR_FNS: [AllocatorFn; 10] = [
 ];
 
 const RETURN_PROGRAM: &str = "alloc_return";
+
+/// The C++ runtime, whose `operator new` call sites are remembered for the
+/// malloc inside (libstdc++ has no frame pointers to walk through).
+const CXX_RUNTIME: &str = "libstdc++.so.6";
+const CXX_NEW_PROGRAM: &str = "cxx_new_entry";
+/// Every `operator new` and `operator new[]`: plain, nothrow, aligned.
+const CXX_NEW_SYMBOLS: [&str; 8] = [
+    "_Znwm",
+    "_Znam",
+    "_ZnwmRKSt9nothrow_t",
+    "_ZnamRKSt9nothrow_t",
+    "_ZnwmSt11align_val_t",
+    "_ZnamSt11align_val_t",
+    "_ZnwmSt11align_val_tRKSt9nothrow_t",
+    "_ZnamSt11align_val_tRKSt9nothrow_t",
+];
 
 /// Tracepoints: (category, name, program).
 const TRACEPOINTS: [(&str, &str, &str); 3] = [
@@ -198,7 +214,9 @@ impl Probes {
             libc,
             skipped: Vec::new(),
         };
-        probes.attach_allocator(uprobe_scope(config.scope))?;
+        let scope = uprobe_scope(config.scope);
+        probes.attach_allocator(scope)?;
+        probes.attach_cxx_new(scope)?;
         Ok(probes)
     }
 
@@ -270,6 +288,29 @@ impl Probes {
                     self.skipped.push(function.name);
                 }
                 other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes libstdc++'s `operator new` family when the linker cache lists it.
+    fn attach_cxx_new(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
+        let cache = std::process::Command::new("ldconfig")
+            .arg("-p")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let Some(runtime) = library_in_ldconfig(&cache, CXX_RUNTIME) else {
+            return Ok(());
+        };
+        let program = uprobe(&mut self.ebpf, CXX_NEW_PROGRAM)?;
+        program.load().map_err(|source| ProbeError::Program {
+            name: CXX_NEW_PROGRAM,
+            source: Box::new(source),
+        })?;
+        for symbol in CXX_NEW_SYMBOLS {
+            if program.attach(symbol, &runtime, scope).is_err() {
+                self.skipped.push(symbol);
             }
         }
         Ok(())
