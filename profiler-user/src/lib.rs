@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod events;
+pub mod leaks;
 pub mod probes;
 pub mod report;
 pub mod stacks;

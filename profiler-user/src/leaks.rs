@@ -1,0 +1,183 @@
+//! The leak-suspect rule, over the live bytes of each allocation site sampled
+//! every tick. Pure: fed by the daemon, tested with synthetic histories.
+//!
+//! A site is suspect when, over a full window, its live bytes grew by a robust
+//! trend (the Theil–Sen slope, the median of all pairwise slopes, is positive,
+//! and the last third of the window sits above the first third), and it holds
+//! blocks older than `min_age`. One spike does not move the median; a cache
+//! that fills and then stays flat stops being suspect once the window sees it
+//! flat; old but constant allocations never grow.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+/// Thresholds of the rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakConfig {
+    /// Time between samples.
+    pub tick: Duration,
+    /// How far back growth is judged.
+    pub window: Duration,
+    /// How old live blocks must be to count as leaked.
+    pub min_age: Duration,
+}
+
+impl Default for LeakConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(10),
+            window: Duration::from_secs(600),
+            min_age: Duration::from_secs(300),
+        }
+    }
+}
+
+impl LeakConfig {
+    /// Samples in a full window (at least 3).
+    pub fn samples(&self) -> usize {
+        let ticks = self.window.as_nanos() / self.tick.as_nanos().max(1);
+        (ticks as usize).max(3)
+    }
+}
+
+/// Live bytes of one series, one sample per tick, the newest last.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    samples: VecDeque<u64>,
+}
+
+impl History {
+    /// Adds a sample, keeping at most `capacity`.
+    pub fn push(&mut self, live_bytes: u64, capacity: usize) {
+        if self.samples.len() == capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(live_bytes);
+    }
+
+    /// True when a full window of `capacity` samples shows robust growth.
+    pub fn grows(&self, capacity: usize) -> bool {
+        if self.samples.len() < capacity {
+            return false;
+        }
+        let samples = self.to_vec();
+        let third = samples.len() / 3;
+        let early = median(&mut samples[..third].to_vec());
+        let late = median(&mut samples[samples.len() - third..].to_vec());
+        late > early && theil_sen_slope(&samples) > 0.0
+    }
+
+    /// Growth in bytes per tick (Theil–Sen), 0 with fewer than 2 samples.
+    pub fn slope_per_tick(&self) -> f64 {
+        theil_sen_slope(&self.to_vec())
+    }
+
+    fn to_vec(&self) -> Vec<u64> {
+        self.samples.iter().copied().collect()
+    }
+}
+
+/// The median of all pairwise slopes (i < j): robust to outliers.
+pub fn theil_sen_slope(samples: &[u64]) -> f64 {
+    let mut slopes = Vec::with_capacity(samples.len() * samples.len().saturating_sub(1) / 2);
+    for (i, &a) in samples.iter().enumerate() {
+        for (j, &b) in samples.iter().enumerate().skip(i + 1) {
+            slopes.push((b as f64 - a as f64) / (j - i) as f64);
+        }
+    }
+    if slopes.is_empty() {
+        return 0.0;
+    }
+    slopes.sort_unstable_by(f64::total_cmp);
+    let mid = slopes.len() / 2;
+    if !slopes.len().is_multiple_of(2) {
+        slopes[mid]
+    } else {
+        (slopes[mid - 1] + slopes[mid]) / 2.0
+    }
+}
+
+fn median(values: &mut [u64]) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// Histories of every site (by index) of every process (by tgid).
+#[derive(Debug, Default)]
+pub struct LeakDetector {
+    config: LeakConfig,
+    sites: HashMap<u32, HashMap<u32, History>>,
+    processes: HashMap<u32, History>,
+}
+
+impl LeakDetector {
+    /// A detector with no history.
+    pub fn new(config: LeakConfig) -> Self {
+        Self {
+            config,
+            sites: HashMap::new(),
+            processes: HashMap::new(),
+        }
+    }
+
+    /// The thresholds in force.
+    pub fn config(&self) -> LeakConfig {
+        self.config
+    }
+
+    /// Replaces the thresholds; histories are kept (trimmed on the next samples).
+    pub fn set_config(&mut self, config: LeakConfig) {
+        self.config = config;
+    }
+
+    /// Records this tick's live bytes of one site.
+    pub fn sample_site(&mut self, tgid: u32, site: u32, live_bytes: u64) {
+        let capacity = self.config.samples();
+        self.sites
+            .entry(tgid)
+            .or_default()
+            .entry(site)
+            .or_default()
+            .push(live_bytes, capacity);
+    }
+
+    /// Records this tick's live bytes of one process.
+    pub fn sample_process(&mut self, tgid: u32, live_bytes: u64) {
+        let capacity = self.config.samples();
+        self.processes.entry(tgid).or_default().push(live_bytes, capacity);
+    }
+
+    /// True when the site's live bytes grow robustly over a full window.
+    pub fn site_grows(&self, tgid: u32, site: u32) -> bool {
+        self.sites
+            .get(&tgid)
+            .and_then(|sites| sites.get(&site))
+            .is_some_and(|h| h.grows(self.config.samples()))
+    }
+
+    /// The process's live-bytes growth in bytes per second over the window.
+    pub fn process_growth_rate(&self, tgid: u32) -> f64 {
+        let per_tick = self.processes.get(&tgid).map_or(0.0, History::slope_per_tick);
+        per_tick / self.config.tick.as_secs_f64()
+    }
+
+    /// Drops everything about a process (it exited or exec'd).
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.sites.remove(&tgid);
+        self.processes.remove(&tgid);
+    }
+
+    /// Number of site histories kept.
+    pub fn tracked_sites(&self) -> usize {
+        self.sites.values().map(HashMap::len).sum()
+    }
+}
+
+#[cfg(test)]
+#[path = "leaks_tests.rs"]
+mod tests;
