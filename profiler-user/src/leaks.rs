@@ -149,7 +149,10 @@ impl LeakDetector {
     /// Records this tick's live bytes of one process.
     pub fn sample_process(&mut self, tgid: u32, live_bytes: u64) {
         let capacity = self.config.samples();
-        self.processes.entry(tgid).or_default().push(live_bytes, capacity);
+        self.processes
+            .entry(tgid)
+            .or_default()
+            .push(live_bytes, capacity);
     }
 
     /// True when the site's live bytes grow robustly over a full window.
@@ -162,7 +165,10 @@ impl LeakDetector {
 
     /// The process's live-bytes growth in bytes per second over the window.
     pub fn process_growth_rate(&self, tgid: u32) -> f64 {
-        let per_tick = self.processes.get(&tgid).map_or(0.0, History::slope_per_tick);
+        let per_tick = self
+            .processes
+            .get(&tgid)
+            .map_or(0.0, History::slope_per_tick);
         per_tick / self.config.tick.as_secs_f64()
     }
 

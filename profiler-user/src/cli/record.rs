@@ -107,12 +107,12 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
         library: probes.libc().display().to_string(),
         absent: probes.skipped().iter().map(|f| (*f).to_owned()).collect(),
     };
-    drop(probes);
     let report = recording.into_report(args, status, pid.get(), &counters, allocator);
     eprint!("{}", render_text(&report, args.top as usize));
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
+    drop(probes);
     Ok(status)
 }
 

@@ -193,6 +193,7 @@ pub enum ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     return_links: Vec<UProbeLinkId>,
+    entry_links: Vec<(&'static str, UProbeLinkId)>,
     libc: PathBuf,
     skipped: Vec<&'static str>,
 }
@@ -211,6 +212,7 @@ impl Probes {
         let mut probes = Self {
             ebpf,
             return_links: Vec::new(),
+            entry_links: Vec::new(),
             libc,
             skipped: Vec::new(),
         };
@@ -309,8 +311,9 @@ impl Probes {
             source: Box::new(source),
         })?;
         for symbol in CXX_NEW_SYMBOLS {
-            if program.attach(symbol, &runtime, scope).is_err() {
-                self.skipped.push(symbol);
+            match program.attach(symbol, &runtime, scope) {
+                Ok(link) => self.entry_links.push((CXX_NEW_PROGRAM, link)),
+                Err(_) => self.skipped.push(symbol),
             }
         }
         Ok(())
@@ -333,17 +336,25 @@ impl Probes {
                 .map_err(|e| attach_error("uretprobe", e))?;
             self.return_links.push(link);
         }
-        uprobe(&mut self.ebpf, function.entry)?
+        let link = uprobe(&mut self.ebpf, function.entry)?
             .attach(function.name, &self.libc, scope)
             .map_err(|e| attach_error("uprobe", e))?;
+        self.entry_links.push((function.entry, link));
         Ok(())
     }
 }
 
 impl Drop for Probes {
+    /// Detaches return probes, then entry probes. (Each detach waits for the
+    /// kernel's tracepoint grace period, about 100 ms here, one at a time.)
     fn drop(&mut self) {
         if let Ok(program) = uprobe(&mut self.ebpf, RETURN_PROGRAM) {
             for link in self.return_links.drain(..) {
+                let _ = program.detach(link);
+            }
+        }
+        for (name, link) in self.entry_links.drain(..) {
+            if let Ok(program) = uprobe(&mut self.ebpf, name) {
                 let _ = program.detach(link);
             }
         }
