@@ -6,9 +6,12 @@
 //! into symbols, [`report`] renders summaries and [`cli`] glues the commands.
 
 pub mod cli;
+pub mod config;
 pub mod events;
 pub mod leaks;
+pub mod metrics;
 pub mod probes;
+pub mod procinfo;
 pub mod report;
 pub mod stacks;
 pub mod tracker;

@@ -10,10 +10,24 @@ use std::collections::HashMap;
 use crate::events::{HeapEvent, RawSite, Task};
 
 /// Tracker options.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct TrackerConfig {
     /// A forked child starts with a copy of its parent's heap (its memory is a copy).
     pub copy_on_fork: bool,
+    /// Live blocks kept in all; past it new blocks are refused (and counted).
+    pub max_live_total: u64,
+    /// Live blocks kept per process; past it new blocks are refused (and counted).
+    pub max_live_per_process: u64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            copy_on_fork: false,
+            max_live_total: u64::MAX,
+            max_live_per_process: u64::MAX,
+        }
+    }
 }
 
 /// A live block.
@@ -42,6 +56,8 @@ pub struct Counters {
     pub unmatched_frees: u64,
     /// Allocations returned at an address already live: a free was missed.
     pub replaced_blocks: u64,
+    /// Live blocks not kept because a cap was reached (counted, not tracked).
+    pub refused_blocks: u64,
 }
 
 /// Figures of one allocation site in one process.
@@ -97,11 +113,40 @@ impl ProcessState {
         self.live.iter().map(|(ptr, block)| (*ptr, block))
     }
 
-    fn alloc(&mut self, tid: u32, ptr: u64, size: u64, site: RawSite, time_ns: u64) {
+    /// True when figures are not exact: blocks refused, or frees or blocks missed.
+    pub fn inexact(&self) -> bool {
+        let c = &self.counters;
+        c.refused_blocks > 0 || c.replaced_blocks > 0 || c.unmatched_frees > 0
+    }
+
+    /// Approximate bytes of memory this state takes.
+    pub fn memory_bytes(&self) -> u64 {
+        let block = size_of::<u64>() + size_of::<LiveBlock>() + 1;
+        let site = size_of::<SiteStats>() + size_of::<RawSite>() + size_of::<u32>() + 1;
+        (self.live.capacity() * block + self.sites.capacity() * site) as u64
+    }
+
+    /// Sums of live bytes per site of the blocks allocated before `before_ns`.
+    pub fn old_bytes_by_site(&self, before_ns: u64) -> HashMap<u32, u64> {
+        let mut old = HashMap::new();
+        for block in self.live.values().filter(|b| b.time_ns < before_ns) {
+            *old.entry(block.site).or_insert(0) += block.size;
+        }
+        old
+    }
+
+    /// Counts the allocation; keeps the block only when `keep` (else counts it refused).
+    fn alloc(&mut self, tid: u32, ptr: u64, size: u64, site: RawSite, time_ns: u64, keep: bool) {
         self.realloc_pending.remove(&tid);
         if let Some(old) = self.live.remove(&ptr) {
             self.counters.replaced_blocks += 1;
             self.unlink(&old);
+        }
+        self.counters.allocs += 1;
+        self.counters.bytes_allocated += size;
+        if !keep {
+            self.counters.refused_blocks += 1;
+            return;
         }
         let site = self.intern(site);
         let stats = &mut self.sites[site as usize];
@@ -118,8 +163,6 @@ impl ProcessState {
             },
         );
         self.live_bytes += size;
-        self.counters.allocs += 1;
-        self.counters.bytes_allocated += size;
     }
 
     /// Frees `ptr`; returns the block when it was live.
@@ -206,6 +249,7 @@ pub struct Finished {
 pub struct Tracker {
     config: TrackerConfig,
     processes: HashMap<u32, ProcessState>,
+    live_total: u64,
 }
 
 impl Tracker {
@@ -214,7 +258,29 @@ impl Tracker {
         Self {
             config,
             processes: HashMap::new(),
+            live_total: 0,
         }
+    }
+
+    /// Changes the caps (they apply to blocks allocated from now on).
+    pub fn set_config(&mut self, config: TrackerConfig) {
+        self.config = config;
+    }
+
+    /// Live blocks kept, in all processes.
+    pub fn live_blocks(&self) -> u64 {
+        self.live_total
+    }
+
+    /// Approximate bytes of memory the tracker takes.
+    pub fn memory_bytes(&self) -> u64 {
+        let per_process = size_of::<u32>() + size_of::<ProcessState>() + 1;
+        let states: u64 = self
+            .processes
+            .values()
+            .map(ProcessState::memory_bytes)
+            .sum();
+        states + (self.processes.capacity() * per_process) as u64
     }
 
     /// Applies one event; returns a process's final state when it exits or execs.
@@ -226,12 +292,33 @@ impl Tracker {
                 size,
                 site,
                 time_ns,
-            } => self.state(task).alloc(task.tid, ptr, size, site, time_ns),
-            HeapEvent::Free { task, ptr } => {
-                self.state(task).free(task.tid, ptr);
+            } => {
+                let total_room = self.live_total < self.config.max_live_total;
+                let per_process = self.config.max_live_per_process;
+                let state = self.state(task);
+                let keep = total_room && state.live_blocks() < per_process;
+                let before = state.live_blocks();
+                state.alloc(task.tid, ptr, size, site, time_ns, keep);
+                let after = state.live_blocks();
+                self.live_total = self.live_total + after - before;
             }
-            HeapEvent::ReallocFree { task, ptr } => self.state(task).realloc_free(task.tid, ptr),
-            HeapEvent::ReallocFail { task, ptr } => self.state(task).realloc_fail(task.tid, ptr),
+            HeapEvent::Free { task, ptr } => {
+                if self.state(task).free(task.tid, ptr).is_some() {
+                    self.live_total -= 1;
+                }
+            }
+            HeapEvent::ReallocFree { task, ptr } => {
+                let state = self.state(task);
+                let before = state.live_blocks();
+                state.realloc_free(task.tid, ptr);
+                self.live_total -= before - state.live_blocks();
+            }
+            HeapEvent::ReallocFail { task, ptr } => {
+                let state = self.state(task);
+                let before = state.live_blocks();
+                state.realloc_fail(task.tid, ptr);
+                self.live_total += state.live_blocks() - before;
+            }
             HeapEvent::Exec { tgid } => return self.finish(tgid, EndReason::Exec),
             HeapEvent::Exit { tgid } => return self.finish(tgid, EndReason::Exit),
             HeapEvent::Fork { child, parent } => self.fork(child, parent),
@@ -251,6 +338,7 @@ impl Tracker {
 
     /// Removes and returns every process still tracked (at the end of a recording).
     pub fn drain(&mut self) -> Vec<(u32, ProcessState)> {
+        self.live_total = 0;
         self.processes.drain().collect()
     }
 
@@ -260,6 +348,7 @@ impl Tracker {
 
     fn finish(&mut self, tgid: u32, reason: EndReason) -> Option<Finished> {
         let state = self.processes.remove(&tgid)?;
+        self.live_total -= state.live_blocks();
         Some(Finished {
             tgid,
             reason,
@@ -274,7 +363,10 @@ impl Tracker {
         if let Some(state) = self.processes.get(&parent) {
             let mut copy = state.clone();
             copy.realloc_pending.clear();
-            self.processes.insert(child, copy);
+            self.live_total += copy.live_blocks();
+            if let Some(replaced) = self.processes.insert(child, copy) {
+                self.live_total -= replaced.live_blocks();
+            }
         }
     }
 }

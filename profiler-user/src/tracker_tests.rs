@@ -1,6 +1,6 @@
 //! Unit and property tests of the tracker against a reference model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 
@@ -114,7 +114,10 @@ fn exit_and_exec_hand_back_the_state() {
 #[test]
 fn fork_copies_the_parent_only_when_asked() {
     for copy_on_fork in [false, true] {
-        let mut t = Tracker::new(TrackerConfig { copy_on_fork });
+        let mut t = Tracker::new(TrackerConfig {
+            copy_on_fork,
+            ..TrackerConfig::default()
+        });
         t.apply(&alloc(1, 0x10, 8));
         t.apply(&HeapEvent::Fork {
             child: 200,
@@ -145,6 +148,58 @@ fn sites_are_kept_apart() {
         .collect();
     live.sort_unstable();
     assert_eq!(live, vec![(1, 10), (2, 20)]);
+}
+
+#[test]
+fn caps_refuse_blocks_and_count_them() {
+    let mut t = Tracker::new(TrackerConfig {
+        max_live_per_process: 2,
+        max_live_total: 3,
+        ..TrackerConfig::default()
+    });
+    for ptr in [0x10, 0x20, 0x30] {
+        t.apply(&alloc(1, ptr, 8));
+    }
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!((p.live_blocks(), p.counters().refused_blocks), (2, 1));
+    assert_eq!(p.counters().allocs, 3);
+    assert!(p.inexact());
+    t.apply(&HeapEvent::Alloc {
+        task: Task { tgid: 7, tid: 7 },
+        ptr: 0x10,
+        size: 8,
+        site: site(1),
+        time_ns: 0,
+    });
+    t.apply(&HeapEvent::Alloc {
+        task: Task { tgid: 8, tid: 8 },
+        ptr: 0x10,
+        size: 8,
+        site: site(1),
+        time_ns: 0,
+    });
+    assert_eq!(t.live_blocks(), 3, "the total cap holds");
+    assert_eq!(t.process(8).map(|p| p.counters().refused_blocks), Some(1));
+    t.apply(&HeapEvent::Exit { tgid: TGID });
+    assert_eq!(t.live_blocks(), 1);
+}
+
+#[test]
+fn old_bytes_are_summed_per_site() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    for (ptr, time_ns) in [(0x10, 100), (0x20, 200), (0x30, 300)] {
+        t.apply(&HeapEvent::Alloc {
+            task: task(1),
+            ptr,
+            size: 10,
+            site: site(1),
+            time_ns,
+        });
+    }
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!(p.old_bytes_by_site(250), HashMap::from([(0, 20)]));
+    assert!(p.memory_bytes() > 0);
+    assert!(t.memory_bytes() >= p.memory_bytes());
 }
 
 /// A user-level allocator call, as a program makes it.
@@ -310,6 +365,7 @@ proptest! {
         prop_assert_eq!(counters.frees, model.frees);
         prop_assert_eq!(counters.bytes_allocated, model.bytes);
         prop_assert_eq!(counters.unmatched_frees, model.unmatched);
+        prop_assert_eq!(tracker.live_blocks(), model.live.len() as u64);
         let site_live: u64 = tracker.process(TGID).map_or(0, |p| p.sites().iter().map(|s| s.live_bytes).sum());
         prop_assert_eq!(site_live, live_bytes);
     }

@@ -144,6 +144,7 @@ impl Recording {
         Self {
             tracker: Tracker::new(TrackerConfig {
                 copy_on_fork: follow_forks,
+                ..TrackerConfig::default()
             }),
             sites: SiteResolver::new(),
             exited: HashMap::new(),

@@ -1,0 +1,100 @@
+//! Labels of a process for metrics: its command name and its unit (systemd
+//! unit, container id, or cgroup path), read from /proc.
+
+use std::fs;
+
+/// The labels heapwatch exports for a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessLabels {
+    /// The command name (/proc/PID/comm).
+    pub comm: String,
+    /// The systemd unit, container id, or cgroup path.
+    pub unit: String,
+}
+
+impl ProcessLabels {
+    /// Reads a live process's labels; a process already gone gets empty ones.
+    pub fn read(pid: u32) -> Self {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        Self {
+            comm: comm.trim_end().to_owned(),
+            unit: unit_from_cgroup(&cgroup),
+        }
+    }
+}
+
+/// The unit of a /proc/PID/cgroup text: the innermost systemd unit
+/// (`*.service`, `*.scope`, ...), else a 64-hex-digit container id, else the
+/// cgroup path (v2's `0::` line, or the first line's path).
+pub fn unit_from_cgroup(cgroup: &str) -> String {
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| cgroup.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
+        .unwrap_or("")
+        .trim();
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if let Some(id) = components.iter().rev().find_map(|c| container_id(c)) {
+        return id.to_owned();
+    }
+    const UNIT_SUFFIXES: [&str; 4] = [".service", ".scope", ".socket", ".timer"];
+    if let Some(unit) = components
+        .iter()
+        .rev()
+        .find(|c| UNIT_SUFFIXES.iter().any(|s| c.ends_with(s)))
+    {
+        return (*unit).to_owned();
+    }
+    if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// A container id in a cgroup component: `docker-<id>.scope`,
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope` or a bare `<id>`.
+fn container_id(component: &str) -> Option<&str> {
+    let trimmed = component.strip_suffix(".scope").unwrap_or(component);
+    let id = trimmed.rsplit('-').next().unwrap_or(trimmed);
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f1c8a3b2d9e0f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
+
+    #[test]
+    fn systemd_units() {
+        assert_eq!(
+            unit_from_cgroup("0::/system.slice/nginx.service\n"),
+            "nginx.service"
+        );
+        assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n"),
+            "session-3.scope"
+        );
+    }
+
+    #[test]
+    fn containers() {
+        let docker = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(unit_from_cgroup(&docker), ID);
+        let kube = format!("0::/kubepods/burstable/pod1234/{ID}\n");
+        assert_eq!(unit_from_cgroup(&kube), ID);
+    }
+
+    #[test]
+    fn plain_paths_and_cgroup_v1() {
+        assert_eq!(unit_from_cgroup("0::/\n"), "/");
+        assert_eq!(unit_from_cgroup("0::/batch/jobs\n"), "/batch/jobs");
+        assert_eq!(
+            unit_from_cgroup("12:memory:/system.slice/cron.service\n"),
+            "cron.service"
+        );
+        assert_eq!(unit_from_cgroup(""), "/");
+    }
+}
