@@ -1,1 +1,326 @@
+//! `heapwatch daemon` end to end: system-wide tracing of real workloads,
+//! /metrics scraped over loopback, leak suspects, signals and sd_notify.
 
+#[allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{
+    BpfBaseline,
+    daemon::{Daemon, Metrics},
+    fixture, have_root, heapwatch, tempfile_path,
+};
+
+/// The leak rule's settings for tests: seconds, not minutes.
+const FAST: [&str; 6] = ["--tick", "1s", "--window", "6s", "--min-age", "3s"];
+
+/// A workload process, killed when the test ends.
+struct Workload {
+    child: Child,
+}
+
+impl Workload {
+    /// Starts `workload MODE` and waits for its "ready" line.
+    fn start(binary: &Path, mode: &str) -> Self {
+        let mut child = Command::new(binary)
+            .arg(mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the workload");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready");
+        assert_eq!(line, "ready\n", "workload {mode} did not start");
+        Self { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_file(text: &str) -> PathBuf {
+    let path = tempfile_path("config.toml");
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
+
+/// Scrapes until `check` passes or `within` passes; returns the last scrape.
+fn scrape_until(daemon: &Daemon, within: Duration, check: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + within;
+    loop {
+        let metrics = daemon.scrape();
+        if check(&metrics) || Instant::now() > deadline {
+            return metrics;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn live_bytes_and_leak_suspects_of_real_workloads() {
+    if !have_root("live_bytes_and_leak_suspects_of_real_workloads") {
+        return;
+    }
+    let workload = fixture("workload");
+    let baseline = BpfBaseline::take();
+    let config = config_file("");
+    let mut daemon = Daemon::start(&config, &[&FAST[..], &["--top", "50"]].concat());
+    let started = Instant::now();
+    let leak = Workload::start(&workload, "leak");
+    let plateau = Workload::start(&workload, "plateau");
+    let constant = Workload::start(&workload, "constant");
+    let burst = Workload::start(&workload, "burst");
+    let exiting = Workload::start(&workload, "exit");
+    let execing = Command::new(&workload)
+        .arg("exec")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the exec workload");
+    let execing = Workload { child: execing };
+
+    let live = |m: &Metrics, pid| m.process("heapwatch_process_live_bytes", pid);
+    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+        live(m, exiting.pid()).is_some()
+    });
+    assert_eq!(
+        live(&m, exiting.pid()),
+        Some(300_000.0),
+        "a process holding memory"
+    );
+
+    let suspect = |m: &Metrics, pid| {
+        m.process("heapwatch_process_leak_suspect_bytes", pid)
+            .unwrap_or(0.0)
+    };
+    let m = scrape_until(&daemon, Duration::from_secs(12), |m| {
+        suspect(m, leak.pid()) > 0.0
+    });
+    let detection = started.elapsed();
+    assert!(
+        suspect(&m, leak.pid()) > 0.0,
+        "the leak is not suspect after two windows"
+    );
+    eprintln!("leak detected after {detection:?} (tick 1s, window 6s, min-age 3s)");
+
+    // Let the plateau stay flat for a whole window, and the exiting process end.
+    thread::sleep(Duration::from_secs(8));
+    let m = daemon.scrape();
+    assert!(suspect(&m, leak.pid()) > 0.0, "the leak stays suspect");
+    for (name, pid) in [
+        ("plateau", plateau.pid()),
+        ("constant", constant.pid()),
+        ("burst", burst.pid()),
+        ("exec", execing.pid()),
+    ] {
+        assert_eq!(suspect(&m, pid), 0.0, "{name} is not a leak");
+    }
+    assert_eq!(live(&m, constant.pid()), Some(1_000_000.0));
+    assert_eq!(
+        m.process("heapwatch_process_live_allocations", constant.pid()),
+        Some(100.0)
+    );
+    assert_eq!(live(&m, plateau.pid()), Some(64.0 * 4096.0));
+    assert_eq!(
+        live(&m, execing.pid()),
+        Some(1_000_000.0),
+        "the pre-exec heap is dropped"
+    );
+    assert_eq!(
+        live(&m, exiting.pid()),
+        None,
+        "an exited process's series are removed"
+    );
+    let comm = m
+        .family("heapwatch_process_live_bytes")
+        .into_iter()
+        .find(|s| s.labels.get("pid") == Some(&constant.pid().to_string()))
+        .and_then(|s| s.labels.get("comm").cloned());
+    assert_eq!(comm.as_deref(), Some("workload"));
+    let suspects = m
+        .family("heapwatch_process_leak_suspect_bytes")
+        .iter()
+        .filter(|s| s.value > 0.0)
+        .count();
+    let series = m.family("heapwatch_process_live_bytes").len();
+    assert!(
+        series <= 50 + suspects + 1,
+        "{series} series exceed the bound"
+    );
+    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert!(m.total("heapwatch_events_total") > 0.0);
+
+    drop((leak, plateau, constant, burst, exiting, execing));
+    assert!(
+        daemon.stop().success(),
+        "SIGTERM exits 0:\n{}",
+        daemon.log()
+    );
+    baseline.assert_nothing_left();
+}
+
+#[test]
+fn per_process_series_are_bounded() {
+    if !have_root("per_process_series_are_bounded") {
+        return;
+    }
+    let workload = fixture("workload");
+    let config = config_file("");
+    let mut daemon = Daemon::start(&config, &[&FAST[..], &["--top", "1"]].concat());
+    let held: Vec<Workload> = (0..3)
+        .map(|_| Workload::start(&workload, "constant"))
+        .collect();
+    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+        m.process("heapwatch_process_live_bytes", 0).is_none()
+            && m.family("heapwatch_process_live_bytes")
+                .iter()
+                .any(|s| s.labels["pid"] == "other")
+    });
+    let family = m.family("heapwatch_process_live_bytes");
+    let suspects = m
+        .family("heapwatch_process_leak_suspect_bytes")
+        .iter()
+        .filter(|s| s.value > 0.0)
+        .count();
+    assert!(
+        family.len() <= 1 + suspects + 1,
+        "{} series with --top 1",
+        family.len()
+    );
+    let other = family
+        .iter()
+        .find(|s| s.labels["pid"] == "other")
+        .expect("an other series");
+    assert!(
+        other.value >= 1_000_000.0,
+        "the constant workloads are summed in other"
+    );
+    drop(held);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one() {
+    if !have_root("sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one") {
+        return;
+    }
+    let baseline = BpfBaseline::take();
+    let config = config_file("tick = \"1s\"\nwindow = \"6s\"\n");
+    let mut daemon = Daemon::start(&config, &[]);
+    std::fs::write(&config, "tick = \"1s\"\nwindwo = \"6s\"\n").expect("break the config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration not reloaded", Duration::from_secs(10));
+    assert!(
+        daemon.log().contains("windwo"),
+        "the error names the key:\n{}",
+        daemon.log()
+    );
+    daemon.assert_running();
+    assert!(
+        daemon.scrape().total("heapwatch_build_info") == 1.0,
+        "still serving"
+    );
+    std::fs::write(&config, "tick = \"2s\"\nwindow = \"20s\"\n").expect("fix the config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    let status = daemon.stop();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    baseline.assert_nothing_left();
+}
+
+#[test]
+fn sigint_and_sigkill_leave_nothing_attached() {
+    if !have_root("sigint_and_sigkill_leave_nothing_attached") {
+        return;
+    }
+    let baseline = BpfBaseline::take();
+    let config = config_file("");
+    let mut daemon = Daemon::start(&config, &[]);
+    assert!(!baseline.new_links().is_empty(), "the daemon attached");
+    daemon.signal(libc::SIGINT);
+    let status = daemon.stop();
+    assert_eq!(status.code(), Some(0));
+    baseline.assert_nothing_left();
+    let daemon = Daemon::start(&config, &[]);
+    daemon.signal(libc::SIGKILL);
+    drop(daemon);
+    baseline.assert_nothing_left();
+}
+
+#[test]
+fn check_reports_every_probe() {
+    if !have_root("check_reports_every_probe") {
+        return;
+    }
+    let baseline = BpfBaseline::take();
+    let config = config_file("");
+    let output = heapwatch()
+        .args(["daemon", "--check", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run daemon --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for probe in [
+        "uprobe+uretprobe malloc in",
+        "uprobe free in",
+        "tracepoint sched/sched_process_exit",
+    ] {
+        assert!(stdout.contains(probe), "{probe} missing:\n{stdout}");
+    }
+    baseline.assert_nothing_left();
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_named() {
+    if !have_root("bad_configuration_is_refused_with_the_key_named") {
+        return;
+    }
+    let baseline = BpfBaseline::take();
+    for (file, flags, expected) in [
+        ("tikc = \"1s\"\n", vec![], "tikc"),
+        ("tick = \"fast\"\n", vec![], "tick"),
+        ("", vec!["--window", "1s"], "window"),
+        ("", vec!["--listen", "nowhere"], "listen"),
+    ] {
+        let config = config_file(file);
+        let output = heapwatch()
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .args(&flags)
+            .output()
+            .expect("run heapwatch daemon");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{file}{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{expected} not named: {stderr}");
+    }
+    let output = heapwatch()
+        .args(["daemon", "--config", "/no/such/config.toml"])
+        .output()
+        .expect("run heapwatch daemon");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/config.toml"));
+    baseline.assert_nothing_left();
+}

@@ -1,6 +1,10 @@
 //! `heapwatch record` end to end: real eBPF programs tracing real fixture
 //! programs, their figures compared with valgrind's, run in the same test.
 
+#[allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
 mod support;
 
 use std::{

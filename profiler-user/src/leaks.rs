@@ -135,15 +135,19 @@ impl LeakDetector {
         self.config = config;
     }
 
-    /// Records this tick's live bytes of one site.
+    /// Records this tick's live bytes of one site. A site without live bytes
+    /// gets no history, and loses it once a whole window was empty.
     pub fn sample_site(&mut self, tgid: u32, site: u32, live_bytes: u64) {
         let capacity = self.config.samples();
-        self.sites
-            .entry(tgid)
-            .or_default()
-            .entry(site)
-            .or_default()
-            .push(live_bytes, capacity);
+        let sites = self.sites.entry(tgid).or_default();
+        if live_bytes == 0 && !sites.contains_key(&site) {
+            return;
+        }
+        let history = sites.entry(site).or_default();
+        history.push(live_bytes, capacity);
+        if history.samples.len() == capacity && history.samples.iter().all(|&s| s == 0) {
+            sites.remove(&site);
+        }
     }
 
     /// Records this tick's live bytes of one process.

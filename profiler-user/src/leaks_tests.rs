@@ -46,7 +46,7 @@ fn growth_under_churn_is_suspect() {
 
 #[test]
 fn a_cache_that_plateaus_stops_being_suspect() {
-    let filling: Vec<u64> = (0..WINDOW as u64).map(|i| 100 * i).collect();
+    let filling: Vec<u64> = (1..=WINDOW as u64).map(|i| 100 * i).collect();
     let mut d = detector_fed(&filling);
     assert!(d.site_grows(1, 0), "suspect while filling");
     for _ in 0..WINDOW {
@@ -88,4 +88,16 @@ fn theil_sen_ignores_an_outlier() {
     assert_eq!(theil_sen_slope(&[0, 1, 2, 3, 1000, 5, 6]), 1.0);
     assert_eq!(theil_sen_slope(&[7]), 0.0);
     assert_eq!(theil_sen_slope(&[]), 0.0);
+}
+
+#[test]
+fn empty_sites_keep_no_history() {
+    let mut d = LeakDetector::new(config());
+    d.sample_site(1, 0, 0);
+    assert_eq!(d.tracked_sites(), 0);
+    d.sample_site(1, 0, 10);
+    for _ in 0..WINDOW {
+        d.sample_site(1, 0, 0);
+    }
+    assert_eq!(d.tracked_sites(), 0, "a window of zeros is forgotten");
 }

@@ -2,13 +2,20 @@
 
 use clap::Parser;
 use heapwatch::{
-    cli::{Cli, Command, record},
+    cli::{Cli, Command, daemon, record},
     report::CommandStatus,
 };
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
+        Command::Daemon(args) => {
+            init_logging();
+            if let Err(err) = daemon(&args) {
+                eprintln!("heapwatch: {}", error_chain(&err));
+                std::process::exit(1);
+            }
+        }
         Command::Record(args) => match record(&args) {
             Ok(CommandStatus::Exited(code)) => std::process::exit(code),
             Ok(CommandStatus::Killed(signal)) => std::process::exit(128 + signal),
@@ -18,6 +25,16 @@ fn main() {
             }
         },
     }
+}
+
+/// Logs to stderr (the journal, under systemd); HEAPWATCH_LOG sets the filter.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEAPWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The error and its causes, joined as "what: why: deeper why".

@@ -306,3 +306,4 @@ pub fn tempfile_path(name: &str) -> PathBuf {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!("heapwatch-test-{}-{n}-{name}", std::process::id()))
 }
+pub mod daemon;

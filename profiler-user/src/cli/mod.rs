@@ -1,6 +1,8 @@
 //! Command-line definitions and the subcommands' glue.
 
 mod command;
+mod daemon;
+mod notify;
 mod record;
 mod session;
 
@@ -9,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use command::{CommandError, resolve_command};
+pub use daemon::{DaemonError, daemon};
 pub use record::{RecordError, record};
 
 /// heapwatch: who holds the heap, for any process, with no rebuild.
@@ -23,9 +26,67 @@ pub struct Cli {
 /// heapwatch's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Trace every process on the machine and serve Prometheus metrics:
+    /// live heap per process, growth, leak suspects.
+    Daemon(DaemonArgs),
     /// Run CMD under tracing from its first instruction and print its heap
     /// summary (valgrind's figures) and the sites still holding memory at exit.
     Record(RecordArgs),
+}
+
+/// Options of `heapwatch daemon`. Flags override the configuration file.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Configuration file (default: /etc/heapwatch/config.toml, if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the /metrics endpoint [default: 127.0.0.1:9465].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// How often live bytes are sampled, e.g. 10s [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub tick: Option<String>,
+    /// Over how long growth is judged, e.g. 10m [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<String>,
+    /// How old live blocks must be to count as leaked, e.g. 5m [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub min_age: Option<String>,
+    /// Processes exported one by one, by live bytes; the rest are summed [default: 20].
+    #[arg(long, value_name = "K")]
+    pub top: Option<usize>,
+    /// Cap on live allocations tracked in all [default: 50000000].
+    #[arg(long, value_name = "N")]
+    pub max_allocations: Option<u64>,
+    /// Cap on live allocations tracked per process [default: 10000000].
+    #[arg(long, value_name = "N")]
+    pub max_allocations_per_process: Option<u64>,
+    /// Ring-buffer size in KiB, a power of two [default: 4096].
+    #[arg(long, value_name = "KIB")]
+    pub ring_kib: Option<u32>,
+    /// The allocator library to probe (default: the C library heapwatch itself uses).
+    #[arg(long, value_name = "PATH")]
+    pub libc: Option<PathBuf>,
+    /// Load and attach everything, report what works, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl DaemonArgs {
+    /// The settings the flags give (unset flags are `None`).
+    pub fn settings(&self) -> crate::config::Settings {
+        crate::config::Settings {
+            listen: self.listen.clone(),
+            tick: self.tick.clone(),
+            window: self.window.clone(),
+            min_age: self.min_age.clone(),
+            top_processes: self.top,
+            max_allocations: self.max_allocations,
+            max_allocations_per_process: self.max_allocations_per_process,
+            ring_kib: self.ring_kib,
+            libc: self.libc.clone(),
+        }
+    }
 }
 
 /// Options of `heapwatch record`.
@@ -78,7 +139,9 @@ mod tests {
     fn record_takes_the_command_after_double_dash() {
         let cli = Cli::try_parse_from(["heapwatch", "record", "--top", "3", "--", "ls", "-l"])
             .expect("valid command line");
-        let Command::Record(args) = cli.command;
+        let Command::Record(args) = cli.command else {
+            panic!("not record");
+        };
         assert_eq!(args.command, ["ls", "-l"]);
         assert_eq!(
             (args.top, args.ring_kib, args.follow_forks),

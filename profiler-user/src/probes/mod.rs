@@ -196,6 +196,7 @@ pub struct Probes {
     entry_links: Vec<(&'static str, UProbeLinkId)>,
     libc: PathBuf,
     skipped: Vec<&'static str>,
+    attached: Vec<String>,
 }
 
 impl Probes {
@@ -215,6 +216,10 @@ impl Probes {
             entry_links: Vec::new(),
             libc,
             skipped: Vec::new(),
+            attached: TRACEPOINTS
+                .iter()
+                .map(|(category, name, _)| format!("tracepoint {category}/{name}"))
+                .collect(),
         };
         let scope = uprobe_scope(config.scope);
         probes.attach_allocator(scope)?;
@@ -230,6 +235,11 @@ impl Probes {
     /// Optional allocator functions the library lacks.
     pub fn skipped(&self) -> &[&'static str] {
         &self.skipped
+    }
+
+    /// What is attached, one line each, for `heapwatch daemon --check`.
+    pub fn attached(&self) -> &[String] {
+        &self.attached
     }
 
     /// Takes the ring-buffer reader (once).
@@ -282,7 +292,12 @@ impl Probes {
         let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
         let aliases = symbols::aliases(&names, &addresses);
         for function in &ALLOCATOR_FNS {
-            if aliases.contains_key(function.name) {
+            if let Some(probed) = aliases.get(function.name) {
+                self.attached.push(format!(
+                    "{} is {probed} in {} (probed once)",
+                    function.name,
+                    self.libc.display()
+                ));
                 continue;
             }
             match self.attach_function(function, scope) {
@@ -312,7 +327,13 @@ impl Probes {
         })?;
         for symbol in CXX_NEW_SYMBOLS {
             match program.attach(symbol, &runtime, scope) {
-                Ok(link) => self.entry_links.push((CXX_NEW_PROGRAM, link)),
+                Ok(link) => {
+                    self.entry_links.push((CXX_NEW_PROGRAM, link));
+                    self.attached.push(format!(
+                        "uprobe {symbol} in {} (call sites)",
+                        runtime.display()
+                    ));
+                }
                 Err(_) => self.skipped.push(symbol),
             }
         }
@@ -340,6 +361,16 @@ impl Probes {
             .attach(function.name, &self.libc, scope)
             .map_err(|e| attach_error("uprobe", e))?;
         self.entry_links.push((function.entry, link));
+        let kinds = if function.returns {
+            "uprobe+uretprobe"
+        } else {
+            "uprobe"
+        };
+        self.attached.push(format!(
+            "{kinds} {} in {}",
+            function.name,
+            self.libc.display()
+        ));
         Ok(())
     }
 }

@@ -3,6 +3,8 @@
 //! every process with a leak suspect; the rest are summed into one series
 //! (`pid="other"`); series of processes that are gone are removed.
 
+pub mod http;
+
 use std::sync::Mutex;
 
 use prometheus::{

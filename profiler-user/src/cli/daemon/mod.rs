@@ -1,0 +1,280 @@
+//! `heapwatch daemon`: system-wide tracing, leak suspects every tick, and
+//! Prometheus metrics; sd_notify readiness and watchdog; SIGTERM/SIGINT
+//! detach and exit 0; SIGHUP reloads the configuration.
+
+mod state;
+
+use std::{
+    fs, io,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use thiserror::Error;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    time::{Interval, MissedTickBehavior, interval},
+};
+
+pub use state::{DaemonState, KernelCounts};
+
+use super::{DaemonArgs, notify};
+use crate::{
+    config::{ConfigError, DEFAULT_CONFIG_PATH, DaemonConfig, Settings},
+    leaks::LeakDetector,
+    metrics::{Metrics, http},
+    probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
+    procinfo::ProcessLabels,
+    tracker::{Tracker, TrackerConfig},
+};
+use profiler_common::Counter;
+
+/// How long the reader waits for a wakeup before draining anyway.
+const READER_POLL: Duration = Duration::from_millis(50);
+
+/// Why the daemon could not start or run.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The configuration file could not be read.
+    #[error("read the configuration {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The probes could not be loaded or attached.
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    /// The metrics address could not be bound.
+    #[error("listen on {address} for /metrics: {source} (choose another with --listen ADDR:PORT)")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The metrics registry could not be built.
+    #[error("set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The runtime or a signal handler could not be set up.
+    #[error("start the daemon's runtime: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+/// Reads the configuration: the file (the one named, or the default one if
+/// it exists) overridden by the flags.
+pub fn load_settings(args: &DaemonArgs) -> Result<Settings, DaemonError> {
+    let flags = args.settings();
+    let path = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+    let Some(path) = path else {
+        return Ok(Settings::default().overridden_by(&flags));
+    };
+    let text = fs::read_to_string(&path).map_err(|source| DaemonError::ReadConfig {
+        path: path.clone(),
+        source,
+    })?;
+    let file = Settings::from_toml(&text, &path.display().to_string())?;
+    Ok(file.overridden_by(&flags))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; with `--check`, attaches,
+/// reports what works, and exits.
+pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
+    let config = DaemonConfig::try_from(&load_settings(args)?)?;
+    let mut probes = Probes::attach(&ProbeConfig {
+        libc: config.libc.clone(),
+        scope: Scope::AllProcesses,
+        ring_bytes: config.ring_kib * 1024,
+    })?;
+    if args.check {
+        return check(&probes, &config);
+    }
+    let reader = probes.reader()?;
+    let state = Arc::new(Mutex::new(DaemonState::new(
+        Tracker::new(tracker_config(&config)),
+        LeakDetector::new(config.leak),
+    )));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_thread = spawn_reader(reader, Arc::clone(&state), Arc::clone(&stop));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let result = runtime.block_on(serve(args, config, &state, &probes));
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader_thread.join();
+    let _ = notify::notify("STOPPING=1");
+    drop(probes);
+    tracing::info!("detached; exiting");
+    result
+}
+
+fn check(probes: &Probes, config: &DaemonConfig) -> Result<(), DaemonError> {
+    println!("heapwatch daemon --check: every probe loaded and attached");
+    for line in probes.attached() {
+        println!("  ok      {line}");
+    }
+    for function in probes.skipped() {
+        println!("  absent  {function} (not in {})", probes.libc().display());
+    }
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|source| DaemonError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    drop(listener);
+    println!("  ok      /metrics can listen on {}", config.listen);
+    Ok(())
+}
+
+fn tracker_config(config: &DaemonConfig) -> TrackerConfig {
+    TrackerConfig {
+        copy_on_fork: true,
+        max_live_total: config.max_allocations,
+        max_live_per_process: config.max_allocations_per_process,
+    }
+}
+
+fn spawn_reader(
+    mut reader: EventReader,
+    state: Arc<Mutex<DaemonState>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(err) = reader.wait(READER_POLL) {
+                tracing::error!(error = %err, "polling the ring buffer failed");
+                thread::sleep(READER_POLL);
+            }
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            reader.drain(|bytes| state.apply_record(bytes));
+        }
+    })
+}
+
+async fn serve(
+    args: &DaemonArgs,
+    mut config: DaemonConfig,
+    state: &Mutex<DaemonState>,
+    probes: &Probes,
+) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                address: config.listen,
+                source,
+            })?;
+    tokio::spawn(http::serve(listener, Arc::clone(&metrics)));
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+    let mut ticks = ticker(config.leak.tick);
+    let mut watchdog = notify::watchdog_interval().map(ticker);
+    tick(state, probes, &metrics, config.top_processes);
+    if let Err(err) = notify::notify("READY=1") {
+        tracing::warn!(error = %err, "sd_notify READY failed");
+    }
+    tracing::info!(listen = %config.listen, libc = %probes.libc().display(), "tracing every process");
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => tick(state, probes, &metrics, config.top_processes),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                if let Some(new) = reload(args, &config, state) {
+                    if new.leak.tick != config.leak.tick {
+                        ticks = ticker(new.leak.tick);
+                    }
+                    config = new;
+                }
+            }
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(w) => w.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = notify::notify("WATCHDOG=1");
+            }
+        }
+    }
+    tracing::info!("signal received; detaching");
+    Ok(())
+}
+
+fn ticker(period: Duration) -> Interval {
+    let mut ticks = interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// Re-reads the configuration; a bad one is logged and the old one kept.
+fn reload(
+    args: &DaemonArgs,
+    old: &DaemonConfig,
+    state: &Mutex<DaemonState>,
+) -> Option<DaemonConfig> {
+    let new = match load_settings(args).and_then(|s| Ok(DaemonConfig::try_from(&s)?)) {
+        Ok(new) => new,
+        Err(err) => {
+            tracing::error!(error = %err, "SIGHUP: configuration not reloaded; keeping the one in force");
+            return None;
+        }
+    };
+    if new.listen != old.listen || new.ring_kib != old.ring_kib || new.libc != old.libc {
+        tracing::warn!("SIGHUP: listen, ring_kib and libc take effect on restart");
+    }
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    state.detector.set_config(new.leak);
+    state.tracker.set_config(tracker_config(&new));
+    tracing::info!(tick = ?new.leak.tick, window = ?new.leak.window, min_age = ?new.leak.min_age, "SIGHUP: configuration reloaded");
+    Some(new)
+}
+
+fn tick(state: &Mutex<DaemonState>, probes: &Probes, metrics: &Metrics, top: usize) {
+    let kernel = match probes.counters() {
+        Ok(c) => KernelCounts {
+            ringbuf_full: c[Counter::RingbufFull as usize],
+            inflight_full: c[Counter::InflightFull as usize],
+            stack_failed: c[Counter::StackFailed as usize],
+            targets_full: c[Counter::TargetsFull as usize],
+        },
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the kernel counters failed");
+            KernelCounts::default()
+        }
+    };
+    let (rows, own) = {
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read)
+    };
+    metrics.update(&rows, &own);
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

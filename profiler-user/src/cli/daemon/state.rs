@@ -1,0 +1,282 @@
+//! The daemon's state: the tracker fed by the reader, and each tick's leak
+//! sampling and metric rows. No eBPF here: testable with synthetic events.
+
+use std::collections::HashMap;
+
+use crate::{
+    events::{HeapEvent, decode},
+    leaks::LeakDetector,
+    metrics::{ProcessRow, SelfFigures, bounded_rows},
+    procinfo::ProcessLabels,
+    tracker::{ProcessState, Tracker},
+};
+
+/// Names of the record kinds, for `heapwatch_events_total{kind}`.
+const EVENT_KINDS: [&str; 7] = [
+    "alloc",
+    "free",
+    "realloc_free",
+    "realloc_fail",
+    "exec",
+    "exit",
+    "fork",
+];
+
+/// Everything the reader thread and the ticks share.
+pub struct DaemonState {
+    /// Heap state of every process.
+    pub tracker: Tracker,
+    /// Per-site histories for the leak rule.
+    pub detector: LeakDetector,
+    labels: HashMap<u32, ProcessLabels>,
+    events: [u64; EVENT_KINDS.len()],
+    malformed: u64,
+    unmatched_gone: u64,
+    refused_gone: u64,
+}
+
+impl DaemonState {
+    /// A state with no processes.
+    pub fn new(tracker: Tracker, detector: LeakDetector) -> Self {
+        Self {
+            tracker,
+            detector,
+            labels: HashMap::new(),
+            events: [0; EVENT_KINDS.len()],
+            malformed: 0,
+            unmatched_gone: 0,
+            refused_gone: 0,
+        }
+    }
+
+    /// Decodes and applies one ring-buffer record.
+    pub fn apply_record(&mut self, bytes: &[u8]) {
+        match decode(bytes) {
+            Ok(event) => self.apply(&event),
+            Err(_) => self.malformed += 1,
+        }
+    }
+
+    /// Applies one event; a process that exits or execs is forgotten.
+    pub fn apply(&mut self, event: &HeapEvent) {
+        self.events[kind_index(event)] += 1;
+        if let Some(finished) = self.tracker.apply(event) {
+            let counters = finished.state.counters();
+            self.unmatched_gone += counters.unmatched_frees;
+            self.refused_gone += counters.refused_blocks;
+            self.detector.forget_process(finished.tgid);
+            self.labels.remove(&finished.tgid);
+        }
+    }
+
+    /// Samples every site for the leak rule and returns this tick's metric
+    /// rows (bounded to `top` plus suspects) and the daemon's own figures.
+    /// `now_ns` is the kernel's monotonic clock; `labels` reads a process's labels.
+    pub fn tick(
+        &mut self,
+        now_ns: u64,
+        top: usize,
+        kernel: &KernelCounts,
+        mut labels: impl FnMut(u32) -> ProcessLabels,
+    ) -> (Vec<ProcessRow>, SelfFigures) {
+        let min_age_ns =
+            u64::try_from(self.detector.config().min_age.as_nanos()).unwrap_or(u64::MAX);
+        let old_before = now_ns.saturating_sub(min_age_ns);
+        let mut rows = Vec::new();
+        for (tgid, state) in self.tracker.processes() {
+            sample(&mut self.detector, tgid, state);
+            let suspect = suspect_bytes(&self.detector, tgid, state, old_before);
+            rows.push(row(
+                tgid,
+                state,
+                suspect,
+                self.detector.process_growth_rate(tgid),
+            ));
+        }
+        let mut shown = bounded_rows(rows, top);
+        for row in shown.iter_mut().filter(|r| r.pid != "other") {
+            let Ok(pid) = row.pid.parse::<u32>() else {
+                continue;
+            };
+            let cached = self.labels.entry(pid).or_insert_with(|| labels(pid));
+            row.comm.clone_from(&cached.comm);
+            row.unit.clone_from(&cached.unit);
+        }
+        (shown, self.own_figures(kernel))
+    }
+
+    fn own_figures(&self, kernel: &KernelCounts) -> SelfFigures {
+        let live = self.tracker.processes().map(|(_, s)| s.counters());
+        let (unmatched, refused) = live
+            .fold((self.unmatched_gone, self.refused_gone), |(u, r), c| {
+                (u + c.unmatched_frees, r + c.refused_blocks)
+            });
+        SelfFigures {
+            events: EVENT_KINDS.iter().copied().zip(self.events).collect(),
+            events_lost: kernel.ringbuf_full,
+            kernel_drops: vec![
+                ("inflight_full", kernel.inflight_full),
+                ("stack_failed", kernel.stack_failed),
+                ("targets_full", kernel.targets_full),
+            ],
+            unmatched_frees: unmatched,
+            refused_allocations: refused,
+            malformed_records: self.malformed,
+            tracked_processes: self.tracker.processes().count() as u64,
+            tracker_memory_bytes: self.tracker.memory_bytes(),
+        }
+    }
+}
+
+/// The kernel's drop counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounts {
+    /// Records not written: ring buffer full.
+    pub ringbuf_full: u64,
+    /// Calls not paired: in-flight map full.
+    pub inflight_full: u64,
+    /// Stacks not captured.
+    pub stack_failed: u64,
+    /// Children not added to the target map.
+    pub targets_full: u64,
+}
+
+fn sample(detector: &mut LeakDetector, tgid: u32, state: &ProcessState) {
+    detector.sample_process(tgid, state.live_bytes());
+    for (index, site) in state.sites().iter().enumerate() {
+        detector.sample_site(tgid, index as u32, site.live_bytes);
+    }
+}
+
+/// Live bytes older than min_age at the process's growing sites.
+fn suspect_bytes(detector: &LeakDetector, tgid: u32, state: &ProcessState, old_before: u64) -> u64 {
+    let growing: Vec<u32> = (0..state.sites().len() as u32)
+        .filter(|&site| detector.site_grows(tgid, site))
+        .collect();
+    if growing.is_empty() {
+        return 0;
+    }
+    let old = state.old_bytes_by_site(old_before);
+    growing.iter().filter_map(|site| old.get(site)).sum()
+}
+
+fn row(tgid: u32, state: &ProcessState, leak_suspect_bytes: u64, growth_rate: f64) -> ProcessRow {
+    let c = state.counters();
+    ProcessRow {
+        pid: tgid.to_string(),
+        comm: String::new(),
+        unit: String::new(),
+        live_bytes: state.live_bytes(),
+        live_allocations: state.live_blocks(),
+        allocated_bytes: c.bytes_allocated,
+        freed_bytes: c.bytes_freed,
+        allocations: c.allocs,
+        frees: c.frees,
+        leak_suspect_bytes,
+        growth_rate,
+        inexact: state.inexact(),
+    }
+}
+
+fn kind_index(event: &HeapEvent) -> usize {
+    match event {
+        HeapEvent::Alloc { .. } => 0,
+        HeapEvent::Free { .. } => 1,
+        HeapEvent::ReallocFree { .. } => 2,
+        HeapEvent::ReallocFail { .. } => 3,
+        HeapEvent::Exec { .. } => 4,
+        HeapEvent::Exit { .. } => 5,
+        HeapEvent::Fork { .. } => 6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        events::{RawSite, Task},
+        leaks::LeakConfig,
+        tracker::TrackerConfig,
+    };
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn state() -> DaemonState {
+        let leak = LeakConfig {
+            tick: Duration::from_secs(1),
+            window: Duration::from_secs(4),
+            min_age: Duration::from_secs(2),
+        };
+        DaemonState::new(
+            Tracker::new(TrackerConfig::default()),
+            LeakDetector::new(leak),
+        )
+    }
+
+    fn alloc(tgid: u32, ptr: u64, caller: u64, time_ns: u64) -> HeapEvent {
+        HeapEvent::Alloc {
+            task: Task { tgid, tid: tgid },
+            ptr,
+            size: 100,
+            site: RawSite {
+                stack_id: 1,
+                caller,
+            },
+            time_ns,
+        }
+    }
+
+    fn labels(pid: u32) -> ProcessLabels {
+        ProcessLabels {
+            comm: format!("proc{pid}"),
+            unit: "test.scope".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_growing_site_with_old_blocks_is_suspect_and_a_constant_one_is_not() {
+        let mut s = state();
+        s.apply(&alloc(20, 0x9000, 0x2, 0));
+        let mut rows = Vec::new();
+        for t in 0..6u64 {
+            s.apply(&alloc(10, 0x1000 + t * 0x100, 0x1, t * SECOND));
+            (rows, _) = s.tick(t * SECOND, 10, &KernelCounts::default(), labels);
+        }
+        let leaker = rows.iter().find(|r| r.pid == "10").expect("leaker row");
+        // Blocks allocated at 0..=3 s are older than 2 s at t = 5 s.
+        assert_eq!(leaker.leak_suspect_bytes, 400);
+        assert!(leaker.growth_rate > 99.0, "{leaker:?}");
+        assert_eq!(
+            (leaker.comm.as_str(), leaker.unit.as_str()),
+            ("proc10", "test.scope")
+        );
+        let constant = rows.iter().find(|r| r.pid == "20").expect("constant row");
+        assert_eq!(constant.leak_suspect_bytes, 0);
+    }
+
+    #[test]
+    fn exited_processes_leave_no_row_and_count_their_events() {
+        let mut s = state();
+        s.apply(&alloc(10, 0x1000, 0x1, 0));
+        s.apply(&HeapEvent::Free {
+            task: Task { tgid: 10, tid: 10 },
+            ptr: 0x55,
+        });
+        s.apply(&HeapEvent::Exit { tgid: 10 });
+        s.apply_record(&[1, 2, 3]);
+        let kernel = KernelCounts {
+            ringbuf_full: 7,
+            ..KernelCounts::default()
+        };
+        let (rows, own) = s.tick(SECOND, 10, &kernel, labels);
+        assert!(rows.is_empty());
+        assert_eq!(own.events[..2], [("alloc", 1), ("free", 1)]);
+        assert_eq!(
+            (own.unmatched_frees, own.malformed_records, own.events_lost),
+            (1, 1, 7)
+        );
+        assert_eq!(own.tracked_processes, 0);
+    }
+}

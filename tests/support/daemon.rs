@@ -1,0 +1,221 @@
+//! A `heapwatch daemon` under test: started with a notify socket, scraped
+//! over loopback, stopped by signal.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::net::UnixDatagram,
+    path::Path,
+    process::{Child, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::{heapwatch, tempfile_path};
+
+/// A running daemon; killed if the test ends without stopping it.
+pub struct Daemon {
+    child: Option<Child>,
+    pub address: String,
+    log: Arc<Mutex<String>>,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Daemon {
+    /// Starts `heapwatch daemon` with `args` (plus `--listen` and `--config`)
+    /// and waits for its READY=1.
+    pub fn start(config: &Path, args: &[&str]) -> Self {
+        let address = format!("127.0.0.1:{}", free_port());
+        let socket_path = tempfile_path("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(90)))
+            .expect("socket timeout");
+        let mut child = heapwatch()
+            .arg("daemon")
+            .args(["--listen", &address, "--config"])
+            .arg(config)
+            .args(args)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("HEAPWATCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start heapwatch daemon");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut daemon = Self {
+            child: Some(child),
+            address,
+            log,
+        };
+        let mut buf = [0u8; 256];
+        loop {
+            let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "no READY=1 from the daemon ({e}); it logged:\n{}",
+                    daemon.log()
+                )
+            });
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(&socket_path);
+        daemon.assert_running();
+        daemon
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_for_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no `{text}` in the log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("daemon not stopped");
+        let status = child.try_wait().expect("poll the daemon");
+        assert!(
+            status.is_none(),
+            "the daemon exited ({status:?}):\n{}",
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("daemon not stopped").id() as i32;
+        // SAFETY: signals the daemon this test started.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("daemon not stopped");
+        child.wait().expect("wait for the daemon")
+    }
+
+    /// GET /metrics.
+    pub fn scrape(&self) -> Metrics {
+        let body = http_get(&self.address, "/metrics");
+        Metrics::parse(&body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The body of GET `path` from `address`.
+pub fn http_get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect to the daemon");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// One sample of a scrape.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed /metrics text.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("name and value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                    None => (series, HashMap::new()),
+                };
+                Sample {
+                    name: name.to_owned(),
+                    labels,
+                    value: value.parse().expect("a numeric value"),
+                }
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// The samples of metric `name`.
+    pub fn family(&self, name: &str) -> Vec<&Sample> {
+        self.samples.iter().filter(|s| s.name == name).collect()
+    }
+
+    /// The value of `name` for process `pid`, if it has a series.
+    pub fn process(&self, name: &str, pid: u32) -> Option<f64> {
+        let pid = pid.to_string();
+        self.family(name)
+            .into_iter()
+            .find(|s| s.labels.get("pid") == Some(&pid))
+            .map(|s| s.value)
+    }
+
+    /// The value of an unlabelled metric, or the sum of a labelled one.
+    pub fn total(&self, name: &str) -> f64 {
+        self.family(name).iter().map(|s| s.value).sum()
+    }
+}
+
+fn parse_labels(text: &str) -> HashMap<String, String> {
+    text.split("\",")
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once("=\"")?;
+            Some((
+                key.trim().to_owned(),
+                value.trim_end_matches('"').to_owned(),
+            ))
+        })
+        .collect()
+}
