@@ -237,6 +237,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_says_the_defaults() {
+        let example = include_str!("../../deploy/config.toml");
+        let settings = Settings::from_toml(example, "deploy/config.toml").expect("parses");
+        let config = DaemonConfig::try_from(&settings).expect("valid");
+        assert_eq!(
+            config,
+            DaemonConfig::try_from(&Settings::default()).expect("defaults")
+        );
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let file =
             Settings::from_toml("tick = \"5s\"\nwindow = \"1m\"\n", "c.toml").expect("valid");

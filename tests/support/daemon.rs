@@ -143,7 +143,11 @@ impl Drop for Daemon {
 /// The body of GET `path` from `address`.
 pub fn http_get(address: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(address).expect("connect to the daemon");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send the request");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
     let mut response = String::new();
     stream
         .read_to_string(&mut response)

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own tasks, so that nothing is installed by hand.
 
+mod install;
 mod packages;
 mod run;
 mod toolchain;
@@ -21,11 +22,20 @@ enum Task {
     Setup,
     /// Build heapwatch (release) with its eBPF programs.
     Build,
-    /// Build heapwatch and run it with ARGS (as root).
+    /// Build heapwatch and run it with ARGS (as root); with no ARGS, the daemon.
     Run {
-        /// Arguments for heapwatch.
+        /// Arguments for heapwatch (default: daemon).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build and install the binary, the systemd unit and the config example.
+    Install {
+        /// Install under this directory instead of the machine's root.
+        #[arg(long, value_name = "DIR", default_value_os_t = install::default_root())]
+        root: std::path::PathBuf,
+        /// Install what is already built (target/release) without building.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Run every test, the root-only eBPF tests included (as root; none is skipped).
     Test {
@@ -45,7 +55,18 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup()?;
             run::build()?;
-            run::heapwatch(&args)
+            if args.is_empty() {
+                run::heapwatch(&["daemon".to_owned()])
+            } else {
+                run::heapwatch(&args)
+            }
+        }
+        Task::Install { root, no_build } => {
+            if !no_build {
+                toolchain::ensure()?;
+                run::build()?;
+            }
+            install::install(&root)
         }
         Task::Test { args } => {
             setup()?;

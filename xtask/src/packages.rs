@@ -7,8 +7,17 @@ use anyhow::{Result, bail};
 use crate::toolchain::run;
 
 /// What the integration tests run: compilers for the fixtures, valgrind to
-/// compare with, bpftool to list what is attached.
-pub const TEST_PACKAGES: &[&str] = &["gcc", "g++", "valgrind", "bpftool", "coreutils"];
+/// compare with, bpftool to list what is attached, a Prometheus server and
+/// promtool, and systemd-analyze for the unit.
+pub const TEST_PACKAGES: &[&str] = &[
+    "gcc",
+    "g++",
+    "valgrind",
+    "bpftool",
+    "coreutils",
+    "prometheus",
+    "systemd",
+];
 
 /// Installs the packages not yet installed (apt-get update first, once).
 pub fn ensure(packages: &[&str]) -> Result<()> {
