@@ -324,3 +324,34 @@ fn bad_configuration_is_refused_with_the_key_named() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/config.toml"));
     baseline.assert_nothing_left();
 }
+
+#[test]
+fn two_threads_churning_lose_no_event() {
+    if !have_root("two_threads_churning_lose_no_event") {
+        return;
+    }
+    let churn = fixture("churn");
+    let config = config_file("");
+    let mut daemon = Daemon::start(&config, &["--tick", "1s"]);
+    let output = Command::new(&churn)
+        .args(["2", "5"])
+        .output()
+        .expect("run the churn");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pairs: f64 = stdout
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("churn printed no count: {stdout}"));
+    let family = |m: &Metrics, kind: &str| {
+        m.family("heapwatch_events_total")
+            .iter()
+            .find(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
+            .map_or(0.0, |s| s.value)
+    };
+    let m = scrape_until(&daemon, Duration::from_secs(10), |m| family(m, "free") >= pairs);
+    assert!(family(&m, "alloc") >= pairs, "allocations counted: {} of {pairs}", family(&m, "alloc"));
+    assert!(family(&m, "free") >= pairs, "frees counted: {} of {pairs}", family(&m, "free"));
+    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert!(daemon.stop().success());
+}
