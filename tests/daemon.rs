@@ -349,9 +349,19 @@ fn two_threads_churning_lose_no_event() {
             .find(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
             .map_or(0.0, |s| s.value)
     };
-    let m = scrape_until(&daemon, Duration::from_secs(10), |m| family(m, "free") >= pairs);
-    assert!(family(&m, "alloc") >= pairs, "allocations counted: {} of {pairs}", family(&m, "alloc"));
-    assert!(family(&m, "free") >= pairs, "frees counted: {} of {pairs}", family(&m, "free"));
+    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+        family(m, "free") >= pairs
+    });
+    assert!(
+        family(&m, "alloc") >= pairs,
+        "allocations counted: {} of {pairs}",
+        family(&m, "alloc")
+    );
+    assert!(
+        family(&m, "free") >= pairs,
+        "frees counted: {} of {pairs}",
+        family(&m, "free")
+    );
     assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
     assert!(daemon.stop().success());
 }
