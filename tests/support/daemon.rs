@@ -20,6 +20,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub address: String,
     log: Arc<Mutex<String>>,
+    notify: UnixDatagram,
+    notify_path: std::path::PathBuf,
 }
 
 /// A free loopback port.
@@ -34,6 +36,11 @@ impl Daemon {
     /// Starts `heapwatch daemon` with `args` (plus `--listen` and `--config`)
     /// and waits for its READY=1.
     pub fn start(config: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(config, args, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
         let socket_path = tempfile_path("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
@@ -47,6 +54,7 @@ impl Daemon {
             .args(args)
             .env("NOTIFY_SOCKET", &socket_path)
             .env("HEAPWATCH_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -65,22 +73,28 @@ impl Daemon {
             child: Some(child),
             address,
             log,
+            notify: socket,
+            notify_path: socket_path,
         };
-        let mut buf = [0u8; 256];
-        loop {
-            let n = socket.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
-                    "no READY=1 from the daemon ({e}); it logged:\n{}",
-                    daemon.log()
-                )
-            });
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                break;
-            }
-        }
-        let _ = std::fs::remove_file(&socket_path);
+        daemon.wait_for_notification("READY=1");
         daemon.assert_running();
         daemon
+    }
+
+    /// Waits for a datagram to the notify socket containing `state`.
+    pub fn wait_for_notification(&self, state: &str) {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "no {state} from the daemon ({e}); it logged:\n{}",
+                    self.log()
+                )
+            });
+            if String::from_utf8_lossy(&buf[..n]).contains(state) {
+                return;
+            }
+        }
     }
 
     /// What the daemon logged so far.
@@ -120,6 +134,11 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
+        self.stop_after_signal()
+    }
+
+    /// Waits for the exit of a daemon already signalled.
+    pub fn stop_after_signal(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon not stopped");
         child.wait().expect("wait for the daemon")
     }
@@ -137,6 +156,7 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(&self.notify_path);
     }
 }
 
@@ -199,10 +219,14 @@ impl Metrics {
 
     /// The value of `name` for process `pid`, if it has a series.
     pub fn process(&self, name: &str, pid: u32) -> Option<f64> {
-        let pid = pid.to_string();
+        self.process_labelled(name, &pid.to_string())
+    }
+
+    /// The value of `name` for the series whose `pid` label is `pid`.
+    pub fn process_labelled(&self, name: &str, pid: &str) -> Option<f64> {
         self.family(name)
             .into_iter()
-            .find(|s| s.labels.get("pid") == Some(&pid))
+            .find(|s| s.labels.get("pid").map(String::as_str) == Some(pid))
             .map(|s| s.value)
     }
 
