@@ -98,6 +98,12 @@ pub struct RecordArgs {
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Rendering written to -o FILE (text goes to stderr without -o; the others need -o).
+    #[arg(long, value_enum, default_value_t = crate::report::Format::Text)]
+    pub format: crate::report::Format,
+    /// Write the --format rendering to FILE.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Show at most K sites per process.
     #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
@@ -157,6 +163,7 @@ mod tests {
             vec!["heapwatch", "record", "--top", "x", "--", "ls"],
             vec!["heapwatch", "record", "--ring-kib", "1000", "--", "ls"],
             vec!["heapwatch", "record", "--ring-kib", "-4", "--", "ls"],
+            vec!["heapwatch", "record", "--format", "svg", "--", "ls"],
         ] {
             assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?} accepted");
         }

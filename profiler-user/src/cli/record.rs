@@ -15,7 +15,7 @@ use super::{
 use crate::{
     events::{HeapEvent, decode},
     probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
-    report::{CommandStatus, ProcessReport, RecordReport, SiteReport, render_text},
+    report::{CommandStatus, Format, ProcessReport, RecordReport, SiteReport, render, render_text},
     stacks::{SiteResolver, Symbols},
     tracker::{EndReason, ProcessState, Tracker, TrackerConfig},
 };
@@ -50,8 +50,11 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
-    /// The JSON report could not be written.
-    #[error("write the JSON report to {path}: {source}")]
+    /// A rendering other than text was asked for without a file.
+    #[error("--format {0} needs -o FILE (stdout belongs to the command)")]
+    NeedsOutput(Format),
+    /// A report could not be written.
+    #[error("write the report to {path}: {source}")]
     Json {
         /// Where.
         path: PathBuf,
@@ -67,6 +70,7 @@ impl RecordError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Command(_) | Self::Spawn { .. } => 127,
+            Self::NeedsOutput(_) => 2,
             _ => 1,
         }
     }
@@ -74,6 +78,9 @@ impl RecordError {
 
 /// Records the command; prints its summary to stderr and returns its status.
 pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
+    if args.format != Format::Text && args.output.is_none() {
+        return Err(RecordError::NeedsOutput(args.format));
+    }
     let name = args.command[0].clone();
     let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;
     let spawn_error = |source| RecordError::Spawn {
@@ -108,21 +115,33 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
         absent: probes.skipped().iter().map(|f| (*f).to_owned()).collect(),
     };
     let report = recording.into_report(args, status, pid.get(), &counters, allocator);
-    eprint!("{}", render_text(&report, args.top as usize));
+    let top = args.top as usize;
+    match &args.output {
+        Some(path) => write_report(path, &report, args.format, top)?,
+        None => eprint!("{}", render_text(&report, top)),
+    }
+    if args.output.is_some() && args.format != Format::Text {
+        eprint!("{}", render_text(&report, top));
+    }
     if let Some(path) = &args.json {
-        write_json(path, &report)?;
+        write_report(path, &report, Format::Json, top)?;
     }
     drop(probes);
     Ok(status)
 }
 
-fn write_json(path: &PathBuf, report: &RecordReport) -> Result<(), RecordError> {
-    let json_error = |source| RecordError::Json {
+fn write_report(
+    path: &PathBuf,
+    report: &RecordReport,
+    format: Format,
+    top: usize,
+) -> Result<(), RecordError> {
+    let write_error = |source| RecordError::Json {
         path: path.clone(),
         source,
     };
-    let text = serde_json::to_string_pretty(report).map_err(|e| json_error(io::Error::other(e)))?;
-    fs::write(path, text + "\n").map_err(json_error)
+    let bytes = render(report, format, top).map_err(write_error)?;
+    fs::write(path, bytes).map_err(write_error)
 }
 
 /// What was probed.

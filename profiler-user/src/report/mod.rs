@@ -1,7 +1,13 @@
 //! Reports of a recording: the data (serializable as JSON) and its text
 //! rendering in valgrind's words.
 
+mod flamegraph;
+mod pprof;
+
 use std::fmt::Write as _;
+
+pub use flamegraph::{folded_stacks, render_flamegraph};
+pub use pprof::{SAMPLE_TYPES, render_pprof};
 
 use serde::Serialize;
 
@@ -76,6 +82,44 @@ pub struct SiteReport {
     pub bytes_allocated: u64,
     /// Its stack, immediate caller first.
     pub stack: Vec<SymFrame>,
+}
+
+/// The renderings of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// valgrind's heap summary and the sites, as text.
+    Text,
+    /// The whole report as JSON.
+    Json,
+    /// A gzipped pprof profile (inuse/alloc space and objects).
+    Pprof,
+    /// An SVG flame graph of live bytes by stack.
+    Flamegraph,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+            Self::Pprof => "pprof",
+            Self::Flamegraph => "flamegraph",
+        })
+    }
+}
+
+/// The report in `format`.
+pub fn render(report: &RecordReport, format: Format, top: usize) -> std::io::Result<Vec<u8>> {
+    match format {
+        Format::Text => Ok(render_text(report, top).into_bytes()),
+        Format::Json => {
+            let mut json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+            json.push(b'\n');
+            Ok(json)
+        }
+        Format::Pprof => render_pprof(report),
+        Format::Flamegraph => render_flamegraph(report),
+    }
 }
 
 /// Renders the report as valgrind's heap summary, `top` sites per process.

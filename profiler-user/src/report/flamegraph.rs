@@ -1,0 +1,44 @@
+//! A flame graph (SVG, inferno) of the live bytes of a report's sites.
+
+use inferno::flamegraph::{self, Options};
+
+use super::RecordReport;
+
+/// The folded stacks (root first, `;`-separated, then live bytes), one per site.
+pub fn folded_stacks(report: &RecordReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    for process in &report.processes {
+        for site in &process.sites {
+            let frames: Vec<String> = site
+                .stack
+                .iter()
+                .rev()
+                .map(|f| {
+                    f.function
+                        .clone()
+                        .unwrap_or_else(|| format!("0x{:x}", f.address))
+                        .replace(';', ":")
+                })
+                .collect();
+            let stack = if frames.is_empty() {
+                "[no stack]".to_owned()
+            } else {
+                frames.join(";")
+            };
+            lines.push(format!("{stack} {}", site.live_bytes));
+        }
+    }
+    lines
+}
+
+/// The SVG flame graph of live bytes by stack.
+pub fn render_flamegraph(report: &RecordReport) -> std::io::Result<Vec<u8>> {
+    let lines = folded_stacks(report);
+    let mut options = Options::default();
+    options.title = "heapwatch: live heap by allocation stack".to_owned();
+    options.count_name = "bytes".to_owned();
+    let mut svg = Vec::new();
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+        .map_err(std::io::Error::other)?;
+    Ok(svg)
+}
