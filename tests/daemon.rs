@@ -8,55 +8,20 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use support::{
-    BpfBaseline,
+    BpfBaseline, Workload,
     daemon::{Daemon, Metrics},
     fixture, have_root, heapwatch, tempfile_path,
 };
 
 /// The leak rule's settings for tests: seconds, not minutes.
 const FAST: [&str; 6] = ["--tick", "1s", "--window", "6s", "--min-age", "3s"];
-
-/// A workload process, killed when the test ends.
-struct Workload {
-    child: Child,
-}
-
-impl Workload {
-    /// Starts `workload MODE` and waits for its "ready" line.
-    fn start(binary: &Path, mode: &str) -> Self {
-        let mut child = Command::new(binary)
-            .arg(mode)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the workload");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready");
-        assert_eq!(line, "ready\n", "workload {mode} did not start");
-        Self { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config_file(text: &str) -> PathBuf {
     let path = tempfile_path("config.toml");
@@ -91,12 +56,7 @@ fn live_bytes_and_leak_suspects_of_real_workloads() {
     let constant = Workload::start(&workload, "constant");
     let burst = Workload::start(&workload, "burst");
     let exiting = Workload::start(&workload, "exit");
-    let execing = Command::new(&workload)
-        .arg("exec")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the exec workload");
-    let execing = Workload { child: execing };
+    let execing = Workload::spawn(&workload, "exec");
 
     let live = |m: &Metrics, pid| m.process("heapwatch_process_live_bytes", pid);
     let m = scrape_until(&daemon, Duration::from_secs(10), |m| {

@@ -9,7 +9,6 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -18,6 +17,7 @@ use std::{
 
 use serde_json::Value;
 use support::{
+    Workload,
     daemon::{Daemon, free_port, http_get},
     fixture, have_root, tempfile_path,
 };
@@ -217,17 +217,7 @@ fn prometheus_evaluates_the_dashboard_and_the_rules_in_a_leak() {
         &["--tick", "1s", "--window", "6s", "--min-age", "3s"],
     );
     let prometheus = Prometheus::start(&daemon.address);
-    let mut leak = KillOnDrop(
-        Command::new(fixture("workload"))
-            .arg("leak")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the leak"),
-    );
-    let mut ready = String::new();
-    BufReader::new(leak.0.stdout.take().expect("stdout"))
-        .read_line(&mut ready)
-        .expect("read ready");
+    let _leak = Workload::start(&fixture("workload"), "leak");
     let deadline = Instant::now() + Duration::from_secs(60);
     while prometheus
         .query("heapwatch_process_leak_suspect_bytes > 0")
@@ -255,14 +245,4 @@ fn prometheus_evaluates_the_dashboard_and_the_rules_in_a_leak() {
         !prometheus.query(&rules[0]).is_empty(),
         "the leak rule fires on the leak"
     );
-}
-
-/// A child process killed when the test ends, whether it passes or panics.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

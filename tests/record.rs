@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{BpfBaseline, Summary, fixture, have_root, heapwatch, record, valgrind};
+use support::{BpfBaseline, KillOnDrop, Summary, fixture, have_root, heapwatch, record, valgrind};
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
 fn assert_matches_valgrind(flags: &[&str], command: &[&str]) -> support::Recorded {
@@ -293,49 +293,23 @@ fn heapwatch_killed_mid_recording_leaves_nothing_attached() {
     drop(command);
 }
 
-/// A process killed (and, if it is our child, reaped) when the test ends,
-/// whether it passes or panics.
-struct KillOnDrop {
-    child: Option<std::process::Child>,
-    pid: i32,
-}
-
-impl KillOnDrop {
-    fn new(child: std::process::Child) -> Self {
-        let pid = child.id() as i32;
-        Self {
-            child: Some(child),
-            pid,
-        }
-    }
-
-    fn pid_only(pid: i32) -> Self {
-        Self { child: None, pid }
-    }
-
-    fn pid(&self) -> u32 {
-        self.pid as u32
-    }
-
-    fn kill_now(&mut self) {
-        // SAFETY: signals a process this test started.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.kill_now();
-    }
-}
-
 /// The first child of process `pid`.
 fn child_of(pid: u32) -> Option<i32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     children.split_whitespace().next()?.parse().ok()
+}
+
+/// Runs `command`, expects exit `code` and every one of `messages` on
+/// stderr, and nothing left attached.
+fn assert_refused(command: &mut Command, code: i32, messages: &[&str]) {
+    let baseline = BpfBaseline::take();
+    let output = command.output().expect("run heapwatch");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    for message in messages {
+        assert!(stderr.contains(message), "no `{message}` in: {stderr}");
+    }
+    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -343,18 +317,11 @@ fn a_missing_command_is_a_clear_error() {
     if !have_root("a_missing_command_is_a_clear_error") {
         return;
     }
-    let baseline = BpfBaseline::take();
-    let output = heapwatch()
-        .args(["record", "--", "no-such-command-heapwatch"])
-        .output()
-        .expect("run heapwatch");
-    assert_eq!(output.status.code(), Some(127));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("no-such-command-heapwatch: command not found"),
-        "{stderr}"
+    assert_refused(
+        heapwatch().args(["record", "--", "no-such-command-heapwatch"]),
+        127,
+        &["no-such-command-heapwatch: command not found"],
     );
-    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -362,18 +329,11 @@ fn a_missing_allocator_library_is_a_clear_error() {
     if !have_root("a_missing_allocator_library_is_a_clear_error") {
         return;
     }
-    let baseline = BpfBaseline::take();
-    let output = heapwatch()
-        .args(["record", "--libc", "/no/such/libc.so.6", "--", "true"])
-        .output()
-        .expect("run heapwatch");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("allocator library /no/such/libc.so.6 does not exist"),
-        "{stderr}"
+    assert_refused(
+        heapwatch().args(["record", "--libc", "/no/such/libc.so.6", "--", "true"]),
+        1,
+        &["allocator library /no/such/libc.so.6 does not exist"],
     );
-    baseline.assert_nothing_left();
 }
 
 #[test]
@@ -381,19 +341,15 @@ fn a_library_without_an_allocator_is_a_clear_error() {
     if !have_root("a_library_without_an_allocator_is_a_clear_error") {
         return;
     }
-    let baseline = BpfBaseline::take();
     let not_libc = fixture("leak");
-    let output = heapwatch()
-        .args(["record", "--libc"])
-        .arg(&not_libc)
-        .args(["--", "true"])
-        .output()
-        .expect("run heapwatch");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("to malloc in"), "{stderr}");
-    assert!(stderr.contains("does not appear"), "{stderr}");
-    baseline.assert_nothing_left();
+    assert_refused(
+        heapwatch()
+            .args(["record", "--libc"])
+            .arg(&not_libc)
+            .args(["--", "true"]),
+        1,
+        &["to malloc in", "does not appear"],
+    );
 }
 
 #[test]
@@ -401,23 +357,19 @@ fn an_unprivileged_user_is_told_what_is_missing() {
     if !have_root("an_unprivileged_user_is_told_what_is_missing") {
         return;
     }
-    let baseline = BpfBaseline::take();
-    let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_heapwatch"))
-        .args(["record", "--", "true"])
-        .output()
-        .expect("run heapwatch as nobody");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("CAP_BPF, CAP_PERFMON"), "{stderr}");
-    assert!(stderr.contains("run it with sudo"), "{stderr}");
-    baseline.assert_nothing_left();
+    assert_refused(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(env!("CARGO_BIN_EXE_heapwatch"))
+            .args(["record", "--", "true"]),
+        1,
+        &["CAP_BPF, CAP_PERFMON", "run it with sudo"],
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! [`tracker`] keeps every process's heap, [`stacks`] turns allocation sites
 //! into symbols, [`report`] renders summaries and [`cli`] glues the commands.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod events;

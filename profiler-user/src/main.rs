@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use heapwatch::{
-    cli::{Cli, Command, daemon, record},
+    cli::{Cli, Command, daemon, ps, record, snapshot},
     report::CommandStatus,
 };
 
@@ -16,6 +16,8 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Command::Snapshot(args) => exit_on_error(snapshot(&args)),
+        Command::Ps(args) => exit_on_error(ps(&args)),
         Command::Record(args) => match record(&args) {
             Ok(CommandStatus::Exited(code)) => std::process::exit(code),
             Ok(CommandStatus::Killed(signal)) => std::process::exit(128 + signal),
@@ -24,6 +26,14 @@ fn main() {
                 std::process::exit(err.exit_code());
             }
         },
+    }
+}
+
+/// Exits 1 with the error's chain when `result` is an error.
+fn exit_on_error<E: std::error::Error>(result: Result<(), E>) {
+    if let Err(err) = result {
+        eprintln!("heapwatch: {}", error_chain(&err));
+        std::process::exit(1);
     }
 }
 

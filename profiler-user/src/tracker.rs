@@ -126,6 +126,16 @@ impl ProcessState {
         (self.live.capacity() * block + self.sites.capacity() * site) as u64
     }
 
+    /// The allocation time of each site's oldest live block.
+    pub fn oldest_by_site(&self) -> HashMap<u32, u64> {
+        let mut oldest: HashMap<u32, u64> = HashMap::new();
+        for block in self.live.values() {
+            let time = oldest.entry(block.site).or_insert(block.time_ns);
+            *time = (*time).min(block.time_ns);
+        }
+        oldest
+    }
+
     /// Sums of live bytes per site of the blocks allocated before `before_ns`.
     pub fn old_bytes_by_site(&self, before_ns: u64) -> HashMap<u32, u64> {
         let mut old = HashMap::new();

@@ -2,8 +2,9 @@
 //! heapwatch and valgrind, and the kernel's listing of BPF programs.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::Mutex,
 };
 
@@ -307,3 +308,78 @@ pub fn tempfile_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("heapwatch-test-{}-{n}-{name}", std::process::id()))
 }
 pub mod daemon;
+
+/// A process killed (and, if it is our child, reaped) when the test ends,
+/// whether it passes or panics.
+pub struct KillOnDrop {
+    child: Option<Child>,
+    pid: i32,
+}
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        let pid = child.id() as i32;
+        Self {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    /// A process that is not our child.
+    pub fn pid_only(pid: i32) -> Self {
+        Self { child: None, pid }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    pub fn kill_now(&mut self) {
+        // SAFETY: signals a process this test started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// A `workload MODE` process (tests/fixtures/workload.c), killed when dropped.
+pub struct Workload(KillOnDrop);
+
+impl Workload {
+    /// Starts `workload MODE` and waits for its "ready" line.
+    pub fn start(binary: &Path, mode: &str) -> Self {
+        let mut child = Command::new(binary)
+            .arg(mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the workload");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready");
+        assert_eq!(line, "ready\n", "workload {mode} did not start");
+        Self(KillOnDrop::new(child))
+    }
+
+    /// Starts `workload MODE` without waiting (modes that exec say nothing).
+    pub fn spawn(binary: &Path, mode: &str) -> Self {
+        let child = Command::new(binary)
+            .arg(mode)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the workload");
+        Self(KillOnDrop::new(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+}

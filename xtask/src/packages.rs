@@ -8,7 +8,8 @@ use crate::toolchain::run;
 
 /// What the integration tests run: compilers for the fixtures, valgrind to
 /// compare with, bpftool to list what is attached, a Prometheus server and
-/// promtool, and systemd-analyze for the unit.
+/// promtool, systemd-analyze for the unit, useradd and setpriv for the
+/// unprivileged-user tests.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -17,6 +18,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "coreutils",
     "prometheus",
     "systemd",
+    "passwd",
+    "util-linux",
 ];
 
 /// Installs the packages not yet installed (apt-get update first, once).

@@ -3,6 +3,7 @@
 mod command;
 mod daemon;
 mod notify;
+mod query;
 mod record;
 mod session;
 
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use command::{CommandError, resolve_command};
 pub use daemon::{DaemonError, daemon};
+pub use query::{QueryError, ps, snapshot};
 pub use record::{RecordError, record};
 
 /// heapwatch: who holds the heap, for any process, with no rebuild.
@@ -29,6 +31,10 @@ pub enum Command {
     /// Trace every process on the machine and serve Prometheus metrics:
     /// live heap per process, growth, leak suspects.
     Daemon(DaemonArgs),
+    /// The sites holding live memory in process PID, from the running daemon.
+    Snapshot(SnapshotArgs),
+    /// Traced processes by live bytes, from the running daemon.
+    Ps(PsArgs),
     /// Run CMD under tracing from its first instruction and print its heap
     /// summary (valgrind's figures) and the sites still holding memory at exit.
     Record(RecordArgs),
@@ -70,6 +76,37 @@ pub struct DaemonArgs {
     /// Load and attach everything, report what works, and exit.
     #[arg(long)]
     pub check: bool,
+    /// The API socket (snapshots, process list, health).
+    #[arg(long, value_name = "PATH", default_value = crate::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Options of `heapwatch snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The process.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: u32,
+    /// Show at most K sites, largest first.
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+    /// Rendering (pprof and flamegraph need -o).
+    #[arg(long, value_enum, default_value_t = crate::report::Format::Text)]
+    pub format: crate::report::Format,
+    /// Write to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The daemon's API socket.
+    #[arg(long, value_name = "PATH", default_value = crate::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Options of `heapwatch ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// The daemon's API socket.
+    #[arg(long, value_name = "PATH", default_value = crate::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 impl DaemonArgs {

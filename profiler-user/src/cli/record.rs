@@ -281,6 +281,8 @@ fn process_report(
                 .frames(pid, s.site)
                 .map(|frames| symbols.symbolize(&frames))
                 .unwrap_or_default(),
+            oldest_age_secs: None,
+            leak_suspect: false,
         })
         .collect();
     ProcessReport {

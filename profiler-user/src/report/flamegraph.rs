@@ -2,12 +2,12 @@
 
 use inferno::flamegraph::{self, Options};
 
-use super::RecordReport;
+use super::ProcessReport;
 
 /// The folded stacks (root first, `;`-separated, then live bytes), one per site.
-pub fn folded_stacks(report: &RecordReport) -> Vec<String> {
+pub fn folded_stacks(processes: &[ProcessReport]) -> Vec<String> {
     let mut lines = Vec::new();
-    for process in &report.processes {
+    for process in processes {
         for site in &process.sites {
             let frames: Vec<String> = site
                 .stack
@@ -32,8 +32,8 @@ pub fn folded_stacks(report: &RecordReport) -> Vec<String> {
 }
 
 /// The SVG flame graph of live bytes by stack.
-pub fn render_flamegraph(report: &RecordReport) -> std::io::Result<Vec<u8>> {
-    let lines = folded_stacks(report);
+pub fn render_flamegraph(processes: &[ProcessReport]) -> std::io::Result<Vec<u8>> {
+    let lines = folded_stacks(processes);
     let mut options = Options::default();
     options.title = "heapwatch: live heap by allocation stack".to_owned();
     options.count_name = "bytes".to_owned();

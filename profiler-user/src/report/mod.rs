@@ -47,7 +47,7 @@ pub enum CommandStatus {
 }
 
 /// One process's heap summary.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ProcessReport {
     /// Process id.
     pub pid: u32,
@@ -70,7 +70,7 @@ pub struct ProcessReport {
 }
 
 /// An allocation site still holding memory.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SiteReport {
     /// Bytes it still holds.
     pub live_bytes: u64,
@@ -82,6 +82,12 @@ pub struct SiteReport {
     pub bytes_allocated: u64,
     /// Its stack, immediate caller first.
     pub stack: Vec<SymFrame>,
+    /// Age in seconds of its oldest live block (snapshots of a running process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_secs: Option<f64>,
+    /// True when the leak rule flags the site (snapshots from the daemon).
+    #[serde(default)]
+    pub leak_suspect: bool,
 }
 
 /// The renderings of a report.
@@ -112,14 +118,35 @@ impl std::fmt::Display for Format {
 pub fn render(report: &RecordReport, format: Format, top: usize) -> std::io::Result<Vec<u8>> {
     match format {
         Format::Text => Ok(render_text(report, top).into_bytes()),
-        Format::Json => {
-            let mut json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-            json.push(b'\n');
-            Ok(json)
-        }
-        Format::Pprof => render_pprof(report),
-        Format::Flamegraph => render_flamegraph(report),
+        Format::Json => to_json(report),
+        Format::Pprof => render_pprof(&report.processes),
+        Format::Flamegraph => render_flamegraph(&report.processes),
     }
+}
+
+/// A snapshot of one running process in `format` (JSON: the process report).
+pub fn render_snapshot(
+    process: &ProcessReport,
+    format: Format,
+    top: usize,
+) -> std::io::Result<Vec<u8>> {
+    let processes = std::slice::from_ref(process);
+    match format {
+        Format::Text => {
+            let mut out = String::new();
+            render_process(&mut out, process, top, "now");
+            Ok(out.into_bytes())
+        }
+        Format::Json => to_json(process),
+        Format::Pprof => render_pprof(processes),
+        Format::Flamegraph => render_flamegraph(processes),
+    }
+}
+
+fn to_json(value: &impl Serialize) -> std::io::Result<Vec<u8>> {
+    let mut json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    Ok(json)
 }
 
 /// Renders the report as valgrind's heap summary, `top` sites per process.
@@ -136,7 +163,12 @@ pub fn render_text(report: &RecordReport, top: usize) -> String {
     }
     let _ = writeln!(out, "\n=={tag}==");
     for process in &report.processes {
-        render_process(&mut out, process, top);
+        let when = if process.exited {
+            "at exit"
+        } else {
+            "when recording ended"
+        };
+        render_process(&mut out, process, top, when);
     }
     for (count, what) in [
         (
@@ -157,13 +189,8 @@ pub fn render_text(report: &RecordReport, top: usize) -> String {
     out
 }
 
-fn render_process(out: &mut String, p: &ProcessReport, top: usize) {
+fn render_process(out: &mut String, p: &ProcessReport, top: usize, when: &str) {
     let tag = format!("=={}==", p.pid);
-    let when = if p.exited {
-        "at exit"
-    } else {
-        "when recording ended"
-    };
     let _ = writeln!(out, "{tag} HEAP SUMMARY:");
     let _ = writeln!(
         out,
@@ -210,9 +237,16 @@ fn render_process(out: &mut String, p: &ProcessReport, top: usize) {
 }
 
 fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
+    let mut facts = String::new();
+    if let Some(age) = site.oldest_age_secs {
+        let _ = write!(facts, " (oldest {age:.0} s old)");
+    }
+    if site.leak_suspect {
+        facts.push_str(" [LEAK SUSPECT]");
+    }
     let _ = writeln!(
         out,
-        "{tag} {} bytes in {} blocks still in use {when}, allocated at:",
+        "{tag} {} bytes in {} blocks still in use {when}{facts}, allocated at:",
         thousands(site.live_bytes),
         thousands(site.live_blocks)
     );
@@ -311,6 +345,8 @@ mod tests {
             allocs: 100_000,
             bytes_allocated: 400_000_000,
             stack: vec![frame("leak", 8), frame("main", 15)],
+            oldest_age_secs: None,
+            leak_suspect: false,
         };
         let text = render_text(&report(vec![process(100_000, vec![site])]), 10);
         assert!(text.starts_with("==42== heapwatch: traced the malloc family of /lib/libc.so.6\n"));
@@ -339,6 +375,8 @@ mod tests {
             allocs: 1,
             bytes_allocated: n,
             stack: vec![],
+            oldest_age_secs: None,
+            leak_suspect: false,
         };
         let text = render_text(
             &report(vec![process(3, vec![site(30), site(20), site(10)])]),

@@ -6,7 +6,7 @@ use std::{collections::HashMap, io::Write};
 
 use flate2::{Compression, write::GzEncoder};
 
-use super::{RecordReport, SiteReport};
+use super::{ProcessReport, SiteReport};
 use crate::stacks::SymFrame;
 
 /// The sample types, in the order of each sample's values.
@@ -18,9 +18,9 @@ pub const SAMPLE_TYPES: [(&str, &str); 4] = [
 ];
 
 /// Encodes every process's sites as one gzipped profile.
-pub fn render_pprof(report: &RecordReport) -> std::io::Result<Vec<u8>> {
+pub fn render_pprof(processes: &[ProcessReport]) -> std::io::Result<Vec<u8>> {
     let mut profile = ProfileBuilder::default();
-    for process in &report.processes {
+    for process in processes {
         for site in &process.sites {
             profile.add_site(site);
         }

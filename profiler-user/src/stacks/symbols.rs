@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Frame;
 
 /// A frame with its symbol, as reports show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SymFrame {
     /// The return address as the process saw it.
     pub address: u64,

@@ -2,6 +2,7 @@
 //! Prometheus metrics; sd_notify readiness and watchdog; SIGTERM/SIGINT
 //! detach and exit 0; SIGHUP reloads the configuration.
 
+mod api;
 mod state;
 
 use std::{
@@ -65,6 +66,15 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// The API socket could not be bound.
+    #[error("bind the API socket {path}: {source}")]
+    Api {
+        /// The socket's path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// The metrics registry could not be built.
     #[error("set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -109,13 +119,17 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         Tracker::new(tracker_config(&config)),
         LeakDetector::new(config.leak),
     )));
+    let api_source = Arc::new(api::ApiSource {
+        state: Arc::clone(&state),
+        stacks: probes.stacks()?,
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let reader_thread = spawn_reader(reader, Arc::clone(&state), Arc::clone(&stop));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let result = runtime.block_on(serve(args, config, &state, &probes));
+    let result = runtime.block_on(serve(args, config, &state, &probes, api_source));
     stop.store(true, Ordering::Relaxed);
     let _ = reader_thread.join();
     let _ = notify::notify("STOPPING=1");
@@ -172,6 +186,7 @@ async fn serve(
     mut config: DaemonConfig,
     state: &Mutex<DaemonState>,
     probes: &Probes,
+    api_source: Arc<api::ApiSource>,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
     let listener =
@@ -182,6 +197,13 @@ async fn serve(
                 source,
             })?;
     tokio::spawn(http::serve(listener, Arc::clone(&metrics)));
+    let socket = crate::api::bind(&args.socket).map_err(|source| DaemonError::Api {
+        path: args.socket.clone(),
+        source,
+    })?;
+    let handler: crate::api::Handler =
+        Arc::new(move |request, uid| api_source.answer(request, uid));
+    tokio::spawn(crate::api::serve(socket, handler));
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
@@ -216,6 +238,7 @@ async fn serve(
         }
     }
     tracing::info!("signal received; detaching");
+    let _ = fs::remove_file(&args.socket);
     Ok(())
 }
 

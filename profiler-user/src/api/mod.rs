@@ -1,0 +1,133 @@
+//! The daemon's API on a Unix socket (/run/heapwatch/api.sock,
+//! root:heapwatch 0660): one JSON request line, one JSON reply line, then the
+//! connection closes. Requests are size- and time-limited; the caller's uid
+//! comes from SO_PEERCRED; a bad request gets an error reply.
+
+pub mod protocol;
+
+use std::{
+    ffi::CString,
+    io,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    time::timeout,
+};
+
+pub use protocol::{MAX_REQUEST_BYTES, Reply, Request, RequestError, authorize, parse_request};
+
+/// Where the daemon listens by default.
+pub const DEFAULT_SOCKET: &str = "/run/heapwatch/api.sock";
+/// The group whose members may connect.
+pub const SOCKET_GROUP: &str = "heapwatch";
+/// Time a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers a request from the caller with this uid.
+pub type Handler = Arc<dyn Fn(Request, u32) -> Reply + Send + Sync>;
+
+/// Binds the socket: a stale one is replaced; mode 0660, group `heapwatch`
+/// when that group exists.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group_id(SOCKET_GROUP) {
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a valid NUL-terminated path; -1 keeps the owner.
+        if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer into static storage or null; read at once.
+    let group = unsafe { libc::getgrnam(c_name.as_ptr()) };
+    // SAFETY: non-null pointers from getgrnam point to a valid group entry.
+    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
+}
+
+/// Serves connections until the task is dropped.
+pub async fn serve(listener: UnixListener, handler: Handler) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let handler = Arc::clone(&handler);
+        tokio::spawn(async move {
+            if let Err(err) = answer(stream, handler).await {
+                tracing::debug!(error = %err, "API connection failed");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, handler: Handler) -> io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (mut read, mut write) = stream.into_split();
+    let reply = match timeout(REQUEST_TIMEOUT, read_line(&mut read)).await {
+        Err(_) => Reply::error("request timed out"),
+        Ok(Err(err)) => Reply::error(err),
+        Ok(Ok(line)) => match parse_request(&line) {
+            Err(err) => Reply::error(err),
+            Ok(request) => tokio::task::spawn_blocking(move || handler(request, uid))
+                .await
+                .unwrap_or_else(|e| Reply::error(format!("internal error: {e}"))),
+        },
+    };
+    let mut text = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+    text.push(b'\n');
+    write.write_all(&text).await?;
+    write.shutdown().await?;
+    // Read what the client still sends (an oversized request), so that
+    // closing does not reset the connection before it reads the reply.
+    let mut sink = tokio::io::sink();
+    let mut rest = (&mut read).take(16 * MAX_REQUEST_BYTES as u64);
+    let _ = timeout(
+        Duration::from_secs(1),
+        tokio::io::copy(&mut rest, &mut sink),
+    )
+    .await;
+    Ok(())
+}
+
+/// One line, at most [`MAX_REQUEST_BYTES`]; a request without a newline ends at EOF.
+async fn read_line(read: &mut tokio::net::unix::OwnedReadHalf) -> Result<Vec<u8>, RequestError> {
+    let mut line = Vec::new();
+    let mut limited = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
+    limited
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| RequestError::Malformed(e.to_string()))?;
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLarge);
+    }
+    Ok(line)
+}
+
+/// Sends one request to the daemon's socket and returns its reply.
+pub fn call(path: &Path, request: &Request) -> io::Result<Reply> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply).map_err(io::Error::other)
+}

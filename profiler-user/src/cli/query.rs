@@ -1,0 +1,94 @@
+//! `heapwatch snapshot` and `heapwatch ps`: questions to the running daemon.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use super::{PsArgs, SnapshotArgs};
+use crate::{
+    api::{Reply, Request, call},
+    report::{Format, ProcessReport, render_snapshot},
+};
+
+/// Why a question to the daemon failed.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// No daemon answers at the socket.
+    #[error(
+        "the heapwatch daemon is not running (nothing answers at {path}: {source}); start it with `heapwatch daemon` or `systemctl start heapwatch`"
+    )]
+    NoDaemon {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// A binary rendering was asked for without a file.
+    #[error("--format {0} needs -o FILE")]
+    NeedsOutput(Format),
+    /// Writing the answer failed.
+    #[error("write the answer: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+fn ask(path: &Path, request: &Request) -> Result<serde_json::Value, QueryError> {
+    let reply: Reply = call(path, request).map_err(|source| QueryError::NoDaemon {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match (reply.ok, reply.data) {
+        (true, Some(data)) => Ok(data),
+        _ => {
+            Err(QueryError::Refused(reply.error.unwrap_or_else(|| {
+                "the daemon sent an empty reply".to_owned()
+            })))
+        }
+    }
+}
+
+/// Prints the snapshot of one process in the chosen format.
+pub fn snapshot(args: &SnapshotArgs) -> Result<(), QueryError> {
+    if matches!(args.format, Format::Pprof | Format::Flamegraph) && args.output.is_none() {
+        return Err(QueryError::NeedsOutput(args.format));
+    }
+    let request = Request::Snapshot {
+        pid: args.pid,
+        top: args.top as usize,
+    };
+    let data = ask(&args.socket, &request)?;
+    let process: ProcessReport = serde_json::from_value(data)
+        .map_err(|e| QueryError::Refused(format!("unreadable snapshot: {e}")))?;
+    let bytes =
+        render_snapshot(&process, args.format, args.top as usize).map_err(QueryError::Write)?;
+    match &args.output {
+        Some(path) => std::fs::write(path, bytes).map_err(QueryError::Write),
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .map_err(QueryError::Write),
+    }
+}
+
+/// Prints the traced processes by live bytes.
+pub fn ps(args: &PsArgs) -> Result<(), QueryError> {
+    let data = ask(&args.socket, &Request::List {})?;
+    let mut out = String::from("    PID  LIVE BYTES  LIVE BLOCKS  COMMAND\n");
+    for row in data.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>7}  {:>10}  {:>11}  {}\n",
+            row["pid"].as_u64().unwrap_or(0),
+            row["live_bytes"].as_u64().unwrap_or(0),
+            row["live_allocations"].as_u64().unwrap_or(0),
+            row["comm"].as_str().unwrap_or("")
+        ));
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(QueryError::Write)
+}

@@ -1,0 +1,328 @@
+//! `heapwatch snapshot` and `heapwatch ps` against a real daemon: symbolized
+//! stacks in every format, the API socket's authorization with a real
+//! unprivileged user, and bad requests.
+
+#[allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
+mod support;
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Workload, daemon::Daemon, fixture, have_root, heapwatch, tempfile_path};
+
+/// A daemon with fast leak settings and its API socket under /tmp.
+fn start_daemon() -> (Daemon, PathBuf) {
+    let config = tempfile_path("config.toml");
+    std::fs::write(&config, "").expect("write an empty config");
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path").to_owned();
+    let daemon = Daemon::start(
+        &config,
+        &[
+            "--tick",
+            "1s",
+            "--window",
+            "6s",
+            "--min-age",
+            "3s",
+            "--socket",
+            &socket_arg,
+        ],
+    );
+    (daemon, socket)
+}
+
+fn snapshot(socket: &Path, pid: u32, extra: &[&str]) -> Output {
+    heapwatch()
+        .args(["snapshot", "--pid", &pid.to_string(), "--socket"])
+        .arg(socket)
+        .args(extra)
+        .output()
+        .expect("run heapwatch snapshot")
+}
+
+#[test]
+fn a_snapshot_names_the_leaking_function_in_every_format() {
+    if !have_root("a_snapshot_names_the_leaking_function_in_every_format") {
+        return;
+    }
+    let (mut daemon, socket) = start_daemon();
+    let leak = Workload::start(&fixture("workload"), "leak");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let json = loop {
+        let output = snapshot(&socket, leak.pid(), &["--format", "json"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: Value = serde_json::from_slice(&output.stdout).expect("JSON snapshot");
+        if json["sites"][0]["leak_suspect"] == true || Instant::now() > deadline {
+            break json;
+        }
+        thread::sleep(Duration::from_secs(1));
+    };
+    let site = &json["sites"][0];
+    assert_eq!(site["leak_suspect"], true, "{json}");
+    assert_eq!(site["stack"][0]["function"], "leak_step", "{site}");
+    assert_eq!(site["stack"][1]["function"], "main", "{site}");
+    assert!(
+        site["oldest_age_secs"]
+            .as_f64()
+            .is_some_and(|age| age > 3.0),
+        "{site}"
+    );
+    let text = snapshot(&socket, leak.pid(), &[]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("[LEAK SUSPECT]") && text.contains(": leak_step (workload.c:"),
+        "{text}"
+    );
+    let svg_path = tempfile_path("leak.svg");
+    let svg = snapshot(
+        &socket,
+        leak.pid(),
+        &[
+            "--format",
+            "flamegraph",
+            "-o",
+            svg_path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(svg.status.success());
+    assert!(
+        std::fs::read_to_string(&svg_path)
+            .expect("SVG")
+            .contains("leak_step")
+    );
+    let pprof_path = tempfile_path("leak.pb.gz");
+    let pprof = snapshot(
+        &socket,
+        leak.pid(),
+        &[
+            "--format",
+            "pprof",
+            "-o",
+            pprof_path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(pprof.status.success());
+    let gz = std::fs::read(&pprof_path).expect("profile");
+    let mut profile = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut profile)
+        .expect("gzip");
+    assert!(
+        profile.windows(9).any(|w| w == b"leak_step"),
+        "the profile names leak_step"
+    );
+    let ps = heapwatch()
+        .args(["ps", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("run ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        ps.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{} ", leak.pid()))
+                && l.ends_with("workload")),
+        "{ps}"
+    );
+    let _ = std::fs::remove_file(svg_path);
+    let _ = std::fs::remove_file(pprof_path);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn snapshot_errors_are_clear() {
+    if !have_root("snapshot_errors_are_clear") {
+        return;
+    }
+    let missing = tempfile_path("no-daemon.sock");
+    let output = snapshot(&missing, 1, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the heapwatch daemon is not running")
+    );
+    let (mut daemon, socket) = start_daemon();
+    for (pid, message) in [
+        (2, "kernel thread"),
+        (4_000_000, "no such process: 4000000"),
+    ] {
+        let output = snapshot(&socket, pid, &[]);
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{pid}: {stderr}");
+    }
+    for bad in ["0", "-5", "x", "99999999999"] {
+        let output = heapwatch()
+            .args(["snapshot", "--pid", bad, "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("run heapwatch");
+        assert_eq!(output.status.code(), Some(2), "--pid {bad}");
+    }
+    daemon.assert_running();
+    assert!(daemon.stop().success());
+}
+
+/// Sends raw bytes to the API socket and returns the reply.
+fn raw_request(socket: &Path, bytes: &[u8], close_write: bool) -> Value {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let _ = stream.write_all(bytes);
+    if close_write {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read the reply");
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"))
+}
+
+#[test]
+fn malformed_oversized_slow_and_half_closed_requests_get_error_replies() {
+    if !have_root("malformed_oversized_slow_and_half_closed_requests_get_error_replies") {
+        return;
+    }
+    let (mut daemon, socket) = start_daemon();
+    let malformed = raw_request(&socket, b"{\"op\":\"reboot\"}\n", false);
+    assert_eq!(malformed["ok"], false);
+    assert!(
+        malformed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed"))
+    );
+    let oversized = raw_request(&socket, &vec![b'x'; 100_000], false);
+    assert!(
+        oversized["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than")),
+        "{oversized}"
+    );
+    let half_closed = raw_request(&socket, b"{\"op\":\"health\"}", true);
+    assert_eq!(half_closed["ok"], true, "{half_closed}");
+    let started = Instant::now();
+    let slow = raw_request(&socket, b"{\"op\":", false);
+    assert!(
+        slow["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{slow}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    daemon.assert_running();
+    assert!(daemon.stop().success());
+}
+
+/// A system user (and the heapwatch group, if missing) for the test, removed after.
+struct TestUser {
+    name: &'static str,
+    created_group: bool,
+}
+
+impl TestUser {
+    fn create() -> Self {
+        let name = "hwtest";
+        let _ = Command::new("userdel").arg(name).output();
+        let created_group = Command::new("getent")
+            .args(["group", "heapwatch"])
+            .output()
+            .is_ok_and(|o| !o.status.success());
+        if created_group {
+            run(Command::new("groupadd").args(["--system", "heapwatch"]));
+        }
+        run(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--groups",
+            "heapwatch",
+            name,
+        ]));
+        Self {
+            name,
+            created_group,
+        }
+    }
+
+    /// `program args` run as this user (with the user's groups).
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={}", self.name),
+            &format!("--regid={}", self.name),
+            "--init-groups",
+        ])
+        .arg(program);
+        cmd
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(self.name).output();
+        if self.created_group {
+            let _ = Command::new("groupdel").arg("heapwatch").output();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let output = cmd.output().expect("run a user-management command");
+    assert!(
+        output.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_user_may_snapshot_only_their_own_processes() {
+    if !have_root("a_user_may_snapshot_only_their_own_processes") {
+        return;
+    }
+    let user = TestUser::create();
+    let (mut daemon, socket) = start_daemon();
+    let workload = fixture("workload");
+    let mut own = user.command(&workload);
+    own.arg("constant").stdout(std::process::Stdio::piped());
+    let own = support::KillOnDrop::new(own.spawn().expect("start the user's workload"));
+    let roots = Workload::start(&workload, "constant");
+    thread::sleep(Duration::from_secs(3));
+    let as_user = |pid: u32| {
+        user.command(Path::new(env!("CARGO_BIN_EXE_heapwatch")))
+            .args(["snapshot", "--pid", &pid.to_string(), "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("run heapwatch as the test user")
+    };
+    let allowed = as_user(own.pid());
+    assert!(
+        allowed.status.success(),
+        "own process: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&allowed.stdout).contains("1,000,000 bytes in 100 blocks"));
+    let refused = as_user(roots.pid());
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("another user"),
+        "{stderr}"
+    );
+    drop((own, roots));
+    assert!(daemon.stop().success());
+}
