@@ -267,33 +267,18 @@ fn process_report(
     resolver: &SiteResolver,
     symbols: &mut Symbols,
 ) -> ProcessReport {
-    let counters = state.counters();
     let mut live: Vec<_> = state.sites().iter().filter(|s| s.live_blocks > 0).collect();
     live.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.site.cmp(&b.site)));
-    let sites = live
+    let mut report = ProcessReport::summary(pid, state, exited);
+    report.sites = live
         .into_iter()
-        .map(|s| SiteReport {
-            live_bytes: s.live_bytes,
-            live_blocks: s.live_blocks,
-            allocs: s.allocs,
-            bytes_allocated: s.bytes_allocated,
-            stack: resolver
+        .map(|s| {
+            let stack = resolver
                 .frames(pid, s.site)
                 .map(|frames| symbols.symbolize(&frames))
-                .unwrap_or_default(),
-            oldest_age_secs: None,
-            leak_suspect: false,
+                .unwrap_or_default();
+            SiteReport::new(s, stack)
         })
         .collect();
-    ProcessReport {
-        pid,
-        exited,
-        in_use_bytes: state.live_bytes(),
-        in_use_blocks: state.live_blocks(),
-        allocs: counters.allocs,
-        frees: counters.frees,
-        bytes_allocated: counters.bytes_allocated,
-        unmatched_frees: counters.unmatched_frees,
-        sites,
-    }
+    report
 }

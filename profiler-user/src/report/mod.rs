@@ -11,7 +11,10 @@ pub use pprof::{SAMPLE_TYPES, render_pprof};
 
 use serde::Serialize;
 
-use crate::stacks::SymFrame;
+use crate::{
+    stacks::SymFrame,
+    tracker::{ProcessState, SiteStats},
+};
 
 /// Everything `heapwatch record` found.
 #[derive(Clone, Debug, Serialize)]
@@ -88,6 +91,39 @@ pub struct SiteReport {
     /// True when the leak rule flags the site (snapshots from the daemon).
     #[serde(default)]
     pub leak_suspect: bool,
+}
+
+impl ProcessReport {
+    /// The heap summary of a process's state, without its sites.
+    pub fn summary(pid: u32, state: &ProcessState, exited: bool) -> Self {
+        let c = state.counters();
+        Self {
+            pid,
+            exited,
+            in_use_bytes: state.live_bytes(),
+            in_use_blocks: state.live_blocks(),
+            allocs: c.allocs,
+            frees: c.frees,
+            bytes_allocated: c.bytes_allocated,
+            unmatched_frees: c.unmatched_frees,
+            sites: Vec::new(),
+        }
+    }
+}
+
+impl SiteReport {
+    /// A site's figures and its stack (no age, not suspect).
+    pub fn new(stats: &SiteStats, stack: Vec<SymFrame>) -> Self {
+        Self {
+            live_bytes: stats.live_bytes,
+            live_blocks: stats.live_blocks,
+            allocs: stats.allocs,
+            bytes_allocated: stats.bytes_allocated,
+            stack,
+            oldest_age_secs: None,
+            leak_suspect: false,
+        }
+    }
 }
 
 /// The renderings of a report.

@@ -104,19 +104,7 @@ impl ApiSource {
                     )
                 })
                 .collect();
-            let c = process.counters();
-            let report = ProcessReport {
-                pid,
-                exited: false,
-                in_use_bytes: process.live_bytes(),
-                in_use_blocks: process.live_blocks(),
-                allocs: c.allocs,
-                frees: c.frees,
-                bytes_allocated: c.bytes_allocated,
-                unmatched_frees: c.unmatched_frees,
-                sites: Vec::new(),
-            };
-            (report, sites)
+            (ProcessReport::summary(pid, process, false), sites)
         };
         let mut resolver = SiteResolver::new();
         let mut symbols = Symbols::new();
@@ -124,17 +112,14 @@ impl ApiSource {
             .into_iter()
             .map(|(s, oldest, suspect)| {
                 resolver.observe(pid, s.site, &self.stacks);
+                let stack = resolver
+                    .frames(pid, s.site)
+                    .map(|f| symbols.symbolize(&f))
+                    .unwrap_or_default();
                 SiteReport {
-                    live_bytes: s.live_bytes,
-                    live_blocks: s.live_blocks,
-                    allocs: s.allocs,
-                    bytes_allocated: s.bytes_allocated,
-                    stack: resolver
-                        .frames(pid, s.site)
-                        .map(|f| symbols.symbolize(&f))
-                        .unwrap_or_default(),
                     oldest_age_secs: oldest.map(|t| now.saturating_sub(t) as f64 / 1e9),
                     leak_suspect: suspect,
+                    ..SiteReport::new(&s, stack)
                 }
             })
             .collect();
