@@ -8,26 +8,19 @@
 mod support;
 
 use std::{
-    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use support::{
-    BpfBaseline, Workload,
+    BpfBaseline, Workload, config_file,
     daemon::{Daemon, Metrics},
-    fixture, have_root, heapwatch, tempfile_path,
+    fixture, have_root, heapwatch,
 };
 
 /// The leak rule's settings for tests: seconds, not minutes.
 const FAST: [&str; 6] = ["--tick", "1s", "--window", "6s", "--min-age", "3s"];
-
-fn config_file(text: &str) -> PathBuf {
-    let path = tempfile_path("config.toml");
-    std::fs::write(&path, text).expect("write the config file");
-    path
-}
 
 /// Scrapes until `check` passes or `within` passes; returns the last scrape.
 fn scrape_until(daemon: &Daemon, within: Duration, check: impl Fn(&Metrics) -> bool) -> Metrics {

@@ -210,8 +210,7 @@ fn prometheus_evaluates_the_dashboard_and_the_rules_in_a_leak() {
     if !have_root("prometheus_evaluates_the_dashboard_and_the_rules_in_a_leak") {
         return;
     }
-    let config = tempfile_path("config.toml");
-    std::fs::write(&config, "").expect("write an empty config");
+    let config = support::config_file("");
     let daemon = Daemon::start(
         &config,
         &["--tick", "1s", "--window", "6s", "--min-age", "3s"],

@@ -383,3 +383,10 @@ impl Workload {
         self.0.pid()
     }
 }
+
+/// A daemon configuration file under /tmp holding `text`.
+pub fn config_file(text: &str) -> PathBuf {
+    let path = tempfile_path("config.toml");
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}

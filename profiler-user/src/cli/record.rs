@@ -55,7 +55,7 @@ pub enum RecordError {
     NeedsOutput(Format),
     /// A report could not be written.
     #[error("write the report to {path}: {source}")]
-    Json {
+    WriteReport {
         /// Where.
         path: PathBuf,
         /// Cause.
@@ -136,7 +136,7 @@ fn write_report(
     format: Format,
     top: usize,
 ) -> Result<(), RecordError> {
-    let write_error = |source| RecordError::Json {
+    let write_error = |source| RecordError::WriteReport {
         path: path.clone(),
         source,
     };

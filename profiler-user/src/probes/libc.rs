@@ -3,13 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// The first file mapped in `maps` (the text of a /proc/PID/maps) whose name
-/// is the C library's: `libc.so.6`, `libc.so`, or `libc-2.36.so`.
+use crate::stacks::parse_maps;
+
+/// The first executable file mapped in `maps` (the text of a /proc/PID/maps)
+/// whose name is the C library's: `libc.so.6`, `libc.so`, or `libc-2.36.so`.
 pub fn libc_in_maps(maps: &str) -> Option<PathBuf> {
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| path.starts_with('/') && is_libc_name(Path::new(path)))
-        .map(PathBuf::from)
+    parse_maps(maps)
+        .into_iter()
+        .find(|m| is_libc_name(&m.path))
+        .map(|m| m.path.to_path_buf())
 }
 
 /// The path of the 64-bit `soname` in the text of `ldconfig -p`.
