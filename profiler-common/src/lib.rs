@@ -136,6 +136,10 @@ pub mod filter_mode {
     pub const TARGETS: u32 = 1;
 }
 
+/// `stack_id` of an allocation whose stack was not sampled (only its
+/// immediate caller is known). Never a negative errno.
+pub const STACK_UNSAMPLED: i32 = i32::MIN;
+
 /// Maximum frames kept per stack in the stack-trace map.
 pub const MAX_STACK_DEPTH: usize = 127;
 

@@ -13,17 +13,18 @@ mod maps;
 mod record;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use profiler_common::{
-    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, func, kind, saturating_product,
+    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, STACK_UNSAMPLED, func, kind,
+    saturating_product,
 };
 
 use crate::{
     filter::traced,
-    maps::{INFLIGHT, OUTER, STACKS, count},
+    maps::{INFLIGHT, OUTER, STACK_SAMPLE_EVERY, STACKS, count},
     record::emit,
 };
 
@@ -228,7 +229,14 @@ fn caller_address(ctx: &ProbeContext) -> u64 {
     unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
 }
 
+/// The stack's id in `STACKS`, for one allocation in `STACK_SAMPLE_EVERY`
+/// chosen at random; [`STACK_UNSAMPLED`] for the others.
 fn stack_id(ctx: &ProbeContext) -> i32 {
+    let every = STACK_SAMPLE_EVERY.load();
+    // SAFETY: the helper has no preconditions.
+    if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
+        return STACK_UNSAMPLED;
+    }
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
         Ok(id) => id as i32,
         Err(err) => {

@@ -19,6 +19,9 @@ pub static FOLLOW_FORKS: Global<u32> = Global::new(0);
 /// Pending bytes in the ring buffer past which a submit wakes the reader.
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: Global<u64> = Global::new(64 * 1024);
+/// Capture the full stack of one allocation in this many (1: every one).
+#[unsafe(no_mangle)]
+pub static STACK_SAMPLE_EVERY: Global<u32> = Global::new(1);
 /// Offset of `group_dead` in sched_process_exit's record; 0 when the kernel lacks it.
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);

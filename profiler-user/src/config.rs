@@ -14,6 +14,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
 /// The /metrics address by default: loopback only, in Prometheus's exporter port range.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
 
+/// The sparsest stack sampling accepted: one allocation in a million.
+pub const MAX_STACK_SAMPLE: u32 = 1_000_000;
+
 /// A configuration error, naming the key and what is wrong.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -55,6 +58,8 @@ pub struct Settings {
     pub max_allocations_per_process: Option<u64>,
     /// Ring-buffer size in KiB (a power of two).
     pub ring_kib: Option<u32>,
+    /// Capture the full stack of one allocation in this many.
+    pub stack_sample: Option<u32>,
     /// The allocator library to probe.
     pub libc: Option<PathBuf>,
 }
@@ -81,6 +86,7 @@ impl Settings {
                 .max_allocations_per_process
                 .or(self.max_allocations_per_process),
             ring_kib: over.ring_kib.or(self.ring_kib),
+            stack_sample: over.stack_sample.or(self.stack_sample),
             libc: over.libc.clone().or(self.libc),
         }
     }
@@ -101,6 +107,8 @@ pub struct DaemonConfig {
     pub max_allocations_per_process: u64,
     /// Ring-buffer size in KiB.
     pub ring_kib: u32,
+    /// Capture the full stack of one allocation in this many (1: all).
+    pub stack_sample: u32,
     /// The allocator library to probe (`None`: heapwatch's own C library).
     pub libc: Option<PathBuf>,
 }
@@ -150,8 +158,21 @@ impl TryFrom<&Settings> for DaemonConfig {
             max_allocations,
             max_allocations_per_process,
             ring_kib,
+            stack_sample: stack_sample("stack_sample", s.stack_sample.unwrap_or(1))?,
             libc: s.libc.clone(),
         })
+    }
+}
+
+/// Checks a stack sampling rate: one allocation in 1 to 1,000,000.
+pub fn stack_sample(key: &'static str, every: u32) -> Result<u32, ConfigError> {
+    if (1..=MAX_STACK_SAMPLE).contains(&every) {
+        Ok(every)
+    } else {
+        Err(value_error(
+            key,
+            &format!("must be from 1 (every allocation) to {MAX_STACK_SAMPLE}"),
+        ))
     }
 }
 
@@ -308,6 +329,13 @@ mod tests {
                     ..Settings::default()
                 },
                 "ring_kib",
+            ),
+            (
+                Settings {
+                    stack_sample: Some(0),
+                    ..Settings::default()
+                },
+                "stack_sample",
             ),
             (
                 Settings {

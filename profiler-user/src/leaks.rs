@@ -167,6 +167,16 @@ impl LeakDetector {
             .is_some_and(|h| h.grows(self.config.samples()))
     }
 
+    /// The site's live-bytes growth in bytes per second over the window.
+    pub fn site_growth_rate(&self, tgid: u32, site: u32) -> f64 {
+        let per_tick = self
+            .sites
+            .get(&tgid)
+            .and_then(|sites| sites.get(&site))
+            .map_or(0.0, History::slope_per_tick);
+        per_tick / self.config.tick.as_secs_f64()
+    }
+
     /// The process's live-bytes growth in bytes per second over the window.
     pub fn process_growth_rate(&self, tgid: u32) -> f64 {
         let per_tick = self

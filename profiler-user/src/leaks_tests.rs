@@ -34,6 +34,8 @@ fn steady_growth_is_suspect() {
     let d = detector_fed(&leak);
     assert!(d.site_grows(1, 0));
     assert!((d.process_growth_rate(1) - 100.0).abs() < 1e-9);
+    assert!((d.site_growth_rate(1, 0) - 100.0).abs() < 1e-9);
+    assert_eq!(d.site_growth_rate(1, 7), 0.0);
 }
 
 #[test]

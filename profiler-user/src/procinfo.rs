@@ -1,5 +1,6 @@
-//! Labels of a process for metrics: its command name and its unit (systemd
-//! unit, container id, or cgroup path), read from /proc.
+//! What /proc says about a process: its labels for metrics (command name and
+//! unit: systemd unit, container id, or cgroup path), its owner, whether it
+//! is a kernel thread; and the clock the kernel stamps events with.
 
 use std::fs;
 
@@ -22,6 +23,33 @@ impl ProcessLabels {
             unit: unit_from_cgroup(&cgroup),
         }
     }
+}
+
+/// The real uid owning process `pid`, if it exists.
+pub fn owner(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+}
+
+/// True for a kernel thread: it has no memory map of its own.
+pub fn is_kernel_thread(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.is_empty())
+        && fs::read_link(format!("/proc/{pid}/exe")).is_err()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The unit of a /proc/PID/cgroup text: the innermost systemd unit

@@ -75,6 +75,28 @@ pub struct SiteStats {
     pub bytes_allocated: u64,
 }
 
+/// A site's live blocks older than some time (see [`ProcessState::aged_by_site`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aged {
+    /// Their bytes.
+    pub bytes: u64,
+    /// How many.
+    pub blocks: u64,
+    /// Allocation time of the oldest, nanoseconds since boot.
+    pub oldest_ns: u64,
+}
+
+/// A site holding live blocks (see [`ProcessState::sites_holding`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSite {
+    /// Its index in [`ProcessState::sites`].
+    pub index: u32,
+    /// Its figures, live ones counting only the blocks asked for.
+    pub stats: SiteStats,
+    /// Allocation time of its oldest such block, nanoseconds since boot.
+    pub oldest_ns: u64,
+}
+
 /// Heap state of one process.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessState {
@@ -126,23 +148,44 @@ impl ProcessState {
         (self.live.capacity() * block + self.sites.capacity() * site) as u64
     }
 
-    /// The allocation time of each site's oldest live block.
-    pub fn oldest_by_site(&self) -> HashMap<u32, u64> {
-        let mut oldest: HashMap<u32, u64> = HashMap::new();
-        for block in self.live.values() {
-            let time = oldest.entry(block.site).or_insert(block.time_ns);
-            *time = (*time).min(block.time_ns);
+    /// Per site (by index), the live blocks allocated before `before_ns`:
+    /// their bytes, their number and the oldest one's time. `u64::MAX` takes
+    /// every live block.
+    pub fn aged_by_site(&self, before_ns: u64) -> HashMap<u32, Aged> {
+        let mut aged: HashMap<u32, Aged> = HashMap::new();
+        for block in self.live.values().filter(|b| b.time_ns < before_ns) {
+            let site = aged.entry(block.site).or_insert(Aged {
+                bytes: 0,
+                blocks: 0,
+                oldest_ns: block.time_ns,
+            });
+            site.bytes += block.size;
+            site.blocks += 1;
+            site.oldest_ns = site.oldest_ns.min(block.time_ns);
         }
-        oldest
+        aged
     }
 
-    /// Sums of live bytes per site of the blocks allocated before `before_ns`.
-    pub fn old_bytes_by_site(&self, before_ns: u64) -> HashMap<u32, u64> {
-        let mut old = HashMap::new();
-        for block in self.live.values().filter(|b| b.time_ns < before_ns) {
-            *old.entry(block.site).or_insert(0) += block.size;
-        }
-        old
+    /// The sites holding live blocks allocated before `before_ns`, largest
+    /// first; their live figures count only those blocks.
+    pub fn sites_holding(&self, before_ns: u64) -> Vec<HeldSite> {
+        let mut held: Vec<HeldSite> = self
+            .aged_by_site(before_ns)
+            .into_iter()
+            .map(|(index, aged)| HeldSite {
+                index,
+                stats: SiteStats {
+                    live_bytes: aged.bytes,
+                    live_blocks: aged.blocks,
+                    ..self.sites[index as usize]
+                },
+                oldest_ns: aged.oldest_ns,
+            })
+            .collect();
+        held.sort_by(|a, b| {
+            (b.stats.live_bytes, a.stats.site).cmp(&(a.stats.live_bytes, b.stats.site))
+        });
+        held
     }
 
     /// Counts the allocation; keeps the block only when `keep` (else counts it refused).

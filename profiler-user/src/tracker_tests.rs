@@ -185,7 +185,7 @@ fn caps_refuse_blocks_and_count_them() {
 }
 
 #[test]
-fn old_bytes_are_summed_per_site() {
+fn aged_blocks_are_summed_per_site() {
     let mut t = Tracker::new(TrackerConfig::default());
     for (ptr, time_ns) in [(0x10, 100), (0x20, 200), (0x30, 300)] {
         t.apply(&HeapEvent::Alloc {
@@ -197,7 +197,14 @@ fn old_bytes_are_summed_per_site() {
         });
     }
     let p = t.process(TGID).expect("process tracked");
-    assert_eq!(p.old_bytes_by_site(250), HashMap::from([(0, 20)]));
+    let aged = |bytes, blocks| Aged {
+        bytes,
+        blocks,
+        oldest_ns: 100,
+    };
+    assert_eq!(p.aged_by_site(250), HashMap::from([(0, aged(20, 2))]));
+    assert_eq!(p.aged_by_site(u64::MAX), HashMap::from([(0, aged(30, 3))]));
+    assert!(p.aged_by_site(100).is_empty());
     assert!(p.memory_bytes() > 0);
     assert!(t.memory_bytes() >= p.memory_bytes());
 }

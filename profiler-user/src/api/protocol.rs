@@ -21,6 +21,9 @@ pub enum Request {
         pid: u32,
         /// At most this many sites.
         top: usize,
+        /// Count only blocks at least this many milliseconds old (0: all).
+        #[serde(default)]
+        min_age_ms: u64,
     },
 }
 
@@ -106,7 +109,19 @@ mod tests {
         assert_eq!(parse_request(br#"{"op":"list"}"#), Ok(Request::List {}));
         assert_eq!(
             parse_request(br#"{"op":"snapshot","pid":42,"top":10}"#),
-            Ok(Request::Snapshot { pid: 42, top: 10 })
+            Ok(Request::Snapshot {
+                pid: 42,
+                top: 10,
+                min_age_ms: 0
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"snapshot","pid":42,"top":10,"min_age_ms":1500}"#),
+            Ok(Request::Snapshot {
+                pid: 42,
+                top: 10,
+                min_age_ms: 1500
+            })
         );
     }
 
@@ -118,6 +133,7 @@ mod tests {
             br#"{"op":"snapshot","pid":-1,"top":1}"#,
             br#"{"op":"snapshot","pid":"x","top":1}"#,
             br#"{"op":"list","extra":1}"#,
+            br#"{"op":"snapshot","pid":1,"top":1,"min_age_ms":-5}"#,
             b"",
         ] {
             assert!(

@@ -5,7 +5,9 @@ mod daemon;
 mod notify;
 mod query;
 mod record;
+mod recording;
 mod session;
+mod standalone;
 
 use std::path::PathBuf;
 
@@ -31,7 +33,8 @@ pub enum Command {
     /// Trace every process on the machine and serve Prometheus metrics:
     /// live heap per process, growth, leak suspects.
     Daemon(DaemonArgs),
-    /// The sites holding live memory in process PID, from the running daemon.
+    /// The sites holding live memory in process PID, from the running daemon
+    /// (or, with --duration, traced by heapwatch itself for that long).
     Snapshot(SnapshotArgs),
     /// Traced processes by live bytes, from the running daemon.
     Ps(PsArgs),
@@ -70,6 +73,10 @@ pub struct DaemonArgs {
     /// Ring-buffer size in KiB, a power of two [default: 4096].
     #[arg(long, value_name = "KIB")]
     pub ring_kib: Option<u32>,
+    /// Capture the full stack of one allocation in N, chosen at random; the
+    /// others keep their immediate caller. Byte counts stay exact [default: 1].
+    #[arg(long, value_name = "N", value_parser = parse_stack_sample)]
+    pub stack_sample: Option<u32>,
     /// The allocator library to probe (default: the C library heapwatch itself uses).
     #[arg(long, value_name = "PATH")]
     pub libc: Option<PathBuf>,
@@ -90,6 +97,13 @@ pub struct SnapshotArgs {
     /// Show at most K sites, largest first.
     #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
+    /// Count only blocks allocated at least this long ago, e.g. 5m.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub min_age: Option<std::time::Duration>,
+    /// Without the daemon: trace the process for this long, e.g. 30s (as
+    /// root); allocations made before tracing began are unseen.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub duration: Option<std::time::Duration>,
     /// Rendering (pprof and flamegraph need -o).
     #[arg(long, value_enum, default_value_t = crate::report::Format::Text)]
     pub format: crate::report::Format,
@@ -121,6 +135,7 @@ impl DaemonArgs {
             max_allocations: self.max_allocations,
             max_allocations_per_process: self.max_allocations_per_process,
             ring_kib: self.ring_kib,
+            stack_sample: self.stack_sample,
             libc: self.libc.clone(),
         }
     }
@@ -150,9 +165,27 @@ pub struct RecordArgs {
     /// Ring-buffer size in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
+    /// Capture the full stack of one allocation in N, chosen at random; the
+    /// others keep their immediate caller. Byte counts stay exact.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_stack_sample)]
+    pub stack_sample: u32,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match crate::config::parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn parse_stack_sample(text: &str) -> Result<u32, String> {
+    let every = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    crate::config::stack_sample("--stack-sample", every).map_err(|e| e.to_string())
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
@@ -201,6 +234,16 @@ mod tests {
             vec!["heapwatch", "record", "--ring-kib", "1000", "--", "ls"],
             vec!["heapwatch", "record", "--ring-kib", "-4", "--", "ls"],
             vec!["heapwatch", "record", "--format", "svg", "--", "ls"],
+            vec!["heapwatch", "record", "--stack-sample", "0", "--", "ls"],
+            vec![
+                "heapwatch",
+                "record",
+                "--stack-sample",
+                "1000001",
+                "--",
+                "ls",
+            ],
+            vec!["heapwatch", "daemon", "--stack-sample", "x"],
         ] {
             assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?} accepted");
         }

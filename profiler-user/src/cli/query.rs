@@ -1,4 +1,5 @@
-//! `heapwatch snapshot` and `heapwatch ps`: questions to the running daemon.
+//! `heapwatch snapshot` and `heapwatch ps`: questions to the running daemon
+//! (or, for a snapshot with `--duration`, heapwatch tracing the process itself).
 
 use std::{
     io::Write,
@@ -7,7 +8,10 @@ use std::{
 
 use thiserror::Error;
 
-use super::{PsArgs, SnapshotArgs};
+use super::{
+    PsArgs, SnapshotArgs,
+    standalone::{TraceError, trace_snapshot},
+};
 use crate::{
     api::{Reply, Request, call},
     report::{Format, ProcessReport, render_snapshot},
@@ -18,7 +22,7 @@ use crate::{
 pub enum QueryError {
     /// No daemon answers at the socket.
     #[error(
-        "the heapwatch daemon is not running (nothing answers at {path}: {source}); start it with `heapwatch daemon` or `systemctl start heapwatch`"
+        "the heapwatch daemon is not running (nothing answers at {path}: {source}); start it with `heapwatch daemon` or `systemctl start heapwatch`, or trace the process yourself for a while with --duration D (as root)"
     )]
     NoDaemon {
         /// The socket.
@@ -27,6 +31,9 @@ pub enum QueryError {
         #[source]
         source: std::io::Error,
     },
+    /// Tracing the process without the daemon failed.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
     /// The daemon refused the request.
     #[error("{0}")]
     Refused(String),
@@ -58,13 +65,10 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<(), QueryError> {
     if matches!(args.format, Format::Pprof | Format::Flamegraph) && args.output.is_none() {
         return Err(QueryError::NeedsOutput(args.format));
     }
-    let request = Request::Snapshot {
-        pid: args.pid,
-        top: args.top as usize,
+    let process = match args.duration {
+        Some(duration) => trace_snapshot(args, duration)?,
+        None => ask_snapshot(args)?,
     };
-    let data = ask(&args.socket, &request)?;
-    let process: ProcessReport = serde_json::from_value(data)
-        .map_err(|e| QueryError::Refused(format!("unreadable snapshot: {e}")))?;
     let bytes =
         render_snapshot(&process, args.format, args.top as usize).map_err(QueryError::Write)?;
     match &args.output {
@@ -73,6 +77,18 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<(), QueryError> {
             .write_all(&bytes)
             .map_err(QueryError::Write),
     }
+}
+
+/// The daemon's snapshot of the process.
+fn ask_snapshot(args: &SnapshotArgs) -> Result<ProcessReport, QueryError> {
+    let request = Request::Snapshot {
+        pid: args.pid,
+        top: args.top as usize,
+        min_age_ms: args.min_age.map_or(0, |age| age.as_millis() as u64),
+    };
+    let data = ask(&args.socket, &request)?;
+    serde_json::from_value(data)
+        .map_err(|e| QueryError::Refused(format!("unreadable snapshot: {e}")))
 }
 
 /// Prints the traced processes by live bytes.

@@ -1,7 +1,7 @@
 //! `heapwatch record -- CMD`: trace a command from its first instruction to
 //! its exit and report its heap as valgrind would.
 
-use std::{collections::HashMap, fs, io, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{fs, io, num::NonZeroU32, path::PathBuf};
 
 use aya::maps::{MapData, StackTraceMap};
 use profiler_common::Counter;
@@ -10,18 +10,15 @@ use thiserror::Error;
 use super::{
     RecordArgs,
     command::{CommandError, resolve_command},
+    recording::{Recording, SiteSelection},
     session::{HeldChild, delegate_signals},
 };
 use crate::{
-    events::{HeapEvent, decode},
     probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
-    report::{CommandStatus, Format, ProcessReport, RecordReport, SiteReport, render, render_text},
-    stacks::{SiteResolver, Symbols},
-    tracker::{EndReason, ProcessState, Tracker, TrackerConfig},
+    report::{CommandStatus, Format, ProcessReport, RecordReport, render, render_text},
+    stacks::Symbols,
+    tracker::ProcessState,
 };
-
-/// How often the reader drains when the kernel has not woken it.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Why a recording failed.
 #[derive(Debug, Error)]
@@ -97,24 +94,25 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
             follow_forks: args.follow_forks,
         },
         ring_bytes: args.ring_kib * 1024,
+        stack_sample: args.stack_sample,
     })?;
     let mut reader = probes.reader()?;
     let stack_map = probes.stacks()?;
     child.release().map_err(spawn_error)?;
     delegate_signals();
     let mut recording = Recording::new(args.follow_forks);
-    let status = recording
-        .run(&mut child, &mut reader, &stack_map)
-        .map_err(|source| RecordError::Trace {
+    let status = run(&mut recording, &mut child, &mut reader, &stack_map).map_err(|source| {
+        RecordError::Trace {
             command: name.clone(),
             source,
-        })?;
+        }
+    })?;
     let counters = probes.counters()?;
     let allocator = Allocator {
         library: probes.libc().display().to_string(),
         absent: probes.skipped().iter().map(|f| (*f).to_owned()).collect(),
     };
-    let report = recording.into_report(args, status, pid.get(), &counters, allocator);
+    let report = into_report(recording, args, status, pid.get(), &counters, allocator);
     let top = args.top as usize;
     match &args.output {
         Some(path) => write_report(path, &report, args.format, top)?,
@@ -150,135 +148,63 @@ struct Allocator {
     absent: Vec<String>,
 }
 
-/// The state of one recording: the tracker, the sites seen, the processes ended.
-struct Recording {
-    tracker: Tracker,
-    sites: SiteResolver,
-    exited: HashMap<u32, ProcessState>,
-    malformed: u64,
-}
-
-impl Recording {
-    fn new(follow_forks: bool) -> Self {
-        Self {
-            tracker: Tracker::new(TrackerConfig {
-                copy_on_fork: follow_forks,
-                ..TrackerConfig::default()
-            }),
-            sites: SiteResolver::new(),
-            exited: HashMap::new(),
-            malformed: 0,
-        }
-    }
-
-    /// Drains events until the command has ended and every record is read.
-    fn run(
-        &mut self,
-        child: &mut HeldChild,
-        reader: &mut EventReader,
-        stack_map: &StackTraceMap<MapData>,
-    ) -> io::Result<CommandStatus> {
-        loop {
-            reader.wait(POLL_INTERVAL)?;
-            reader.drain(|bytes| self.apply(bytes, stack_map));
-            child.forward_signals();
-            if let Some(status) = child.try_wait()? {
-                reader.drain(|bytes| self.apply(bytes, stack_map));
-                return Ok(status);
-            }
-        }
-    }
-
-    fn apply(&mut self, bytes: &[u8], stack_map: &StackTraceMap<MapData>) {
-        let event = match decode(bytes) {
-            Ok(event) => event,
-            Err(_) => {
-                self.malformed += 1;
-                return;
-            }
-        };
-        match event {
-            HeapEvent::Alloc { task, site, .. } => self.sites.observe(task.tgid, site, stack_map),
-            HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
-            HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),
-            _ => {}
-        }
-        if let Some(finished) = self.tracker.apply(&event)
-            && finished.reason == EndReason::Exit
-        {
-            self.exited.insert(finished.tgid, finished.state);
-        }
-    }
-
-    fn into_report(
-        mut self,
-        args: &RecordArgs,
-        status: CommandStatus,
-        main_pid: u32,
-        counters: &[u64; Counter::COUNT as usize],
-        allocator: Allocator,
-    ) -> RecordReport {
-        let mut symbols = Symbols::new();
-        let mut processes: Vec<ProcessReport> = Vec::new();
-        let running = self.tracker.drain();
-        for (pid, state, exited) in self
-            .exited
-            .drain()
-            .map(|(pid, state)| (pid, state, true))
-            .chain(running.into_iter().map(|(pid, state)| (pid, state, false)))
-        {
-            processes.push(process_report(
-                pid,
-                &state,
-                exited,
-                &self.sites,
-                &mut symbols,
-            ));
-        }
-        if !processes.iter().any(|p| p.pid == main_pid) {
-            let no_allocations = ProcessState::default();
-            processes.push(process_report(
-                main_pid,
-                &no_allocations,
-                true,
-                &self.sites,
-                &mut symbols,
-            ));
-        }
-        processes.sort_by_key(|p| (p.pid != main_pid, p.pid));
-        RecordReport {
-            command: args.command.clone(),
-            status,
-            allocator_library: allocator.library,
-            absent_functions: allocator.absent,
-            processes,
-            lost_records: counters[Counter::RingbufFull as usize],
-            unpaired_calls: counters[Counter::InflightFull as usize],
-            stack_failures: counters[Counter::StackFailed as usize],
-            malformed_records: self.malformed,
+/// Drains events until the command has ended and every record is read.
+fn run(
+    recording: &mut Recording,
+    child: &mut HeldChild,
+    reader: &mut EventReader,
+    stack_map: &StackTraceMap<MapData>,
+) -> io::Result<CommandStatus> {
+    loop {
+        recording.pump(reader, stack_map)?;
+        child.forward_signals();
+        if let Some(status) = child.try_wait()? {
+            recording.drain(reader, stack_map);
+            return Ok(status);
         }
     }
 }
 
-fn process_report(
-    pid: u32,
-    state: &ProcessState,
-    exited: bool,
-    resolver: &SiteResolver,
-    symbols: &mut Symbols,
-) -> ProcessReport {
-    let mut live: Vec<_> = state.sites().iter().filter(|s| s.live_blocks > 0).collect();
-    live.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.site.cmp(&b.site)));
-    let mut report = ProcessReport::summary(pid, state, exited);
-    report.sites = live
-        .into_iter()
-        .map(|s| {
-            let stack = resolver
-                .frames(pid, s.site)
-                .map(|frames| symbols.symbolize(&frames))
-                .unwrap_or_default();
-            SiteReport::new(s, stack)
+/// The report of everything recorded: the command's process first.
+fn into_report(
+    mut recording: Recording,
+    args: &RecordArgs,
+    status: CommandStatus,
+    main_pid: u32,
+    counters: &[u64; Counter::COUNT as usize],
+    allocator: Allocator,
+) -> RecordReport {
+    let mut symbols = Symbols::default();
+    let running = recording.tracker.drain();
+    let ended: Vec<(u32, ProcessState)> = recording.exited.drain().collect();
+    let mut processes: Vec<ProcessReport> = ended
+        .iter()
+        .map(|(pid, state)| (pid, state, true))
+        .chain(running.iter().map(|(pid, state)| (pid, state, false)))
+        .map(|(&pid, state, exited)| {
+            recording.process_report(pid, state, exited, &SiteSelection::ALL, &mut symbols)
         })
         .collect();
-    report
+    if !processes.iter().any(|p| p.pid == main_pid) {
+        let no_allocations = ProcessState::default();
+        processes.push(recording.process_report(
+            main_pid,
+            &no_allocations,
+            true,
+            &SiteSelection::ALL,
+            &mut symbols,
+        ));
+    }
+    processes.sort_by_key(|p| (p.pid != main_pid, p.pid));
+    RecordReport {
+        command: args.command.clone(),
+        status,
+        allocator_library: allocator.library,
+        absent_functions: allocator.absent,
+        processes,
+        lost_records: counters[Counter::RingbufFull as usize],
+        unpaired_calls: counters[Counter::InflightFull as usize],
+        stack_failures: counters[Counter::StackFailed as usize],
+        malformed_records: recording.malformed,
+    }
 }

@@ -139,6 +139,23 @@ pub fn delegate_signals() {
     }
 }
 
+/// While heapwatch traces a process it did not start, SIGINT, SIGTERM and
+/// SIGHUP end the tracing early (see [`stop_requested`]) instead of heapwatch.
+pub fn stop_on_signals() {
+    let handler = remember_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installs an async-signal-safe handler (one atomic store).
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGHUP, handler);
+    }
+}
+
+/// True once a signal handled by [`stop_on_signals`] arrived.
+pub fn stop_requested() -> bool {
+    PENDING_SIGNAL.load(Ordering::Relaxed) != 0
+}
+
 /// # Safety
 /// Must run in a freshly forked child only; never returns.
 unsafe fn exec_when_released(

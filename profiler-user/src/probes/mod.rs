@@ -48,6 +48,8 @@ pub struct ProbeConfig {
     pub scope: Scope,
     /// Ring-buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// Capture the full stack of one allocation in this many (1: every one).
+    pub stack_sample: u32,
 }
 
 /// A probed allocator function.
@@ -430,6 +432,7 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("FILTER_MODE", &mode, true)
         .override_global("FOLLOW_FORKS", &follow, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+        .override_global("STACK_SAMPLE_EVERY", &config.stack_sample.max(1), true)
         .override_global("EXIT_GROUP_DEAD_OFFSET", &offsets.exit_group_dead, true)
         .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
         .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)

@@ -12,7 +12,7 @@ pub use pprof::{SAMPLE_TYPES, render_pprof};
 use serde::Serialize;
 
 use crate::{
-    stacks::SymFrame,
+    stacks::{StackStatus, SymFrame},
     tracker::{ProcessState, SiteStats},
 };
 
@@ -68,6 +68,17 @@ pub struct ProcessReport {
     pub bytes_allocated: u64,
     /// Frees of blocks allocated before tracing began.
     pub unmatched_frees: u64,
+    /// True when the figures are not exact (blocks refused past a cap, frees
+    /// or allocations missed).
+    #[serde(default)]
+    pub inexact: bool,
+    /// Set when the sites count only blocks at least this many seconds old (`--min-age`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_older_than_secs: Option<f64>,
+    /// Set when heapwatch traced the process itself for only this many
+    /// seconds (no daemon): allocations made before are unseen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traced_secs: Option<f64>,
     /// Sites still holding memory, largest first.
     pub sites: Vec<SiteReport>,
 }
@@ -85,9 +96,15 @@ pub struct SiteReport {
     pub bytes_allocated: u64,
     /// Its stack, immediate caller first.
     pub stack: Vec<SymFrame>,
+    /// How much of the stack is known.
+    #[serde(default)]
+    pub stack_status: StackStatus,
     /// Age in seconds of its oldest live block (snapshots of a running process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_age_secs: Option<f64>,
+    /// Growth of its live bytes over the leak window, bytes per second (snapshots from the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_bytes_per_sec: Option<f64>,
     /// True when the leak rule flags the site (snapshots from the daemon).
     #[serde(default)]
     pub leak_suspect: bool,
@@ -106,21 +123,26 @@ impl ProcessReport {
             frees: c.frees,
             bytes_allocated: c.bytes_allocated,
             unmatched_frees: c.unmatched_frees,
+            inexact: state.inexact(),
+            only_older_than_secs: None,
+            traced_secs: None,
             sites: Vec::new(),
         }
     }
 }
 
 impl SiteReport {
-    /// A site's figures and its stack (no age, not suspect).
-    pub fn new(stats: &SiteStats, stack: Vec<SymFrame>) -> Self {
+    /// A site's figures and its stack (no age, no growth, not suspect).
+    pub fn new(stats: &SiteStats, stack: Vec<SymFrame>, stack_status: StackStatus) -> Self {
         Self {
             live_bytes: stats.live_bytes,
             live_blocks: stats.live_blocks,
             allocs: stats.allocs,
             bytes_allocated: stats.bytes_allocated,
             stack,
+            stack_status,
             oldest_age_secs: None,
+            growth_bytes_per_sec: None,
             leak_suspect: false,
         }
     }
@@ -168,15 +190,38 @@ pub fn render_snapshot(
 ) -> std::io::Result<Vec<u8>> {
     let processes = std::slice::from_ref(process);
     match format {
-        Format::Text => {
-            let mut out = String::new();
-            render_process(&mut out, process, top, "now");
-            Ok(out.into_bytes())
-        }
+        Format::Text => Ok(render_snapshot_text(process, top).into_bytes()),
         Format::Json => to_json(process),
         Format::Pprof => render_pprof(processes),
         Format::Flamegraph => render_flamegraph(processes),
     }
+}
+
+/// A snapshot as text: what was traced, then the heap summary and the sites.
+fn render_snapshot_text(process: &ProcessReport, top: usize) -> String {
+    let mut out = String::new();
+    let tag = format!("=={}==", process.pid);
+    if let Some(secs) = process.traced_secs {
+        let _ = writeln!(
+            out,
+            "{tag} heapwatch: no daemon: traced process {} for {secs:.1} s; allocations made before tracing began are unseen",
+            process.pid
+        );
+    }
+    if let Some(secs) = process.only_older_than_secs {
+        let _ = writeln!(
+            out,
+            "{tag} heapwatch: sites count only blocks allocated at least {secs:.0} s ago"
+        );
+    }
+    if process.inexact {
+        let _ = writeln!(
+            out,
+            "{tag} heapwatch: figures are inexact (frees or allocations were missed, or blocks refused past a cap)"
+        );
+    }
+    render_process(&mut out, process, top, "now");
+    out
 }
 
 fn to_json(value: &impl Serialize) -> std::io::Result<Vec<u8>> {
@@ -277,6 +322,9 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
     if let Some(age) = site.oldest_age_secs {
         let _ = write!(facts, " (oldest {age:.0} s old)");
     }
+    if let Some(rate) = site.growth_bytes_per_sec {
+        let _ = write!(facts, " (growing {rate:.0} B/s)");
+    }
     if site.leak_suspect {
         facts.push_str(" [LEAK SUSPECT]");
     }
@@ -290,8 +338,20 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
         let lead = if i == 0 { "at" } else { "by" };
         let _ = writeln!(out, "{tag}    {lead} {}", describe(frame));
     }
-    if site.stack.is_empty() {
-        let _ = writeln!(out, "{tag}    (no stack captured)");
+    match (site.stack.is_empty(), site.stack_status) {
+        (true, _) => {
+            let _ = writeln!(out, "{tag}    (no stack captured)");
+        }
+        (false, StackStatus::Unsampled) => {
+            let _ = writeln!(out, "{tag}    (callers not sampled: --stack-sample)");
+        }
+        (false, StackStatus::NotCaptured) => {
+            let _ = writeln!(
+                out,
+                "{tag}    (callers not captured: the kernel's stack map was full)"
+            );
+        }
+        (false, StackStatus::Full) => {}
     }
     let _ = writeln!(out, "{tag}");
 }
@@ -331,6 +391,8 @@ mod tests {
         SymFrame {
             address: 0x1136,
             module: Some("/tmp/leak".to_owned()),
+            build_id: None,
+            file_offset: Some(0x1136),
             function: Some(function.to_owned()),
             file: Some("/src/leak.c".to_owned()),
             line: Some(line),
@@ -347,6 +409,9 @@ mod tests {
             frees: 100_000 - in_use_blocks,
             bytes_allocated: 400_000_000,
             unmatched_frees: 0,
+            inexact: false,
+            only_older_than_secs: None,
+            traced_secs: None,
             sites,
         }
     }
@@ -381,7 +446,9 @@ mod tests {
             allocs: 100_000,
             bytes_allocated: 400_000_000,
             stack: vec![frame("leak", 8), frame("main", 15)],
+            stack_status: StackStatus::Full,
             oldest_age_secs: None,
+            growth_bytes_per_sec: None,
             leak_suspect: false,
         };
         let text = render_text(&report(vec![process(100_000, vec![site])]), 10);
@@ -411,7 +478,9 @@ mod tests {
             allocs: 1,
             bytes_allocated: n,
             stack: vec![],
+            stack_status: StackStatus::Full,
             oldest_age_secs: None,
+            growth_bytes_per_sec: None,
             leak_suspect: false,
         };
         let text = render_text(

@@ -1,5 +1,5 @@
 //! A process's executable file mappings, from /proc/PID/maps: pure parsing
-//! and address normalization to (file, file offset).
+//! and address normalization to (file, build id, file offset).
 
 use std::{path::Path, sync::Arc};
 
@@ -14,6 +14,21 @@ pub struct Mapping {
     pub file_offset: u64,
     /// The mapped file.
     pub path: Arc<Path>,
+    /// The file's inode (with its path, it names one version of the file).
+    pub inode: u64,
+    /// The file's GNU build id, once read ([`super::SiteResolver`] fills it in).
+    pub build_id: Option<Arc<[u8]>>,
+}
+
+/// Where a return address lies in a mapped file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file, as the process named it.
+    pub path: Arc<Path>,
+    /// The file's GNU build id, when it has one.
+    pub build_id: Option<Arc<[u8]>>,
+    /// The offset in the file.
+    pub offset: u64,
 }
 
 /// The executable file mappings listed in a /proc/PID/maps text.
@@ -26,7 +41,9 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = fields.next()?;
     let perms = fields.next()?;
     let offset = fields.next()?;
-    let path = fields.nth(2)?;
+    let _device = fields.next()?;
+    let inode = fields.next()?;
+    let path = fields.next()?;
     if !perms.contains('x') || !path.starts_with('/') {
         return None;
     }
@@ -36,15 +53,21 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(end, 16).ok()?,
         file_offset: u64::from_str_radix(offset, 16).ok()?,
         path: Arc::from(Path::new(path)),
+        inode: inode.parse().ok()?,
+        build_id: None,
     })
 }
 
-/// The file and file offset of `address`, if a mapping holds it.
-pub fn normalize(mappings: &[Mapping], address: u64) -> Option<(Arc<Path>, u64)> {
+/// The file, build id and file offset of `address`, if a mapping holds it.
+pub fn normalize(mappings: &[Mapping], address: u64) -> Option<Location> {
     mappings
         .iter()
         .find(|m| (m.start..m.end).contains(&address))
-        .map(|m| (Arc::clone(&m.path), address - m.start + m.file_offset))
+        .map(|m| Location {
+            path: Arc::clone(&m.path),
+            build_id: m.build_id.clone(),
+            offset: address - m.start + m.file_offset,
+        })
 }
 
 #[cfg(test)]
@@ -64,7 +87,7 @@ mod tests {
         let maps = parse_maps(MAPS);
         assert_eq!(maps.len(), 2);
         assert_eq!(maps[0].start, 0x5581a2a01000);
-        assert_eq!(maps[0].file_offset, 0x1000);
+        assert_eq!((maps[0].file_offset, maps[0].inode), (0x1000, 2345));
         assert_eq!(
             &*maps[1].path,
             Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6")
@@ -74,10 +97,13 @@ mod tests {
     #[test]
     fn normalizes_to_file_offsets() {
         let maps = parse_maps(MAPS);
-        let (path, offset) = normalize(&maps, 0x5581a2a01136).expect("in the program's text");
-        assert_eq!((&*path, offset), (Path::new("/tmp/leak"), 0x1136));
-        let (_, offset) = normalize(&maps, 0x7f00aa228010).expect("in libc's text");
-        assert_eq!(offset, 0x28010);
+        let mut maps = maps;
+        maps[0].build_id = Some(Arc::from(&[0xab, 0xcd][..]));
+        let at = normalize(&maps, 0x5581a2a01136).expect("in the program's text");
+        assert_eq!((&*at.path, at.offset), (Path::new("/tmp/leak"), 0x1136));
+        assert_eq!(at.build_id.as_deref(), Some(&[0xab, 0xcd][..]));
+        let at = normalize(&maps, 0x7f00aa228010).expect("in libc's text");
+        assert_eq!((at.offset, at.build_id), (0x28010, None));
         assert_eq!(normalize(&maps, 0x5581a2a00010), None);
         assert_eq!(normalize(&maps, 0x7ffd0e1f0000), None);
     }

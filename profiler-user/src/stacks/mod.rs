@@ -1,15 +1,20 @@
 //! Allocation sites as stacks: captured addresses normalized to (file,
-//! offset) while their process lives, symbolized later with blazesym.
+//! build id, offset) while their process lives, symbolized later with
+//! blazesym, even after the process has gone.
 
 mod maps;
+mod service;
 mod symbols;
 
 use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
 use aya::maps::{MapData, StackTraceMap};
+use profiler_common::STACK_UNSAMPLED;
+use serde::{Deserialize, Serialize};
 
-pub use maps::{Mapping, normalize, parse_maps};
-pub use symbols::{SymFrame, Symbols};
+pub use maps::{Location, Mapping, normalize, parse_maps};
+pub use service::SymbolService;
+pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
 
 use crate::events::RawSite;
 
@@ -18,8 +23,42 @@ use crate::events::RawSite;
 pub struct Frame {
     /// The return address as the process saw it.
     pub address: u64,
-    /// The mapped file holding it and the offset in that file, when known.
-    pub location: Option<(Arc<Path>, u64)>,
+    /// Where it lies in a mapped file, when known.
+    pub location: Option<Location>,
+}
+
+/// How much of an allocation's stack is known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackStatus {
+    /// The immediate caller and the frame-pointer walk above it.
+    #[default]
+    Full,
+    /// Only the immediate caller: the stack was not sampled (`--stack-sample`).
+    Unsampled,
+    /// Only the immediate caller: the kernel could not capture the stack
+    /// (stack map full or a hash collision; counted in `stack_failed`).
+    NotCaptured,
+}
+
+impl StackStatus {
+    /// What a raw site's stack id says about its stack.
+    pub fn of(stack_id: i32) -> Self {
+        match stack_id {
+            STACK_UNSAMPLED => Self::Unsampled,
+            id if id < 0 => Self::NotCaptured,
+            _ => Self::Full,
+        }
+    }
+}
+
+/// The normalized stack of one allocation site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack {
+    /// Immediate caller first.
+    pub frames: Vec<Frame>,
+    /// How much of the stack is known.
+    pub status: StackStatus,
 }
 
 /// The user stack of an allocation: the immediate caller first, then the
@@ -40,11 +79,15 @@ pub fn compose_stack(caller: u64, walked: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// A file as a path and an inode: one version of it.
+type FileVersion = (Arc<Path>, u64);
+
 /// Normalizes each process's allocation sites once, while it lives.
 #[derive(Default)]
 pub struct SiteResolver {
     maps: HashMap<u32, Vec<Mapping>>,
-    stacks: HashMap<(u32, RawSite), Arc<[Frame]>>,
+    stacks: HashMap<(u32, RawSite), Arc<Stack>>,
+    build_ids: HashMap<FileVersion, Option<Arc<[u8]>>>,
 }
 
 impl SiteResolver {
@@ -58,20 +101,27 @@ impl SiteResolver {
         if self.stacks.contains_key(&(tgid, site)) {
             return;
         }
-        let walked: Vec<u64> = u32::try_from(site.stack_id)
-            .ok()
-            .and_then(|id| stack_map.get(&id, 0).ok())
-            .map(|trace| trace.frames().iter().map(|f| f.ip).collect())
-            .unwrap_or_default();
-        let frames: Arc<[Frame]> = compose_stack(site.caller, &walked)
+        let mut status = StackStatus::of(site.stack_id);
+        let walked: Vec<u64> = match u32::try_from(site.stack_id) {
+            Ok(id) => match stack_map.get(&id, 0) {
+                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+                Err(_) => {
+                    status = StackStatus::NotCaptured;
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        let frames = compose_stack(site.caller, &walked)
             .into_iter()
             .map(|address| self.frame(tgid, address))
             .collect();
-        self.stacks.insert((tgid, site), frames);
+        self.stacks
+            .insert((tgid, site), Arc::new(Stack { frames, status }));
     }
 
     /// The normalized stack of a site seen by [`Self::observe`].
-    pub fn frames(&self, tgid: u32, site: RawSite) -> Option<Arc<[Frame]>> {
+    pub fn stack(&self, tgid: u32, site: RawSite) -> Option<Arc<Stack>> {
         self.stacks.get(&(tgid, site)).cloned()
     }
 
@@ -80,7 +130,7 @@ impl SiteResolver {
     pub fn inherit_maps(&mut self, child: u32, parent: u32) {
         let mappings = match self.maps.get(&parent) {
             Some(mappings) => mappings.clone(),
-            None => read_maps(parent),
+            None => self.read_maps(parent),
         };
         self.maps.insert(child, mappings);
     }
@@ -93,18 +143,35 @@ impl SiteResolver {
     fn frame(&mut self, tgid: u32, address: u64) -> Frame {
         let mut location = self.maps.get(&tgid).and_then(|m| normalize(m, address));
         if location.is_none() {
-            let mappings = read_maps(tgid);
+            let mappings = self.read_maps(tgid);
             location = normalize(&mappings, address);
             self.maps.insert(tgid, mappings);
         }
         Frame { address, location }
     }
+
+    /// The process's executable mappings with their files' build ids.
+    fn read_maps(&mut self, tgid: u32) -> Vec<Mapping> {
+        let mut mappings = fs::read_to_string(format!("/proc/{tgid}/maps"))
+            .map(|text| parse_maps(&text))
+            .unwrap_or_default();
+        for mapping in &mut mappings {
+            mapping.build_id = self
+                .build_ids
+                .entry((Arc::clone(&mapping.path), mapping.inode))
+                .or_insert_with(|| read_build_id(&mapping.path))
+                .clone();
+        }
+        mappings
+    }
 }
 
-fn read_maps(tgid: u32) -> Vec<Mapping> {
-    fs::read_to_string(format!("/proc/{tgid}/maps"))
-        .map(|text| parse_maps(&text))
-        .unwrap_or_default()
+/// The GNU build id of an ELF file, if it has one and can be read.
+pub fn read_build_id(path: &Path) -> Option<Arc<[u8]>> {
+    blazesym::helper::read_elf_build_id(path)
+        .ok()
+        .flatten()
+        .map(|id| Arc::from(&*id))
 }
 
 #[cfg(test)]

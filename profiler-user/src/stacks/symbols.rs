@@ -1,19 +1,25 @@
-//! Symbolization of normalized frames with blazesym, cached per (file, offset).
+//! Symbolization of normalized frames with blazesym, in a bounded cache.
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use blazesym::symbolize::{Input, Symbolized, Symbolizer, source::Elf, source::Source};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::Frame;
+use super::{Frame, Location, Stack, read_build_id};
 
 /// A frame with its symbol, as reports show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SymFrame {
     /// The return address as the process saw it.
     pub address: u64,
     /// The file mapped at the address.
     pub module: Option<String>,
+    /// The file's GNU build id, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The address's offset in that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_offset: Option<u64>,
     /// The function, demangled.
     pub function: Option<String>,
     /// The source file, when debug info has it.
@@ -22,10 +28,22 @@ pub struct SymFrame {
     pub line: Option<u32>,
 }
 
-/// Symbolizes frames, caching each (file, offset).
+/// Frames resolved per (file, build id, offset) kept by default.
+pub const DEFAULT_CACHE_FRAMES: usize = 65_536;
+
+type CacheKey = (Arc<Path>, Option<Arc<[u8]>>, u64);
+
+/// Symbolizes frames, caching each location in a cache of bounded size.
+///
+/// The cache has two generations: lookups promote from the old one; when the
+/// young one fills half the capacity it becomes the old one, and the blazesym
+/// symbolizer (which keeps every parsed file) is replaced, so memory stays
+/// bounded however many files and addresses a long-running daemon sees.
 pub struct Symbols {
     symbolizer: Symbolizer,
-    cache: HashMap<(Arc<Path>, u64), Resolved>,
+    young: HashMap<CacheKey, Resolved>,
+    old: HashMap<CacheKey, Resolved>,
+    generation_size: usize,
 }
 
 #[derive(Clone, Default)]
@@ -37,53 +55,86 @@ struct Resolved {
 
 impl Default for Symbols {
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_CACHE_FRAMES)
     }
 }
 
 impl Symbols {
-    /// A symbolizer with an empty cache.
-    pub fn new() -> Self {
+    /// A symbolizer whose cache holds at most `capacity` frames (at least 2).
+    pub fn new(capacity: usize) -> Self {
         Self {
             symbolizer: Symbolizer::new(),
-            cache: HashMap::new(),
+            young: HashMap::new(),
+            old: HashMap::new(),
+            generation_size: (capacity / 2).max(1),
         }
     }
 
     /// The symbols of a stack's frames.
-    pub fn symbolize(&mut self, frames: &[Frame]) -> Vec<SymFrame> {
-        frames.iter().map(|frame| self.frame(frame)).collect()
+    pub fn symbolize(&mut self, stack: &Stack) -> Vec<SymFrame> {
+        stack.frames.iter().map(|frame| self.frame(frame)).collect()
+    }
+
+    /// Frames held in the cache.
+    pub fn cached(&self) -> usize {
+        self.young.len() + self.old.len()
     }
 
     fn frame(&mut self, frame: &Frame) -> SymFrame {
-        let resolved = match &frame.location {
-            Some((path, offset)) => self.resolve(path, *offset),
-            None => Resolved::default(),
+        let Some(location) = &frame.location else {
+            return SymFrame {
+                address: frame.address,
+                module: None,
+                build_id: None,
+                file_offset: None,
+                function: None,
+                file: None,
+                line: None,
+            };
         };
+        let resolved = self.resolve(location);
         SymFrame {
             address: frame.address,
-            module: frame
-                .location
-                .as_ref()
-                .map(|(path, _)| path.display().to_string()),
+            module: Some(location.path.display().to_string()),
+            build_id: location.build_id.as_deref().map(hex),
+            file_offset: Some(location.offset),
             function: resolved.function,
             file: resolved.file,
             line: resolved.line,
         }
     }
 
-    fn resolve(&mut self, path: &Arc<Path>, offset: u64) -> Resolved {
-        let key = (Arc::clone(path), offset);
-        if let Some(hit) = self.cache.get(&key) {
+    fn resolve(&mut self, location: &Location) -> Resolved {
+        let key = (
+            Arc::clone(&location.path),
+            location.build_id.clone(),
+            location.offset,
+        );
+        if let Some(hit) = self.young.get(&key) {
             return hit.clone();
         }
+        let resolved = match self.old.remove(&key) {
+            Some(hit) => hit,
+            None => self.lookup(location),
+        };
+        if self.young.len() >= self.generation_size {
+            self.old = std::mem::take(&mut self.young);
+            self.symbolizer = Symbolizer::new();
+        }
+        self.young.insert(key, resolved.clone());
+        resolved
+    }
+
+    /// Symbols of `location` from its file, unless the file on disk is no
+    /// longer the one the process mapped (another build id): then none.
+    fn lookup(&self, location: &Location) -> Resolved {
+        if location.build_id.is_some() && read_build_id(&location.path) != location.build_id {
+            return Resolved::default();
+        }
         // A return address: look up the call instruction just before it.
-        let lookup = offset.saturating_sub(1);
-        let source = Source::Elf(Elf::new(path.to_path_buf()));
-        let resolved = match self
-            .symbolizer
-            .symbolize_single(&source, Input::FileOffset(lookup))
-        {
+        let input = Input::FileOffset(location.offset.saturating_sub(1));
+        let source = Source::Elf(Elf::new(location.path.to_path_buf()));
+        match self.symbolizer.symbolize_single(&source, input) {
             Ok(Symbolized::Sym(sym)) => {
                 let code = sym.code_info.as_deref();
                 Resolved {
@@ -93,8 +144,74 @@ impl Symbols {
                 }
             }
             _ => Resolved::default(),
-        };
-        self.cache.insert(key, resolved.clone());
-        resolved
+        }
+    }
+}
+
+/// Bytes as lowercase hex, as `readelf -n` prints build ids.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::{StackStatus, normalize, parse_maps};
+
+    /// A stack of this test binary's own code, normalized from its maps.
+    fn own_stack(addresses: &[u64]) -> Stack {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("own maps");
+        let mut mappings = parse_maps(&maps);
+        for m in &mut mappings {
+            m.build_id = read_build_id(&m.path);
+        }
+        Stack {
+            frames: addresses
+                .iter()
+                .map(|&address| Frame {
+                    address,
+                    location: normalize(&mappings, address),
+                })
+                .collect(),
+            status: StackStatus::Full,
+        }
+    }
+
+    fn here() -> u64 {
+        own_stack as fn(&[u64]) -> Stack as usize as u64 + 1
+    }
+
+    #[test]
+    fn symbolizes_own_code_with_its_build_id() {
+        let stack = own_stack(&[here()]);
+        let frame = &Symbols::default().symbolize(&stack)[0];
+        let function = frame.function.as_deref().expect("symbolized");
+        assert!(function.contains("own_stack"), "{function}");
+        let build_id = frame
+            .build_id
+            .as_deref()
+            .expect("the test binary has a build id");
+        assert_eq!(build_id.len(), 40, "{build_id}");
+    }
+
+    #[test]
+    fn a_rebuilt_file_is_not_symbolized_with_the_new_build() {
+        let mut stack = own_stack(&[here()]);
+        let location = stack.frames[0].location.as_mut().expect("normalized");
+        location.build_id = Some(Arc::from(&[0u8; 20][..]));
+        let frame = &Symbols::default().symbolize(&stack)[0];
+        assert_eq!(frame.function, None);
+        assert_eq!(frame.build_id.as_deref(), Some(&*"00".repeat(20)));
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let mut symbols = Symbols::new(8);
+        for i in 0..100 {
+            symbols.symbolize(&own_stack(&[here() + i]));
+            assert!(symbols.cached() <= 8, "{} cached", symbols.cached());
+        }
+        let again = symbols.symbolize(&own_stack(&[here()]));
+        assert!(again[0].function.is_some());
     }
 }

@@ -1,21 +1,17 @@
 //! The daemon's answers to API requests: health, the process list, and
 //! snapshots of one process's live sites with symbolized stacks.
 
-use std::{
-    fs,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, StackTraceMap};
 use serde_json::json;
 
-use super::{DaemonState, monotonic_ns};
+use super::DaemonState;
 use crate::{
     api::{Reply, Request, authorize},
-    procinfo::ProcessLabels,
+    procinfo::{ProcessLabels, is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteReport},
-    stacks::{SiteResolver, Symbols},
-    tracker::SiteStats,
+    stacks::{SiteResolver, SymbolService},
 };
 
 /// What the API handler reads.
@@ -24,6 +20,15 @@ pub struct ApiSource {
     pub state: Arc<Mutex<DaemonState>>,
     /// The kernel's stack-trace map.
     pub stacks: StackTraceMap<MapData>,
+    /// The symbolizer thread and its cache.
+    pub symbols: SymbolService,
+}
+
+/// What a snapshot request asks for.
+struct SnapshotQuery {
+    pid: u32,
+    top: usize,
+    min_age_ns: u64,
 }
 
 impl ApiSource {
@@ -32,13 +37,24 @@ impl ApiSource {
         match request {
             Request::Health {} => self.health(),
             Request::List {} => self.list(uid),
-            Request::Snapshot { pid, top } => match self.snapshot(pid, top, uid) {
-                Ok(process) => match serde_json::to_value(process) {
-                    Ok(value) => Reply::ok(value),
-                    Err(err) => Reply::error(err),
-                },
-                Err(message) => Reply::error(message),
-            },
+            Request::Snapshot {
+                pid,
+                top,
+                min_age_ms,
+            } => {
+                let query = SnapshotQuery {
+                    pid,
+                    top,
+                    min_age_ns: min_age_ms.saturating_mul(1_000_000),
+                };
+                match self.snapshot(&query, uid) {
+                    Ok(process) => match serde_json::to_value(process) {
+                        Ok(value) => Reply::ok(value),
+                        Err(err) => Reply::error(err),
+                    },
+                    Err(message) => Reply::error(message),
+                }
+            }
         }
     }
 
@@ -72,7 +88,8 @@ impl ApiSource {
         Reply::ok(json!(list))
     }
 
-    fn snapshot(&self, pid: u32, top: usize, uid: u32) -> Result<ProcessReport, String> {
+    fn snapshot(&self, query: &SnapshotQuery, uid: u32) -> Result<ProcessReport, String> {
+        let pid = query.pid;
         let owner = owner(pid).ok_or_else(|| format!("no such process: {pid}"))?;
         authorize(uid, pid, owner).map_err(|e| e.to_string())?;
         if is_kernel_thread(pid) {
@@ -81,64 +98,42 @@ impl ApiSource {
         let now = monotonic_ns();
         let (mut report, sites) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let process = state.tracker.process(pid).ok_or_else(|| {
-                format!("process {pid} has made no allocation heapwatch saw (it traces the C library's malloc family)")
-            })?;
-            let oldest = process.oldest_by_site();
-            let mut live: Vec<(u32, SiteStats)> = process
-                .sites()
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.live_blocks > 0)
-                .map(|(i, s)| (i as u32, *s))
-                .collect();
-            live.sort_by_key(|(_, s)| std::cmp::Reverse(s.live_bytes));
-            live.truncate(top);
-            let sites: Vec<(SiteStats, Option<u64>, bool)> = live
-                .into_iter()
-                .map(|(i, s)| {
-                    (
-                        s,
-                        oldest.get(&i).copied(),
-                        state.detector.site_grows(pid, i),
-                    )
-                })
-                .collect();
+            let not_seen = || {
+                format!(
+                    "process {pid} has made no allocation heapwatch saw (it traces the C library's malloc family)"
+                )
+            };
+            let sites = state
+                .snapshot_sites(pid, now, query.min_age_ns, query.top)
+                .ok_or_else(not_seen)?;
+            let process = state.tracker.process(pid).ok_or_else(not_seen)?;
             (ProcessReport::summary(pid, process, false), sites)
         };
+        if query.min_age_ns > 0 {
+            report.only_older_than_secs = Some(query.min_age_ns as f64 / 1e9);
+        }
         let mut resolver = SiteResolver::new();
-        let mut symbols = Symbols::new();
+        let stacks: Vec<_> = sites
+            .iter()
+            .filter_map(|site| {
+                resolver.observe(pid, site.held.stats.site, &self.stacks);
+                resolver.stack(pid, site.held.stats.site)
+            })
+            .collect();
+        let symbolized = self
+            .symbols
+            .symbolize(stacks.clone())
+            .map_err(|e| e.to_string())?;
         report.sites = sites
-            .into_iter()
-            .map(|(s, oldest, suspect)| {
-                resolver.observe(pid, s.site, &self.stacks);
-                let stack = resolver
-                    .frames(pid, s.site)
-                    .map(|f| symbols.symbolize(&f))
-                    .unwrap_or_default();
-                SiteReport {
-                    oldest_age_secs: oldest.map(|t| now.saturating_sub(t) as f64 / 1e9),
-                    leak_suspect: suspect,
-                    ..SiteReport::new(&s, stack)
-                }
+            .iter()
+            .zip(stacks.iter().zip(symbolized))
+            .map(|(site, (stack, frames))| SiteReport {
+                oldest_age_secs: Some(now.saturating_sub(site.held.oldest_ns) as f64 / 1e9),
+                growth_bytes_per_sec: Some(site.growth_bytes_per_sec),
+                leak_suspect: site.leak_suspect,
+                ..SiteReport::new(&site.held.stats, frames, stack.status)
             })
             .collect();
         Ok(report)
     }
-}
-
-/// The real uid owning process `pid`, if it exists.
-fn owner(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|uids| uids.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())
-}
-
-/// Kernel threads have no memory map of their own.
-fn is_kernel_thread(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.is_empty())
-        && fs::read_link(format!("/proc/{pid}/exe")).is_err()
 }

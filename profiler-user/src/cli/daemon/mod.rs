@@ -31,7 +31,8 @@ use crate::{
     leaks::LeakDetector,
     metrics::{Metrics, http},
     probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
-    procinfo::ProcessLabels,
+    procinfo::{ProcessLabels, monotonic_ns},
+    stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
     tracker::{Tracker, TrackerConfig},
 };
 use profiler_common::Counter;
@@ -110,6 +111,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         libc: config.libc.clone(),
         scope: Scope::AllProcesses,
         ring_bytes: config.ring_kib * 1024,
+        stack_sample: config.stack_sample,
     })?;
     if args.check {
         return check(&probes, &config);
@@ -122,6 +124,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     let api_source = Arc::new(api::ApiSource {
         state: Arc::clone(&state),
         stacks: probes.stacks()?,
+        symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let reader_thread = spawn_reader(reader, Arc::clone(&state), Arc::clone(&stop));
@@ -261,8 +264,12 @@ fn reload(
             return None;
         }
     };
-    if new.listen != old.listen || new.ring_kib != old.ring_kib || new.libc != old.libc {
-        tracing::warn!("SIGHUP: listen, ring_kib and libc take effect on restart");
+    if new.listen != old.listen
+        || new.ring_kib != old.ring_kib
+        || new.stack_sample != old.stack_sample
+        || new.libc != old.libc
+    {
+        tracing::warn!("SIGHUP: listen, ring_kib, stack_sample and libc take effect on restart");
     }
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     state.detector.set_config(new.leak);
@@ -289,15 +296,4 @@ fn tick(state: &Mutex<DaemonState>, probes: &Probes, metrics: &Metrics, top: usi
         state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read)
     };
     metrics.update(&rows, &own);
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -8,7 +8,7 @@ use crate::{
     leaks::LeakDetector,
     metrics::{ProcessRow, SelfFigures, bounded_rows},
     procinfo::ProcessLabels,
-    tracker::{ProcessState, Tracker},
+    tracker::{HeldSite, ProcessState, Tracker},
 };
 
 /// Names of the record kinds, for `heapwatch_events_total{kind}`.
@@ -105,6 +105,38 @@ impl DaemonState {
         (shown, self.own_figures(kernel))
     }
 
+    /// The sites of process `tgid` a snapshot shows, largest first, at most
+    /// `top`: with `min_age_ns` above 0, only blocks at least that old count.
+    /// `None` when the process made no allocation seen.
+    pub fn snapshot_sites(
+        &self,
+        tgid: u32,
+        now_ns: u64,
+        min_age_ns: u64,
+        top: usize,
+    ) -> Option<Vec<SnapshotSite>> {
+        let process = self.tracker.process(tgid)?;
+        let before = match min_age_ns {
+            0 => u64::MAX,
+            age => now_ns.saturating_sub(age),
+        };
+        let suspect_before = now_ns.saturating_sub(
+            u64::try_from(self.detector.config().min_age.as_nanos()).unwrap_or(u64::MAX),
+        );
+        let sites = process
+            .sites_holding(before)
+            .into_iter()
+            .take(top)
+            .map(|held| SnapshotSite {
+                held,
+                growth_bytes_per_sec: self.detector.site_growth_rate(tgid, held.index),
+                leak_suspect: self.detector.site_grows(tgid, held.index)
+                    && held.oldest_ns < suspect_before,
+            })
+            .collect();
+        Some(sites)
+    }
+
     fn own_figures(&self, kernel: &KernelCounts) -> SelfFigures {
         let live = self.tracker.processes().map(|(_, s)| s.counters());
         let (unmatched, refused) = live
@@ -126,6 +158,17 @@ impl DaemonState {
             tracker_memory_bytes: self.tracker.memory_bytes(),
         }
     }
+}
+
+/// One site of a snapshot, before its stack is symbolized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SnapshotSite {
+    /// Its figures and oldest block, counting only the blocks asked for.
+    pub held: HeldSite,
+    /// Growth of its live bytes over the leak window, bytes per second.
+    pub growth_bytes_per_sec: f64,
+    /// The leak rule flags it (growing, with blocks older than min_age).
+    pub leak_suspect: bool,
 }
 
 /// The kernel's drop counters, summed over CPUs.
@@ -156,8 +199,12 @@ fn suspect_bytes(detector: &LeakDetector, tgid: u32, state: &ProcessState, old_b
     if growing.is_empty() {
         return 0;
     }
-    let old = state.old_bytes_by_site(old_before);
-    growing.iter().filter_map(|site| old.get(site)).sum()
+    let old = state.aged_by_site(old_before);
+    growing
+        .iter()
+        .filter_map(|site| old.get(site))
+        .map(|aged| aged.bytes)
+        .sum()
 }
 
 fn row(tgid: u32, state: &ProcessState, leak_suspect_bytes: u64, growth_rate: f64) -> ProcessRow {
@@ -254,6 +301,58 @@ mod tests {
         );
         let constant = rows.iter().find(|r| r.pid == "20").expect("constant row");
         assert_eq!(constant.leak_suspect_bytes, 0);
+    }
+
+    #[test]
+    fn snapshots_show_sites_largest_first_and_old_blocks_on_request() {
+        let mut s = state();
+        for t in 0..6u64 {
+            s.apply(&alloc(10, 0x1000 + t * 0x100, 0x1, t * SECOND));
+            s.tick(t * SECOND, 10, &KernelCounts::default(), labels);
+        }
+        s.apply(&alloc(10, 0x9000, 0x2, 5 * SECOND));
+        s.apply(&alloc(10, 0x9100, 0x2, 5 * SECOND));
+        s.apply(&alloc(10, 0x9200, 0x2, 5 * SECOND));
+        s.apply(&alloc(10, 0x9300, 0x2, 5 * SECOND));
+        s.apply(&alloc(10, 0x9400, 0x2, 5 * SECOND));
+        s.apply(&alloc(10, 0x9500, 0x2, 5 * SECOND));
+        s.apply(&alloc(10, 0x9600, 0x2, 5 * SECOND));
+
+        let all = s.snapshot_sites(10, 6 * SECOND, 0, 10).expect("tracked");
+        let figures: Vec<(u64, u64, u64)> = all
+            .iter()
+            .map(|site| {
+                (
+                    site.held.stats.site.caller,
+                    site.held.stats.live_bytes,
+                    site.held.oldest_ns,
+                )
+            })
+            .collect();
+        assert_eq!(figures, [(0x2, 700, 5 * SECOND), (0x1, 600, 0)]);
+        assert!(!all[0].leak_suspect);
+        assert!(all[1].leak_suspect);
+        assert!(all[1].growth_bytes_per_sec > 99.0, "{:?}", all[1]);
+
+        let old = s
+            .snapshot_sites(10, 6 * SECOND, 3 * SECOND, 10)
+            .expect("tracked");
+        let figures: Vec<(u64, u64, u64)> = old
+            .iter()
+            .map(|site| {
+                (
+                    site.held.stats.site.caller,
+                    site.held.stats.live_bytes,
+                    site.held.stats.live_blocks,
+                )
+            })
+            .collect();
+        assert_eq!(figures, [(0x1, 300, 3)], "blocks of 0, 1 and 2 s");
+        assert_eq!(
+            s.snapshot_sites(10, 6 * SECOND, 0, 1).map(|v| v.len()),
+            Some(1)
+        );
+        assert_eq!(s.snapshot_sites(99, 6 * SECOND, 0, 10), None);
     }
 
     #[test]
