@@ -14,7 +14,9 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{BpfBaseline, KillOnDrop, Summary, fixture, have_root, heapwatch, record, valgrind};
+use support::{
+    BpfBaseline, KillOnDrop, Summary, fixture, functions, have_root, heapwatch, record, valgrind,
+};
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
 fn assert_matches_valgrind(flags: &[&str], command: &[&str]) -> support::Recorded {
@@ -35,18 +37,6 @@ fn assert_matches_valgrind(flags: &[&str], command: &[&str]) -> support::Recorde
 
 fn live_sites(process: &Value) -> Vec<Value> {
     process["sites"].as_array().cloned().unwrap_or_default()
-}
-
-fn functions(site: &Value) -> Vec<String> {
-    site["stack"]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .map(|f| f["function"].as_str().unwrap_or("???").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -394,7 +384,8 @@ fn the_leak_as_pprof_and_flame_graph() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let profile = Profile::decode(&std::fs::read(&pprof_path).expect("read the profile"));
+    let profile =
+        support::pprof::Profile::decode(&std::fs::read(&pprof_path).expect("read the profile"));
     assert_eq!(
         profile.sample_types(),
         [
@@ -436,132 +427,4 @@ fn a_binary_rendering_needs_an_output_file() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--format pprof needs -o FILE"), "{stderr}");
-}
-
-/// The parts of a gzipped profile.proto the tests check, decoded by hand.
-struct Profile {
-    strings: Vec<String>,
-    sample_type_ids: Vec<u64>,
-    /// (location ids, values)
-    samples: Vec<(Vec<u64>, Vec<i64>)>,
-    /// location id -> function id of its first line
-    location_functions: std::collections::HashMap<u64, u64>,
-    /// function id -> name's string index
-    function_names: std::collections::HashMap<u64, u64>,
-}
-
-impl Profile {
-    fn decode(gzipped: &[u8]) -> Self {
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(gzipped)
-            .read_to_end(&mut bytes)
-            .expect("gzip");
-        let mut profile = Profile {
-            strings: Vec::new(),
-            sample_type_ids: Vec::new(),
-            samples: Vec::new(),
-            location_functions: Default::default(),
-            function_names: Default::default(),
-        };
-        for (field, value) in fields(&bytes) {
-            match (field, value) {
-                (1, Field::Bytes(b)) => profile.sample_type_ids.push(int(&b, 1)),
-                (2, Field::Bytes(b)) => profile.samples.push((
-                    packed(&b, 1),
-                    packed(&b, 2).into_iter().map(|v| v as i64).collect(),
-                )),
-                (4, Field::Bytes(b)) => {
-                    let line = fields(&b)
-                        .into_iter()
-                        .find_map(|(f, v)| match (f, v) {
-                            (4, Field::Bytes(line)) => Some(int(&line, 1)),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
-                    profile.location_functions.insert(int(&b, 1), line);
-                }
-                (5, Field::Bytes(b)) => {
-                    profile.function_names.insert(int(&b, 1), int(&b, 2));
-                }
-                (6, Field::Bytes(b)) => profile.strings.push(String::from_utf8(b).expect("utf-8")),
-                _ => {}
-            }
-        }
-        profile
-    }
-
-    fn sample_types(&self) -> Vec<&str> {
-        self.sample_type_ids
-            .iter()
-            .map(|&i| self.strings[i as usize].as_str())
-            .collect()
-    }
-
-    /// The name index of the leaf frame's function.
-    fn leaf_function(&self, locations: &[u64]) -> Option<u64> {
-        let function = self.location_functions.get(locations.first()?)?;
-        self.function_names.get(function).copied()
-    }
-}
-
-enum Field {
-    Int(u64),
-    Bytes(Vec<u8>),
-}
-
-fn varint(bytes: &[u8], at: &mut usize) -> u64 {
-    let mut value = 0;
-    let mut shift = 0;
-    loop {
-        let byte = bytes[*at];
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        shift += 7;
-        if byte < 0x80 {
-            return value;
-        }
-    }
-}
-
-fn fields(bytes: &[u8]) -> Vec<(u64, Field)> {
-    let mut at = 0;
-    let mut out = Vec::new();
-    while at < bytes.len() {
-        let key = varint(bytes, &mut at);
-        let field = match key & 7 {
-            0 => Field::Int(varint(bytes, &mut at)),
-            2 => {
-                let len = varint(bytes, &mut at) as usize;
-                at += len;
-                Field::Bytes(bytes[at - len..at].to_vec())
-            }
-            other => panic!("unexpected wire type {other}"),
-        };
-        out.push((key >> 3, field));
-    }
-    out
-}
-
-fn int(message: &[u8], wanted: u64) -> u64 {
-    fields(message)
-        .into_iter()
-        .find_map(|(f, v)| match (f, v) {
-            (f, Field::Int(v)) if f == wanted => Some(v),
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
-fn packed(message: &[u8], wanted: u64) -> Vec<u64> {
-    let mut values = Vec::new();
-    for (f, v) in fields(message) {
-        if let (true, Field::Bytes(b)) = (f == wanted, v) {
-            let mut at = 0;
-            while at < b.len() {
-                values.push(varint(&b, &mut at));
-            }
-        }
-    }
-    values
 }

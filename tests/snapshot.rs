@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Workload, daemon::Daemon, fixture, have_root, heapwatch, tempfile_path};
+use support::{Workload, daemon::Daemon, fixture, functions, have_root, heapwatch, tempfile_path};
 
 /// A daemon with fast leak settings and its API socket under /tmp.
 fn start_daemon() -> (Daemon, PathBuf) {
@@ -346,5 +346,231 @@ fn a_user_may_snapshot_only_their_own_processes() {
         "{stderr}"
     );
     drop((own, roots));
+    assert!(daemon.stop().success());
+}
+
+/// The service fixtures and the call chain of their leak, immediate caller first.
+const SERVICES: [(&str, [&str; 4]); 2] = [
+    (
+        "service_cpp",
+        [
+            "make_buffer(unsigned long)",
+            "open_session(unsigned int)",
+            "handle_request(unsigned int)",
+            "main",
+        ],
+    ),
+    (
+        "service_rust",
+        [
+            "service_rust::make_record",
+            "service_rust::register",
+            "service_rust::serve",
+            "service_rust::main",
+        ],
+    ),
+];
+
+/// `heapwatch snapshot --duration 1s`: heapwatch traces the process itself.
+fn traced_snapshot(pid: u32, extra: &[&str]) -> Output {
+    let output = snapshot(
+        &tempfile_path("no-daemon.sock"),
+        pid,
+        &[&["--duration", "1s"], extra].concat(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn cpp_and_rust_leaks_are_named_with_their_callers_in_every_format_without_a_daemon() {
+    if !have_root(
+        "cpp_and_rust_leaks_are_named_with_their_callers_in_every_format_without_a_daemon",
+    ) {
+        return;
+    }
+    let baseline = support::BpfBaseline::take();
+    for (name, chain) in SERVICES {
+        let binary = fixture(name);
+        let build_id = support::readelf_build_id(&binary);
+        let service = Workload::start(&binary, "serve");
+
+        let json = traced_snapshot(service.pid(), &["--format", "json"]);
+        let json: Value = serde_json::from_slice(&json.stdout).expect("JSON snapshot");
+        assert!(
+            json["traced_secs"].as_f64().is_some_and(|s| s >= 1.0),
+            "{json}"
+        );
+        let site = &json["sites"][0];
+        assert_eq!(functions(site)[..4], chain, "{name}: {site}");
+        assert_eq!(site["stack_status"], "full", "{site}");
+        assert_eq!(site["stack"][0]["build_id"], build_id.as_str(), "{site}");
+        let blocks = site["live_blocks"].as_u64().expect("blocks");
+        assert!(blocks >= 20, "a request every 10 ms for 1 s: {site}");
+        assert_eq!(site["live_bytes"].as_u64(), Some(512 * blocks), "{site}");
+
+        let text = traced_snapshot(service.pid(), &[]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("allocations made before tracing began are unseen"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let leaf = lines
+            .iter()
+            .position(|l| l.contains("    at 0x") && l.contains(&format!(": {} (", chain[0])))
+            .unwrap_or_else(|| panic!("{name}: no site at {}\n{text}", chain[0]));
+        for (line, function) in lines[leaf + 1..].iter().zip(&chain[1..]) {
+            assert!(
+                line.contains(&format!("    by 0x")) && line.contains(function),
+                "{line}"
+            );
+        }
+
+        let pprof_path = tempfile_path("service.pb.gz");
+        traced_snapshot(
+            service.pid(),
+            &[
+                "--format",
+                "pprof",
+                "-o",
+                pprof_path.to_str().expect("utf-8"),
+            ],
+        );
+        let profile =
+            support::pprof::Profile::decode(&std::fs::read(&pprof_path).expect("profile"));
+        let (locations, _) = profile
+            .samples
+            .iter()
+            .max_by_key(|(_, values)| values[0])
+            .expect("a sample");
+        assert_eq!(profile.stack_functions(locations)[..4], chain);
+        let (file, id) = profile.leaf_mapping(locations).expect("a mapping");
+        assert_eq!(
+            (Path::new(file), id.as_str()),
+            (binary.as_path(), build_id.as_str())
+        );
+
+        let svg_path = tempfile_path("service.svg");
+        traced_snapshot(
+            service.pid(),
+            &[
+                "--format",
+                "flamegraph",
+                "-o",
+                svg_path.to_str().expect("utf-8"),
+            ],
+        );
+        let svg = std::fs::read_to_string(&svg_path).expect("SVG");
+        for function in chain {
+            assert!(svg.contains(function), "{name}: {function} not in the SVG");
+        }
+        let _ = std::fs::remove_file(pprof_path);
+        let _ = std::fs::remove_file(svg_path);
+    }
+    baseline.assert_nothing_left();
+}
+
+#[test]
+fn without_a_daemon_a_snapshot_needs_a_live_process_and_a_positive_duration() {
+    if !have_root("without_a_daemon_a_snapshot_needs_a_live_process_and_a_positive_duration") {
+        return;
+    }
+    for (pid, duration, code, message) in [
+        ("4000000", "1s", 1, "no such process: 4000000"),
+        ("2", "1s", 1, "kernel thread"),
+        ("1", "0s", 2, "must be longer than 0"),
+        ("1", "soon", 2, "soon"),
+    ] {
+        let output = heapwatch()
+            .args(["snapshot", "--pid", pid, "--duration", duration])
+            .output()
+            .expect("run heapwatch");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{pid} {duration}: {stderr}"
+        );
+        assert!(stderr.contains(message), "{pid} {duration}: {stderr}");
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
+    if !have_root("a_million_live_allocations_over_a_thousand_sites_are_snapshotted") {
+        return;
+    }
+    let (mut daemon, socket) = start_daemon();
+    let rss_before = rss_kib(daemon.pid());
+    let holder = Workload::start(&fixture("many_sites"), "hold");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let live = |json: &Value| json["in_use_blocks"].as_u64().unwrap_or(0);
+    let mut started;
+    let json = loop {
+        started = Instant::now();
+        let output = snapshot(
+            &socket,
+            holder.pid(),
+            &["--format", "json", "--top", "2000"],
+        );
+        if output.status.success() {
+            let json: Value = serde_json::from_slice(&output.stdout).expect("JSON snapshot");
+            if live(&json) == 1_000_000 {
+                break json;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not see 1,000,000 blocks"
+        );
+        thread::sleep(Duration::from_secs(1));
+    };
+    let latency = started.elapsed();
+    let sites = json["sites"].as_array().expect("sites");
+    let blocks: u64 = sites.iter().filter_map(|s| s["live_blocks"].as_u64()).sum();
+    assert_eq!(blocks, 1_000_000, "every block in a site");
+    let full: Vec<&Value> = sites
+        .iter()
+        .filter(|s| s["stack_status"] == "full")
+        .collect();
+    let mut paths = std::collections::HashSet::new();
+    for site in &full {
+        assert_eq!(site["live_bytes"], 32_000, "{site}");
+        let names = functions(site);
+        assert!(
+            names[0].starts_with("leaf")
+                && names[1].starts_with("mid")
+                && names[2].starts_with("top"),
+            "{site}"
+        );
+        paths.insert(names[..3].to_vec());
+    }
+    assert_eq!(paths.len(), full.len(), "each full stack is its own path");
+    let started = Instant::now();
+    let top = snapshot(&socket, holder.pid(), &[]);
+    let top_latency = started.elapsed();
+    assert!(top.status.success());
+    let rss_after = rss_kib(daemon.pid());
+    eprintln!(
+        "1,000,000 live blocks over {} sites ({} with full stacks): snapshot of every site {latency:?}, of the top 10 {top_latency:?}; daemon RSS {rss_before} KiB before, {rss_after} KiB after",
+        sites.len(),
+        full.len()
+    );
+    drop(holder);
     assert!(daemon.stop().success());
 }

@@ -115,6 +115,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not stopped").id()
+    }
+
     pub fn assert_running(&mut self) {
         let child = self.child.as_mut().expect("daemon not stopped");
         let status = child.try_wait().expect("poll the daemon");

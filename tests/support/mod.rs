@@ -10,6 +10,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod daemon;
+pub mod pprof;
+
 /// Names (as the kernel keeps them, cut to 15 bytes) of heapwatch's programs.
 const PROGRAM_NAMES: [&str; 12] = [
     "cxx_new_entry",
@@ -301,13 +304,39 @@ fn bpftool(args: &[&str]) -> Vec<Value> {
     listing.as_array().cloned().unwrap_or_default()
 }
 
+/// The function names of a JSON report site's stack, immediate caller first.
+pub fn functions(site: &Value) -> Vec<String> {
+    site["stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("???").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The GNU build id of an ELF file as `readelf -n` prints it.
+pub fn readelf_build_id(binary: &Path) -> String {
+    let output = Command::new("readelf")
+        .arg("-n")
+        .arg(binary)
+        .output()
+        .expect("run readelf");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("{} has no build id", binary.display()))
+        .to_owned()
+}
+
 /// A path under /tmp unique to this test process.
 pub fn tempfile_path(name: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!("heapwatch-test-{}-{n}-{name}", std::process::id()))
 }
-pub mod daemon;
 
 /// A process killed (and, if it is our child, reaped) when the test ends,
 /// whether it passes or panics.

@@ -36,7 +36,11 @@ struct ProfileBuilder {
     string_ids: HashMap<String, i64>,
     functions: Vec<(u64, i64, i64)>,
     function_ids: HashMap<(String, String), u64>,
-    locations: Vec<(u64, u64, u64, i64)>,
+    /// (id, filename, build id) string indexes
+    mappings: Vec<(u64, i64, i64)>,
+    mapping_ids: HashMap<(String, String), u64>,
+    /// (id, mapping id or 0, address, function id, line)
+    locations: Vec<(u64, u64, u64, u64, i64)>,
     location_ids: HashMap<u64, u64>,
     samples: Vec<(Vec<u64>, [i64; 4])>,
 }
@@ -76,14 +80,33 @@ impl ProfileBuilder {
         id
     }
 
+    /// The mapping of the frame's file and build id; 0 (none) when the file is unknown.
+    fn mapping(&mut self, frame: &SymFrame) -> u64 {
+        let Some(file) = frame.module.clone() else {
+            return 0;
+        };
+        let build_id = frame.build_id.clone().unwrap_or_default();
+        let key = (file, build_id);
+        if let Some(&id) = self.mapping_ids.get(&key) {
+            return id;
+        }
+        let id = self.mappings.len() as u64 + 1;
+        let (file_id, build_id_id) = (self.string(&key.0), self.string(&key.1));
+        self.mappings.push((id, file_id, build_id_id));
+        self.mapping_ids.insert(key, id);
+        id
+    }
+
     fn location(&mut self, frame: &SymFrame) -> u64 {
         if let Some(&id) = self.location_ids.get(&frame.address) {
             return id;
         }
         let function = self.function(frame);
+        let mapping = self.mapping(frame);
         let id = self.locations.len() as u64 + 1;
         let line = i64::from(frame.line.unwrap_or(0));
-        self.locations.push((id, frame.address, function, line));
+        self.locations
+            .push((id, mapping, frame.address, function, line));
         self.location_ids.insert(frame.address, id);
         id
     }
@@ -115,10 +138,24 @@ impl ProfileBuilder {
             let sample = [field_packed(1, locations), field_packed(2, &values)].concat();
             out.extend(field_bytes(2, &sample));
         }
-        for &(id, address, function, line) in &self.locations {
+        for &(id, file, build_id) in &self.mappings {
+            // Symbolized already: has_functions, has_filenames, has_line_numbers.
+            let mapping = [
+                field_int(1, id),
+                field_int(5, file as u64),
+                field_int(6, build_id as u64),
+                field_int(7, 1),
+                field_int(8, 1),
+                field_int(9, 1),
+            ]
+            .concat();
+            out.extend(field_bytes(3, &mapping));
+        }
+        for &(id, mapping, address, function, line) in &self.locations {
             let line = [field_int(1, function), field_int(2, line as u64)].concat();
             let location = [
                 field_int(1, id),
+                field_int(2, mapping),
                 field_int(3, address),
                 field_bytes(4, &line),
             ]
