@@ -426,7 +426,7 @@ fn cpp_and_rust_leaks_are_named_with_their_callers_in_every_format_without_a_dae
             .unwrap_or_else(|| panic!("{name}: no site at {}\n{text}", chain[0]));
         for (line, function) in lines[leaf + 1..].iter().zip(&chain[1..]) {
             assert!(
-                line.contains(&format!("    by 0x")) && line.contains(function),
+                line.contains("    by 0x") && line.contains(function),
                 "{line}"
             );
         }
