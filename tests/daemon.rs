@@ -334,3 +334,50 @@ fn the_watchdog_is_petted_and_stopping_is_announced() {
     daemon.wait_for_notification("STOPPING=1");
     assert!(daemon.stop_after_signal().success());
 }
+
+/// Entries in the daemon's stack-trace map, as the kernel lists them.
+///
+/// Counted in bpftool's JSON without parsing it: this test process is traced
+/// too, and parsing allocates a string for each of the millions of bytes.
+fn stack_map_entries() -> usize {
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "name", "STACKS"])
+        .output()
+        .expect("run bpftool");
+    assert!(output.status.success(), "bpftool found no STACKS map");
+    output.stdout.windows(6).filter(|w| w == b"\"key\":").count()
+}
+
+#[test]
+fn the_stacks_of_processes_gone_leave_the_kernel_map() {
+    if !have_root("the_stacks_of_processes_gone_leave_the_kernel_map") {
+        return;
+    }
+    let config = config_file("");
+    let mut daemon = Daemon::start(&config, &FAST);
+    let many_sites = fixture("many_sites");
+    let in_use = || daemon.scrape().total("heapwatch_stack_ids_in_use");
+    // This test's own process is traced too and keeps its stacks.
+    let (before, in_use_before) = (stack_map_entries(), in_use());
+    // Each run adds 1,000 stacks of its own (its addresses are randomized).
+    for _ in 0..5 {
+        let status = Command::new(&many_sites)
+            .arg("exit")
+            .status()
+            .expect("run many_sites");
+        assert!(status.success());
+    }
+    // Three ticks: each removes the stacks of the processes gone before it.
+    thread::sleep(Duration::from_secs(3));
+    let in_use_after = in_use();
+    assert!(
+        in_use_after < in_use_before + 1000.0,
+        "stack ids in use: {in_use_before} before, {in_use_after} after"
+    );
+    let after = stack_map_entries();
+    assert!(
+        after < before + 1000,
+        "the map kept the stacks of exited processes: {before} entries before, {after} after"
+    );
+    assert!(daemon.stop().success());
+}

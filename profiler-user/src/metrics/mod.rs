@@ -62,6 +62,8 @@ pub struct SelfFigures {
     pub tracked_processes: u64,
     /// Approximate memory the tracker takes.
     pub tracker_memory_bytes: u64,
+    /// Ids of the kernel's stack map used by live processes.
+    pub stack_ids_in_use: u64,
 }
 
 /// The registry and its metric families.
@@ -85,6 +87,7 @@ pub struct Metrics {
     malformed_records: IntCounterVec,
     tracked_processes: IntGauge,
     tracker_memory_bytes: IntGauge,
+    stack_ids_in_use: IntGauge,
 }
 
 impl Metrics {
@@ -198,6 +201,10 @@ impl Metrics {
                 "heapwatch_tracker_memory_bytes",
                 "Approximate memory of the tracker's state.",
             )?,
+            stack_ids_in_use: gauge(
+                "heapwatch_stack_ids_in_use",
+                "Stacks kept in the kernel's stack map for live processes (those of processes gone are removed).",
+            )?,
             registry,
             update: Mutex::new(()),
         })
@@ -216,6 +223,7 @@ impl Metrics {
         self.tracked_processes.set(saturate(own.tracked_processes));
         self.tracker_memory_bytes
             .set(saturate(own.tracker_memory_bytes));
+        self.stack_ids_in_use.set(saturate(own.stack_ids_in_use));
     }
 
     fn update_processes(&self, rows: &[ProcessRow]) {

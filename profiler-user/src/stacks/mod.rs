@@ -3,6 +3,7 @@
 //! blazesym, even after the process has gone.
 
 mod maps;
+mod refs;
 mod service;
 mod symbols;
 
@@ -13,6 +14,7 @@ use profiler_common::STACK_UNSAMPLED;
 use serde::{Deserialize, Serialize};
 
 pub use maps::{Location, Mapping, normalize, parse_maps};
+pub use refs::StackRefs;
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
 

@@ -19,7 +19,7 @@ pub struct ApiSource {
     /// The daemon's state.
     pub state: Arc<Mutex<DaemonState>>,
     /// The kernel's stack-trace map.
-    pub stacks: StackTraceMap<MapData>,
+    pub stacks: Mutex<StackTraceMap<MapData>>,
     /// The symbolizer thread and its cache.
     pub symbols: SymbolService,
 }
@@ -55,6 +55,20 @@ impl ApiSource {
                     Err(message) => Reply::error(message),
                 }
             }
+        }
+    }
+
+    /// Removes from the kernel's map the stacks no live process uses.
+    ///
+    /// The state stays locked meanwhile, so no event applied in between can
+    /// start using an id being removed. A record still in the ring buffer
+    /// may; its process's next allocation with that stack puts it back.
+    pub fn remove_unused_stacks(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
+        for id in state.stacks.take_unused() {
+            // An id the kernel no longer holds is gone already.
+            let _ = stack_map.remove(&id);
         }
     }
 
@@ -113,13 +127,16 @@ impl ApiSource {
             report.only_older_than_secs = Some(query.min_age_ns as f64 / 1e9);
         }
         let mut resolver = SiteResolver::new();
-        let stacks: Vec<_> = sites
-            .iter()
-            .filter_map(|site| {
-                resolver.observe(pid, site.held.stats.site, &self.stacks);
-                resolver.stack(pid, site.held.stats.site)
-            })
-            .collect();
+        let stacks: Vec<_> = {
+            let stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
+            sites
+                .iter()
+                .filter_map(|site| {
+                    resolver.observe(pid, site.held.stats.site, &stack_map);
+                    resolver.stack(pid, site.held.stats.site)
+                })
+                .collect()
+        };
         let symbolized = self
             .symbols
             .symbolize(stacks.clone())

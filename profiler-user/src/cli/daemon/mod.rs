@@ -123,7 +123,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     )));
     let api_source = Arc::new(api::ApiSource {
         state: Arc::clone(&state),
-        stacks: probes.stacks()?,
+        stacks: Mutex::new(probes.stacks()?),
         symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -204,22 +204,22 @@ async fn serve(
         path: args.socket.clone(),
         source,
     })?;
-    let handler: crate::api::Handler =
-        Arc::new(move |request, uid| api_source.answer(request, uid));
+    let answers = Arc::clone(&api_source);
+    let handler: crate::api::Handler = Arc::new(move |request, uid| answers.answer(request, uid));
     tokio::spawn(crate::api::serve(socket, handler));
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
     let mut ticks = ticker(config.leak.tick);
     let mut watchdog = notify::watchdog_interval().map(ticker);
-    tick(state, probes, &metrics, config.top_processes);
+    tick(&api_source, probes, &metrics, config.top_processes);
     if let Err(err) = notify::notify("READY=1") {
         tracing::warn!(error = %err, "sd_notify READY failed");
     }
     tracing::info!(listen = %config.listen, libc = %probes.libc().display(), "tracing every process");
     loop {
         tokio::select! {
-            _ = ticks.tick() => tick(state, probes, &metrics, config.top_processes),
+            _ = ticks.tick() => tick(&api_source, probes, &metrics, config.top_processes),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
@@ -278,7 +278,8 @@ fn reload(
     Some(new)
 }
 
-fn tick(state: &Mutex<DaemonState>, probes: &Probes, metrics: &Metrics, top: usize) {
+/// Samples every process, updates the metrics, and removes the stacks of processes gone.
+fn tick(api_source: &api::ApiSource, probes: &Probes, metrics: &Metrics, top: usize) {
     let kernel = match probes.counters() {
         Ok(c) => KernelCounts {
             ringbuf_full: c[Counter::RingbufFull as usize],
@@ -292,8 +293,9 @@ fn tick(state: &Mutex<DaemonState>, probes: &Probes, metrics: &Metrics, top: usi
         }
     };
     let (rows, own) = {
-        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = api_source.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read)
     };
     metrics.update(&rows, &own);
+    api_source.remove_unused_stacks();
 }

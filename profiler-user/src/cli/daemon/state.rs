@@ -8,6 +8,7 @@ use crate::{
     leaks::LeakDetector,
     metrics::{ProcessRow, SelfFigures, bounded_rows},
     procinfo::ProcessLabels,
+    stacks::StackRefs,
     tracker::{HeldSite, ProcessState, Tracker},
 };
 
@@ -28,6 +29,8 @@ pub struct DaemonState {
     pub tracker: Tracker,
     /// Per-site histories for the leak rule.
     pub detector: LeakDetector,
+    /// Users of the kernel's stack ids, to remove those of processes gone.
+    pub stacks: StackRefs,
     labels: HashMap<u32, ProcessLabels>,
     events: [u64; EVENT_KINDS.len()],
     malformed: u64,
@@ -41,6 +44,7 @@ impl DaemonState {
         Self {
             tracker,
             detector,
+            stacks: StackRefs::default(),
             labels: HashMap::new(),
             events: [0; EVENT_KINDS.len()],
             malformed: 0,
@@ -60,7 +64,13 @@ impl DaemonState {
     /// Applies one event; a process that exits or execs is forgotten.
     pub fn apply(&mut self, event: &HeapEvent) {
         self.events[kind_index(event)] += 1;
+        match *event {
+            HeapEvent::Alloc { task, site, .. } => self.stacks.used(task.tgid, site.stack_id),
+            HeapEvent::Fork { child, parent } => self.stacks.inherit(child, parent),
+            _ => {}
+        }
         if let Some(finished) = self.tracker.apply(event) {
+            self.stacks.release(finished.tgid);
             let counters = finished.state.counters();
             self.unmatched_gone += counters.unmatched_frees;
             self.refused_gone += counters.refused_blocks;
@@ -156,6 +166,7 @@ impl DaemonState {
             malformed_records: self.malformed,
             tracked_processes: self.tracker.processes().count() as u64,
             tracker_memory_bytes: self.tracker.memory_bytes(),
+            stack_ids_in_use: self.stacks.in_use() as u64,
         }
     }
 }
