@@ -345,7 +345,11 @@ fn stack_map_entries() -> usize {
         .output()
         .expect("run bpftool");
     assert!(output.status.success(), "bpftool found no STACKS map");
-    output.stdout.windows(6).filter(|w| w == b"\"key\":").count()
+    output
+        .stdout
+        .windows(6)
+        .filter(|w| w == b"\"key\":")
+        .count()
 }
 
 #[test]

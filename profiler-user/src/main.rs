@@ -1,10 +1,18 @@
 //! The `heapwatch` binary: parses the command line and dispatches.
+//!
+//! heapwatch allocates with mimalloc, not the C library's malloc: the probes
+//! it places on libc's malloc family trap in every process that calls them,
+//! heapwatch included (its programs only filter its records out), and a
+//! snapshot's symbolization and JSON would otherwise pay a trap per allocation.
 
 use clap::Parser;
 use heapwatch::{
     cli::{Cli, Command, daemon, ps, record, snapshot},
     report::CommandStatus,
 };
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
