@@ -68,6 +68,52 @@ fn c_leak_matches_valgrind_and_names_the_leaking_function() {
 }
 
 #[test]
+fn sampled_stacks_keep_the_byte_counts_of_valgrind() {
+    if !have_root("sampled_stacks_keep_the_byte_counts_of_valgrind") {
+        return;
+    }
+    let leak = fixture("leak");
+    let command = [leak.to_str().expect("utf-8 path")];
+    let theirs = valgrind(&command);
+    for every in ["2", "1000000"] {
+        let recorded = record(&["--stack-sample", every], &command);
+        recorded.assert_exact();
+        assert_eq!(recorded.summaries(), theirs, "--stack-sample {every}");
+        let sites = live_sites(&recorded.processes()[0]);
+        let blocks_with = |status: &str| -> u64 {
+            sites
+                .iter()
+                .filter(|s| s["stack_status"] == status)
+                .inspect(|s| assert_eq!(functions(s)[0], "leak", "{s}"))
+                .map(|s| s["live_blocks"].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let (full, unsampled) = (blocks_with("full"), blocks_with("unsampled"));
+        assert_eq!(
+            full + unsampled,
+            100_000,
+            "--stack-sample {every}: {sites:?}"
+        );
+        if every == "2" {
+            // Half of 100,000 at random: 45,000 to 55,000 is ten deviations wide.
+            assert!((45_000..=55_000).contains(&full), "{full} blocks sampled");
+        } else {
+            assert!(full <= 10, "{full} blocks sampled at one in a million");
+        }
+        for site in sites.iter().filter(|s| s["stack_status"] == "unsampled") {
+            assert_eq!(functions(site), ["leak"], "only the caller: {site}");
+        }
+        assert!(
+            recorded
+                .stderr()
+                .contains("(callers not sampled: --stack-sample)"),
+            "{}",
+            recorded.stderr()
+        );
+    }
+}
+
+#[test]
 fn rust_boxes_dropped_each_time_match_valgrind() {
     if !have_root("rust_boxes_dropped_each_time_match_valgrind") {
         return;

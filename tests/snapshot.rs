@@ -104,10 +104,44 @@ fn a_snapshot_names_the_leaking_function_in_every_format() {
             .is_some_and(|age| age > 3.0),
         "{site}"
     );
+    // 1,024 bytes every 100 ms: about 10 KB/s.
+    let growth = site["growth_bytes_per_sec"].as_f64().expect("growth");
+    assert!((5_000.0..20_000.0).contains(&growth), "{site}");
+    let old = snapshot(
+        &socket,
+        leak.pid(),
+        &["--format", "json", "--min-age", "3s"],
+    );
+    let all = snapshot(&socket, leak.pid(), &["--format", "json"]);
+    let (old, all): (Value, Value) = (
+        serde_json::from_slice(&old.stdout).expect("JSON"),
+        serde_json::from_slice(&all.stdout).expect("JSON"),
+    );
+    assert_eq!(old["only_older_than_secs"], 3.0, "{old}");
+    let leak_blocks = |json: &Value| {
+        json["sites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| functions(s).first().is_some_and(|f| f == "leak_step"))
+            .map(|s| s["live_blocks"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert!(
+        leak_blocks(&old) + 20 <= leak_blocks(&all),
+        "blocks of the last 3 s (about 30) are left out: {} of {}",
+        leak_blocks(&old),
+        leak_blocks(&all)
+    );
+    for site in old["sites"].as_array().into_iter().flatten() {
+        assert!(site["oldest_age_secs"].as_f64() >= Some(3.0), "{site}");
+    }
     let text = snapshot(&socket, leak.pid(), &[]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("[LEAK SUSPECT]") && text.contains(": leak_step (workload.c:"),
+        text.contains("[LEAK SUSPECT]")
+            && text.contains(" B/s)")
+            && text.contains(": leak_step (workload.c:"),
         "{text}"
     );
     let svg_path = tempfile_path("leak.svg");

@@ -471,6 +471,51 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_says_what_it_saw_and_each_sites_facts() {
+        let site = |status, growth| SiteReport {
+            live_bytes: 2048,
+            live_blocks: 2,
+            allocs: 2,
+            bytes_allocated: 2048,
+            stack: vec![frame("leak_step", 33)],
+            stack_status: status,
+            oldest_age_secs: Some(61.4),
+            growth_bytes_per_sec: growth,
+            leak_suspect: growth.is_some(),
+        };
+        let mut p = process(
+            4,
+            vec![
+                site(StackStatus::Full, Some(10240.0)),
+                site(StackStatus::Unsampled, None),
+                site(StackStatus::NotCaptured, None),
+            ],
+        );
+        p.exited = false;
+        p.traced_secs = Some(10.0);
+        p.only_older_than_secs = Some(60.0);
+        p.inexact = true;
+        let text =
+            String::from_utf8(render_snapshot(&p, Format::Text, 10).expect("text")).expect("utf-8");
+        for line in [
+            "==42== heapwatch: no daemon: traced process 42 for 10.0 s; allocations made before tracing began are unseen\n",
+            "==42== heapwatch: sites count only blocks allocated at least 60 s ago\n",
+            "==42== heapwatch: figures are inexact",
+            "==42==     in use now: 16,000 bytes in 4 blocks\n",
+            "==42== 2,048 bytes in 2 blocks still in use now (oldest 61 s old) (growing 10240 B/s) [LEAK SUSPECT], allocated at:\n",
+            "==42==    at 0x1136: leak_step (leak.c:33)\n==42==    (callers not sampled: --stack-sample)\n",
+            "(callers not captured: the kernel's stack map was full)\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&render_snapshot(&p, Format::Json, 10).expect("json"))
+                .expect("parses");
+        assert_eq!(json["sites"][1]["stack_status"], "unsampled");
+        assert_eq!(json["traced_secs"], 10.0);
+    }
+
+    #[test]
     fn cuts_the_site_list_at_top() {
         let site = |n| SiteReport {
             live_bytes: n,
