@@ -69,6 +69,7 @@ fn a_snapshot_names_the_leaking_function_in_every_format() {
         }
         assert!(output.status.success(), "{stderr}");
         let json: Value = serde_json::from_slice(&output.stdout).expect("JSON snapshot");
+        support::assert_matches_schema(&json);
         if json["sites"][0]["leak_suspect"] == true || Instant::now() > deadline {
             break json;
         }
@@ -444,6 +445,7 @@ fn cpp_and_rust_leaks_are_named_with_their_callers_in_every_format_without_a_dae
 
         let json = traced_snapshot(service.pid(), &["--format", "json"]);
         let json: Value = serde_json::from_slice(&json.stdout).expect("JSON snapshot");
+        support::assert_matches_schema(&json);
         assert!(
             json["traced_secs"].as_f64().is_some_and(|s| s >= 1.0),
             "{json}"
@@ -573,6 +575,7 @@ fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
         let latency = started.elapsed();
         let reply: Value = serde_json::from_slice(&reply).expect("JSON reply");
         if reply["data"]["in_use_blocks"] == 1_000_000 {
+            support::assert_matches_schema(&reply["data"]);
             break (reply["data"].clone(), latency);
         }
         assert!(
@@ -625,4 +628,31 @@ fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
     );
     drop(holder);
     assert!(daemon.stop().success());
+}
+
+#[test]
+fn the_documented_schema_accepts_a_snapshot_and_refuses_what_heapwatch_never_writes() {
+    let valid = serde_json::json!({
+        "pid": 42, "exited": false, "in_use_bytes": 1024, "in_use_blocks": 1,
+        "allocs": 2, "frees": 1, "bytes_allocated": 2048, "unmatched_frees": 0,
+        "inexact": false, "traced_secs": 1.0,
+        "sites": [{
+            "live_bytes": 1024, "live_blocks": 1, "allocs": 2, "bytes_allocated": 2048,
+            "stack": [{"address": 4096, "module": "/bin/x", "build_id": "ab12",
+                       "file_offset": 16, "function": "f", "file": null, "line": null}],
+            "stack_status": "full", "oldest_age_secs": 3.5, "leak_suspect": false
+        }]
+    });
+    support::assert_matches_schema(&valid);
+    for (pointer, bad) in [
+        ("/sites/0/stack_status", serde_json::json!("partial")),
+        ("/sites/0/live_bytes", serde_json::json!(-1)),
+        ("/sites/0/stack/0/build_id", serde_json::json!("not hex")),
+        ("/pid", serde_json::json!("42")),
+    ] {
+        let mut json = valid.clone();
+        *json.pointer_mut(pointer).expect("a field") = bad;
+        let refused = std::panic::catch_unwind(|| support::assert_matches_schema(&json));
+        assert!(refused.is_err(), "{pointer} accepted: {json}");
+    }
 }

@@ -180,6 +180,7 @@ pub fn record(flags: &[&str], command: &[&str]) -> Recorded {
     });
     let _ = std::fs::remove_file(&json);
     let report = serde_json::from_str(&text).expect("the JSON report parses");
+    assert_matches_schema(&report);
     baseline.assert_nothing_left();
     Recorded { output, report }
 }
@@ -302,6 +303,21 @@ fn bpftool(args: &[&str]) -> Vec<Value> {
     assert!(output.status.success(), "bpftool {args:?} failed");
     let listing: Value = serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
     listing.as_array().cloned().unwrap_or_default()
+}
+
+/// Asserts that `json` is valid under docs/report.schema.json.
+pub fn assert_matches_schema(json: &Value) {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = SCHEMA.get_or_init(|| {
+        let text = include_str!("../../docs/report.schema.json");
+        let schema: Value = serde_json::from_str(text).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema is valid")
+    });
+    let errors: Vec<String> = validator.iter_errors(json).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "not as docs/report.schema.json says: {errors:?}\n{json}"
+    );
 }
 
 /// The function names of a JSON report site's stack, immediate caller first.
