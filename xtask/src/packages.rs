@@ -6,13 +6,15 @@ use anyhow::{Result, bail};
 
 use crate::toolchain::run;
 
-/// What the integration tests run: compilers for the fixtures, valgrind to
-/// compare with, bpftool to list what is attached, a Prometheus server and
+/// What the integration tests run: compilers for the fixtures, readelf
+/// (binutils) for their build ids, valgrind to compare with, bpftool to list
+/// what is attached and count stack-map entries, a Prometheus server and
 /// promtool, systemd-analyze for the unit, useradd and setpriv for the
 /// unprivileged-user tests.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
+    "binutils",
     "valgrind",
     "bpftool",
     "coreutils",
