@@ -86,7 +86,9 @@ impl Recording {
             }
         };
         match event {
-            HeapEvent::Alloc { task, site, .. } => self.sites.observe(task.tgid, site, stack_map),
+            HeapEvent::Alloc { task, site, .. } => {
+                self.sites.observe(task.tgid, site, stack_map);
+            }
             HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
             HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),
             _ => {}

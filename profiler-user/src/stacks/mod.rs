@@ -98,10 +98,15 @@ impl SiteResolver {
         Self::default()
     }
 
-    /// Normalizes `site` of process `tgid` if it is new.
-    pub fn observe(&mut self, tgid: u32, site: RawSite, stack_map: &StackTraceMap<MapData>) {
-        if self.stacks.contains_key(&(tgid, site)) {
-            return;
+    /// The normalized stack of `site` of process `tgid`, normalized now if it is new.
+    pub fn observe(
+        &mut self,
+        tgid: u32,
+        site: RawSite,
+        stack_map: &StackTraceMap<MapData>,
+    ) -> Arc<Stack> {
+        if let Some(stack) = self.stacks.get(&(tgid, site)) {
+            return Arc::clone(stack);
         }
         let mut status = StackStatus::of(site.stack_id);
         let walked: Vec<u64> = match u32::try_from(site.stack_id) {
@@ -118,8 +123,9 @@ impl SiteResolver {
             .into_iter()
             .map(|address| self.frame(tgid, address))
             .collect();
-        self.stacks
-            .insert((tgid, site), Arc::new(Stack { frames, status }));
+        let stack = Arc::new(Stack { frames, status });
+        self.stacks.insert((tgid, site), Arc::clone(&stack));
+        stack
     }
 
     /// The normalized stack of a site seen by [`Self::observe`].

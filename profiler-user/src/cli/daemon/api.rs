@@ -131,10 +131,7 @@ impl ApiSource {
             let stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
             sites
                 .iter()
-                .filter_map(|site| {
-                    resolver.observe(pid, site.held.stats.site, &stack_map);
-                    resolver.stack(pid, site.held.stats.site)
-                })
+                .map(|site| resolver.observe(pid, site.held.stats.site, &stack_map))
                 .collect()
         };
         let symbolized = self
