@@ -236,7 +236,9 @@ fn check_reports_every_probe() {
     );
     for probe in [
         "uprobe+uretprobe malloc in",
+        "at malloc+0: `push r12` at +0 is emulated (one trap)",
         "uprobe free in",
+        "at free+9: past `test rdi, rdi`, `je (taken on NULL, which needs no accounting)`: `push rbp` at +9 is emulated (one trap)",
         "tracepoint sched/sched_process_exit",
     ] {
         assert!(stdout.contains(probe), "{probe} missing:\n{stdout}");

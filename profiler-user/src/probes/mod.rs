@@ -3,6 +3,7 @@
 
 mod caps;
 mod libc;
+mod placement;
 mod reader;
 mod symbols;
 mod tracefs;
@@ -15,13 +16,17 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, StackTraceMap},
-    programs::{ProgramError, TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope},
+    programs::{
+        ProgramError, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
 use profiler_common::{Counter, filter_mode};
 use thiserror::Error;
 
 pub use caps::missing_capabilities;
 pub use libc::{libc_in_maps, library_in_ldconfig};
+pub use placement::{NullFirstArg, Placement, place};
 pub use reader::EventReader;
 pub use tracefs::field_offset;
 
@@ -286,13 +291,13 @@ impl Probes {
                 })?;
             }
         }
-        let addresses =
-            symbols::symbol_addresses(&self.libc).map_err(|source| ProbeError::Symbols {
+        let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
+        let table =
+            symbols::read_symbols(&self.libc, &names).map_err(|source| ProbeError::Symbols {
                 library: self.libc.clone(),
                 source,
             })?;
-        let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
-        let aliases = symbols::aliases(&names, &addresses);
+        let aliases = symbols::aliases(&names, &table.addresses);
         for function in &ALLOCATOR_FNS {
             if let Some(probed) = aliases.get(function.name) {
                 self.attached.push(format!(
@@ -302,7 +307,19 @@ impl Probes {
                 ));
                 continue;
             }
-            match self.attach_function(function, scope) {
+            let null = if function.name == "free" {
+                NullFirstArg::DoesNothing
+            } else {
+                NullFirstArg::Matters
+            };
+            let placement = place(
+                table
+                    .prologues
+                    .get(function.name)
+                    .map_or(&[][..], Vec::as_slice),
+                null,
+            );
+            match self.attach_function(function, &placement, scope) {
                 Err(ProbeError::Attach { .. }) if !function.required => {
                     self.skipped.push(function.name);
                 }
@@ -345,6 +362,7 @@ impl Probes {
     fn attach_function(
         &mut self,
         function: &AllocatorFn,
+        placement: &Placement,
         scope: UProbeScope,
     ) -> Result<(), ProbeError> {
         let attach_error = |what, source| ProbeError::Attach {
@@ -353,14 +371,18 @@ impl Probes {
             library: self.libc.clone(),
             source: Box::new(source),
         };
+        // The return probe sits with the entry probe: one breakpoint serves
+        // both, and the placement never moves past a change of the stack
+        // pointer, so the return address is still at its top.
+        let location = || UProbeAttachLocation::SymbolOffset(function.name, placement.offset);
         if function.returns {
             let link = uprobe(&mut self.ebpf, RETURN_PROGRAM)?
-                .attach(function.name, &self.libc, scope)
+                .attach(location(), &self.libc, scope)
                 .map_err(|e| attach_error("uretprobe", e))?;
             self.return_links.push(link);
         }
         let link = uprobe(&mut self.ebpf, function.entry)?
-            .attach(function.name, &self.libc, scope)
+            .attach(location(), &self.libc, scope)
             .map_err(|e| attach_error("uprobe", e))?;
         self.entry_links.push((function.entry, link));
         let kinds = if function.returns {
@@ -369,9 +391,12 @@ impl Probes {
             "uprobe"
         };
         self.attached.push(format!(
-            "{kinds} {} in {}",
+            "{kinds} {} in {} at {}+{}: {}",
             function.name,
-            self.libc.display()
+            self.libc.display(),
+            function.name,
+            placement.offset,
+            placement.reason
         ));
         Ok(())
     }

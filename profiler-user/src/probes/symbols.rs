@@ -1,20 +1,58 @@
-//! Addresses of the allocator's symbols, to probe each function once even
-//! when a library exports it under two names (glibc: aligned_alloc = memalign).
+//! The allocator library's symbols: their addresses, to probe each function
+//! once even when a library exports it under two names (glibc:
+//! aligned_alloc = memalign), and the first bytes of each function's code, to
+//! place its entry probe.
 
 use std::{collections::HashMap, fs, io, path::Path};
 
-use object::{Object, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 
-/// Addresses of the dynamic and static symbols of the ELF file at `path`.
-pub fn symbol_addresses(path: &Path) -> io::Result<HashMap<String, u64>> {
+/// Bytes of code read at the start of each function: enough for a prologue.
+pub const PROLOGUE_BYTES: usize = 64;
+
+/// What heapwatch reads from the library's symbol tables.
+pub struct SymbolTable {
+    /// Address of every defined dynamic and static symbol.
+    pub addresses: HashMap<String, u64>,
+    /// The first [`PROLOGUE_BYTES`] (fewer at a section's end) of each function asked for.
+    pub prologues: HashMap<String, Vec<u8>>,
+}
+
+/// Reads the symbols of the ELF file at `path`, and the code at the start of `functions`.
+pub fn read_symbols(path: &Path, functions: &[&str]) -> io::Result<SymbolTable> {
     let data = fs::read(path)?;
     let file = object::File::parse(&*data).map_err(io::Error::other)?;
-    Ok(file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .filter(|s| s.is_definition())
-        .filter_map(|s| Some((s.name().ok()?.to_owned(), s.address())))
-        .collect())
+    let mut addresses = HashMap::new();
+    let mut prologues = HashMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        let Ok(name) = symbol.name() else {
+            continue;
+        };
+        if !symbol.is_definition() {
+            continue;
+        }
+        addresses.insert(name.to_owned(), symbol.address());
+        if !functions.contains(&name) || prologues.contains_key(name) {
+            continue;
+        }
+        let code = symbol
+            .section_index()
+            .and_then(|index| file.section_by_index(index).ok())
+            .and_then(|section| {
+                let data = section.data().ok()?;
+                let start =
+                    usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
+                let end = data.len().min(start + PROLOGUE_BYTES);
+                data.get(start..end).map(<[u8]>::to_vec)
+            });
+        if let Some(code) = code {
+            prologues.insert(name.to_owned(), code);
+        }
+    }
+    Ok(SymbolTable {
+        addresses,
+        prologues,
+    })
 }
 
 /// For each name in `names` (in order), the earlier name it is an alias of, if any.
@@ -65,8 +103,10 @@ mod tests {
     fn reads_this_machines_c_library() {
         let maps = fs::read_to_string("/proc/self/maps").expect("own maps");
         let libc = super::super::libc_in_maps(&maps).expect("tests link the C library");
-        let addresses = symbol_addresses(&libc).expect("libc parses");
-        assert!(addresses.get("malloc").is_some_and(|&a| a != 0));
-        assert!(addresses.contains_key("free"));
+        let table = read_symbols(&libc, &["free"]).expect("libc parses");
+        assert!(table.addresses.get("malloc").is_some_and(|&a| a != 0));
+        assert!(table.addresses.contains_key("free"));
+        assert_eq!(table.prologues["free"].len(), PROLOGUE_BYTES);
+        assert!(!table.prologues.contains_key("malloc"), "not asked for");
     }
 }
