@@ -246,6 +246,19 @@ fn stack_id(ctx: &ProbeContext) -> i32 {
     }
 }
 
+/// The benchmark's floor: an entry program that does nothing, to measure
+/// what the traps alone cost.
+#[uprobe]
+pub fn floor_entry(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// The benchmark's floor: a return program that does nothing.
+#[uretprobe]
+pub fn floor_return(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
 /// `n * m` from arguments `first` and `first + 1`; an overflow saturates (libc then fails the call).
 fn array_size(ctx: &ProbeContext, first: usize) -> u64 {
     let n = ctx.arg::<u64>(first).unwrap_or(0);

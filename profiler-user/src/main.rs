@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use heapwatch::{
-    cli::{Cli, Command, daemon, ps, record, snapshot},
+    cli::{Cli, Command, daemon, floor, ps, record, snapshot},
     report::CommandStatus,
 };
 
@@ -26,14 +26,21 @@ fn main() {
         }
         Command::Snapshot(args) => exit_on_error(snapshot(&args)),
         Command::Ps(args) => exit_on_error(ps(&args)),
-        Command::Record(args) => match record(&args) {
-            Ok(CommandStatus::Exited(code)) => std::process::exit(code),
-            Ok(CommandStatus::Killed(signal)) => std::process::exit(128 + signal),
-            Err(err) => {
-                eprintln!("heapwatch: {}", error_chain(&err));
-                std::process::exit(err.exit_code());
-            }
-        },
+        Command::Record(args) => exit_like_the_command(record(&args)),
+        Command::Floor(args) => exit_like_the_command(floor(&args)),
+    }
+}
+
+/// Exits with the command's status (128 + N when signal N killed it), or
+/// with heapwatch's own error code and message.
+fn exit_like_the_command(result: Result<CommandStatus, heapwatch::cli::RecordError>) -> ! {
+    match result {
+        Ok(CommandStatus::Exited(code)) => std::process::exit(code),
+        Ok(CommandStatus::Killed(signal)) => std::process::exit(128 + signal),
+        Err(err) => {
+            eprintln!("heapwatch: {}", error_chain(&err));
+            std::process::exit(err.exit_code());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own tasks, so that nothing is installed by hand.
 
+mod bench;
 mod install;
 mod packages;
 mod run;
@@ -37,6 +38,16 @@ enum Task {
         #[arg(long)]
         no_build: bool,
     },
+    /// Measure what heapwatch costs traced programs, against bare runs and the
+    /// probes' own cost (as root); prints a table and writes target/bench.json.
+    Bench {
+        /// malloc(64)+free pairs per thread and run (a multiple of 100).
+        #[arg(long, default_value_t = 200_000)]
+        pairs: u64,
+        /// Runs of each configuration; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Run every test, the root-only eBPF tests included (as root; none is skipped).
     Test {
         /// Extra arguments for `cargo test` (a test name filter, for example).
@@ -68,6 +79,7 @@ fn main() -> Result<()> {
             }
             install::install(&root)
         }
+        Task::Bench { pairs, runs } => bench::bench(&bench::BenchOptions { pairs, runs }),
         Task::Test { args } => {
             setup()?;
             run::test(&args)

@@ -2,6 +2,7 @@
 
 mod command;
 mod daemon;
+mod floor;
 mod notify;
 mod query;
 mod record;
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use command::{CommandError, resolve_command};
 pub use daemon::{DaemonError, daemon};
+pub use floor::floor;
 pub use query::{QueryError, ps, snapshot};
 pub use record::{RecordError, record};
 
@@ -41,6 +43,23 @@ pub enum Command {
     /// Run CMD under tracing from its first instruction and print its heap
     /// summary (valgrind's figures) and the sites still holding memory at exit.
     Record(RecordArgs),
+    /// The benchmark's floor: run CMD with probes that do nothing (for `cargo xtask bench`).
+    #[command(hide = true)]
+    Floor(FloorArgs),
+}
+
+/// Options of `heapwatch floor`.
+#[derive(Debug, Args)]
+pub struct FloorArgs {
+    /// Probe every function at +0 instead of heapwatch's placements.
+    #[arg(long)]
+    pub at_entry: bool,
+    /// The allocator library to probe (default: the C library heapwatch itself uses).
+    #[arg(long, value_name = "PATH")]
+    pub libc: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Options of `heapwatch daemon`. Flags override the configuration file.

@@ -95,6 +95,40 @@ const ALLOCATOR_FNS: [AllocatorFn; 10] = [
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
+/// The benchmark floor's programs, which do nothing.
+const FLOOR_ENTRY_PROGRAM: &str = "floor_entry";
+const FLOOR_RETURN_PROGRAM: &str = "floor_return";
+
+/// What the probes on the allocator run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programs {
+    /// heapwatch's tracing programs, at their placements.
+    Tracing,
+    /// Programs that do nothing, for measuring what the traps alone cost:
+    /// at heapwatch's placements, or at every function's first instruction
+    /// (+0, where other tools probe).
+    Floor {
+        /// At each function's first instruction instead of its placement.
+        at_entry: bool,
+    },
+}
+
+impl Programs {
+    fn entry(self, function: &AllocatorFn) -> &'static str {
+        match self {
+            Self::Tracing => function.entry,
+            Self::Floor { .. } => FLOOR_ENTRY_PROGRAM,
+        }
+    }
+
+    fn on_return(self) -> &'static str {
+        match self {
+            Self::Tracing => RETURN_PROGRAM,
+            Self::Floor { .. } => FLOOR_RETURN_PROGRAM,
+        }
+    }
+}
+
 /// The C++ runtime, whose `operator new` call sites are remembered for the
 /// malloc inside (libstdc++ has no frame pointers to walk through).
 const CXX_RUNTIME: &str = "libstdc++.so.6";
@@ -199,6 +233,7 @@ pub enum ProbeError {
 /// return probes first (an entry without its return is harmless; the reverse is not).
 pub struct Probes {
     ebpf: Ebpf,
+    programs: Programs,
     return_links: Vec<UProbeLinkId>,
     entry_links: Vec<(&'static str, UProbeLinkId)>,
     libc: PathBuf,
@@ -209,6 +244,26 @@ pub struct Probes {
 impl Probes {
     /// Loads the object and attaches every program.
     pub fn attach(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        let mut probes = Self::load(config, Programs::Tracing)?;
+        attach_tracepoints(&mut probes.ebpf)?;
+        probes.attached = TRACEPOINTS
+            .iter()
+            .map(|(category, name, _)| format!("tracepoint {category}/{name}"))
+            .collect();
+        let scope = uprobe_scope(config.scope);
+        probes.attach_allocator(scope)?;
+        probes.attach_cxx_new(scope)?;
+        Ok(probes)
+    }
+
+    /// Attaches programs that do nothing to the allocator (the benchmark's floor).
+    pub fn attach_floor(config: &ProbeConfig, at_entry: bool) -> Result<Self, ProbeError> {
+        let mut probes = Self::load(config, Programs::Floor { at_entry })?;
+        probes.attach_allocator(uprobe_scope(config.scope))?;
+        Ok(probes)
+    }
+
+    fn load(config: &ProbeConfig, programs: Programs) -> Result<Self, ProbeError> {
         check_privileges()?;
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
         let libc = resolve_libc(config.libc.as_deref())?;
@@ -216,22 +271,15 @@ impl Probes {
         if let Scope::Process { pid, .. } = config.scope {
             add_target(&mut ebpf, pid.get())?;
         }
-        attach_tracepoints(&mut ebpf)?;
-        let mut probes = Self {
+        Ok(Self {
             ebpf,
+            programs,
             return_links: Vec::new(),
             entry_links: Vec::new(),
             libc,
             skipped: Vec::new(),
-            attached: TRACEPOINTS
-                .iter()
-                .map(|(category, name, _)| format!("tracepoint {category}/{name}"))
-                .collect(),
-        };
-        let scope = uprobe_scope(config.scope);
-        probes.attach_allocator(scope)?;
-        probes.attach_cxx_new(scope)?;
-        Ok(probes)
+            attached: Vec::new(),
+        })
     }
 
     /// The C library probed.
@@ -278,10 +326,11 @@ impl Probes {
     }
 
     fn attach_allocator(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
+        let programs = self.programs;
         for name in ALLOCATOR_FNS
             .iter()
-            .map(|f| f.entry)
-            .chain([RETURN_PROGRAM])
+            .map(|f| programs.entry(f))
+            .chain([programs.on_return()])
         {
             let program = uprobe(&mut self.ebpf, name)?;
             if program.fd().is_err() {
@@ -312,13 +361,16 @@ impl Probes {
             } else {
                 NullFirstArg::Matters
             };
-            let placement = place(
-                table
-                    .prologues
-                    .get(function.name)
-                    .map_or(&[][..], Vec::as_slice),
-                null,
-            );
+            let placement = match self.programs {
+                Programs::Floor { at_entry: true } => Placement::entry(),
+                _ => place(
+                    table
+                        .prologues
+                        .get(function.name)
+                        .map_or(&[][..], Vec::as_slice),
+                    null,
+                ),
+            };
             match self.attach_function(function, &placement, scope) {
                 Err(ProbeError::Attach { .. }) if !function.required => {
                     self.skipped.push(function.name);
@@ -376,15 +428,16 @@ impl Probes {
         // pointer, so the return address is still at its top.
         let location = || UProbeAttachLocation::SymbolOffset(function.name, placement.offset);
         if function.returns {
-            let link = uprobe(&mut self.ebpf, RETURN_PROGRAM)?
+            let link = uprobe(&mut self.ebpf, self.programs.on_return())?
                 .attach(location(), &self.libc, scope)
                 .map_err(|e| attach_error("uretprobe", e))?;
             self.return_links.push(link);
         }
-        let link = uprobe(&mut self.ebpf, function.entry)?
+        let entry = self.programs.entry(function);
+        let link = uprobe(&mut self.ebpf, entry)?
             .attach(location(), &self.libc, scope)
             .map_err(|e| attach_error("uprobe", e))?;
-        self.entry_links.push((function.entry, link));
+        self.entry_links.push((entry, link));
         let kinds = if function.returns {
             "uprobe+uretprobe"
         } else {
@@ -406,7 +459,7 @@ impl Drop for Probes {
     /// Detaches return probes, then entry probes. (Each detach waits for the
     /// kernel's tracepoint grace period, about 100 ms here, one at a time.)
     fn drop(&mut self) {
-        if let Ok(program) = uprobe(&mut self.ebpf, RETURN_PROGRAM) {
+        if let Ok(program) = uprobe(&mut self.ebpf, self.programs.on_return()) {
             for link in self.return_links.drain(..) {
                 let _ = program.detach(link);
             }

@@ -32,6 +32,16 @@ pub struct Placement {
     pub reason: String,
 }
 
+impl Placement {
+    /// The function's first instruction, whatever it is.
+    pub fn entry() -> Self {
+        Self {
+            offset: 0,
+            reason: "at +0 as asked".to_owned(),
+        }
+    }
+}
+
 /// The entry probe's place in a function starting with `code`.
 pub fn place(code: &[u8], null_first_arg: NullFirstArg) -> Placement {
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);

@@ -1,0 +1,532 @@
+//! `cargo xtask bench`: what heapwatch costs the programs it traces, measured
+//! in one run against the bare program and against the floor (probes whose
+//! programs do nothing, at heapwatch's placements and at +0 as other tools
+//! place them), with bpftrace, heaptrack and valgrind for reference. Runs are
+//! interleaved round by round so that drift hits every configuration alike.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{packages, run::workspace_root, toolchain};
+
+/// What to measure.
+pub struct BenchOptions {
+    /// malloc(64)+free pairs per thread and run.
+    pub pairs: u64,
+    /// Runs of each configuration (the median is reported).
+    pub runs: usize,
+}
+
+/// How a churn run is wrapped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrapper {
+    Bare,
+    FloorPlaced,
+    FloorEntry,
+    Record,
+    Daemon,
+    Bpftrace,
+    Heaptrack,
+    Valgrind,
+}
+
+const WRAPPERS: [(Wrapper, &str); 8] = [
+    (Wrapper::Bare, "bare"),
+    (Wrapper::FloorPlaced, "floor (heapwatch's placements)"),
+    (Wrapper::FloorEntry, "floor at +0"),
+    (Wrapper::Record, "heapwatch record"),
+    (Wrapper::Daemon, "heapwatch daemon"),
+    (Wrapper::Bpftrace, "bpftrace, empty programs at +0"),
+    (Wrapper::Heaptrack, "heaptrack"),
+    (Wrapper::Valgrind, "valgrind"),
+];
+
+/// One churn run's result.
+#[derive(Default, Clone)]
+struct Run {
+    ns_per_pair: f64,
+    counted: Option<u64>,
+    lost: Option<u64>,
+    daemon_cpu_secs: Option<f64>,
+    daemon_peak_rss_kib: Option<u64>,
+}
+
+/// Everything the bench needs to find.
+struct Tools {
+    heapwatch: PathBuf,
+    churn: PathBuf,
+    many_sites: PathBuf,
+    libc: String,
+    dir: PathBuf,
+}
+
+/// Builds, measures, prints the table and writes target/bench.json.
+pub fn bench(options: &BenchOptions) -> Result<()> {
+    toolchain::ensure()?;
+    packages::ensure(packages::TEST_PACKAGES)?;
+    packages::ensure(&["bpftrace", "heaptrack"])?;
+    crate::run::build()?;
+    let tools = prepare()?;
+    refuse_foreign_uprobes()?;
+    let mut results: BTreeMap<(usize, &str), Vec<Run>> = BTreeMap::new();
+    for round in 0..options.runs {
+        for threads in [1, 2] {
+            for (wrapper, name) in WRAPPERS {
+                eprintln!(
+                    "round {}/{}: {threads} thread(s), {name}",
+                    round + 1,
+                    options.runs
+                );
+                let run = churn_under(wrapper, &tools, threads, options.pairs)
+                    .with_context(|| format!("{name}, {threads} thread(s)"))?;
+                results.entry((threads, name)).or_default().push(run);
+            }
+        }
+    }
+    let live = [1_000_000u64, 10_000_000]
+        .into_iter()
+        .map(|blocks| live_allocations(&tools, blocks))
+        .collect::<Result<Vec<_>>>()?;
+    let report = summarize(&results, options, &live);
+    print_table(&report);
+    let path = workspace_root().join("target/bench.json");
+    fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nJSON: {}", path.display());
+    Ok(())
+}
+
+fn prepare() -> Result<Tools> {
+    let root = workspace_root();
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let compile = |name: &str| -> Result<PathBuf> {
+        let out = dir.join(name);
+        crate::toolchain::run(
+            Command::new("gcc")
+                .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"])
+                .arg(root.join(format!("tests/fixtures/{name}.c")))
+                .arg("-o")
+                .arg(&out),
+        )?;
+        Ok(out)
+    };
+    let maps = fs::read_to_string("/proc/self/maps")?;
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so"))
+        .context("no C library in xtask's own maps")?
+        .to_owned();
+    Ok(Tools {
+        heapwatch: root.join("target/release/heapwatch"),
+        churn: compile("churn")?,
+        many_sites: compile("many_sites")?,
+        libc,
+        dir,
+    })
+}
+
+/// A timing is worth nothing while someone else's uprobes sit in libc.
+fn refuse_foreign_uprobes() -> Result<()> {
+    let output = Command::new("bpftool").args(["perf", "show"]).output()?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    if listing.contains("uprobe") || listing.contains("uretprobe") {
+        bail!(
+            "uprobes are attached already (bpftool perf show):\n{listing}\nstop what attached them, then bench"
+        );
+    }
+    Ok(())
+}
+
+fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> Result<Run> {
+    let churn_args = [
+        tools.churn.display().to_string(),
+        threads.to_string(),
+        "3600".to_owned(),
+        pairs.to_string(),
+    ];
+    let heapwatch = tools.heapwatch.display().to_string();
+    let report = tools.dir.join("record.json");
+    let mut argv: Vec<String> = match wrapper {
+        Wrapper::Bare | Wrapper::Daemon => vec![],
+        Wrapper::FloorPlaced => vec![heapwatch, "floor".into(), "--".into()],
+        Wrapper::FloorEntry => vec![heapwatch, "floor".into(), "--at-entry".into(), "--".into()],
+        Wrapper::Record => vec![
+            heapwatch,
+            "record".into(),
+            "--json".into(),
+            report.display().to_string(),
+            "--".into(),
+        ],
+        Wrapper::Bpftrace => {
+            let libc = &tools.libc;
+            let program = format!(
+                "uprobe:{libc}:malloc {{}} uretprobe:{libc}:malloc {{}} uprobe:{libc}:free {{}}"
+            );
+            let line = churn_args.join(" ");
+            return finish(
+                run_churn(&["bpftrace".into(), "-e".into(), program, "-c".into(), line])?,
+                None,
+            );
+        }
+        Wrapper::Heaptrack => vec![
+            "heaptrack".into(),
+            "-o".into(),
+            tools.dir.join("heaptrack").display().to_string(),
+        ],
+        Wrapper::Valgrind => vec![
+            "valgrind".into(),
+            "--run-libc-freeres=no".into(),
+            "--run-cxx-freeres=no".into(),
+        ],
+    };
+    argv.extend(churn_args);
+    if wrapper == Wrapper::Daemon {
+        return churn_under_daemon(tools, &argv);
+    }
+    let ns = run_churn(&argv)?;
+    if wrapper != Wrapper::Record {
+        return finish(ns, None);
+    }
+    let json: Value = serde_json::from_slice(&fs::read(&report)?)?;
+    let process = &json["processes"][0];
+    let counted = process["allocs"].as_u64().unwrap_or(0) + process["frees"].as_u64().unwrap_or(0);
+    Ok(Run {
+        counted: Some(counted),
+        lost: json["lost_records"].as_u64(),
+        ..finish(ns, None)?
+    })
+}
+
+fn finish(ns_per_pair: f64, daemon: Option<Run>) -> Result<Run> {
+    Ok(Run {
+        ns_per_pair,
+        ..daemon.unwrap_or_default()
+    })
+}
+
+/// Runs the churn command line; returns nanoseconds per pair per thread.
+fn run_churn(argv: &[String]) -> Result<f64> {
+    let output = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {}", argv[0]))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" pairs in "))
+        .with_context(|| {
+            format!(
+                "{:?} printed no churn figures: {stdout}{}",
+                argv,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let numbers: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [pairs, ns] = numbers[..] else {
+        bail!("unreadable churn line: {line}");
+    };
+    let threads: f64 = argv
+        .iter()
+        .position(|a| a.ends_with("/churn"))
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1.0);
+    Ok(ns * threads / pairs)
+}
+
+/// A daemon at defaults (metrics on a free loopback port), stopped by Drop.
+struct Daemon {
+    child: Child,
+    address: String,
+}
+
+impl Daemon {
+    fn start(tools: &Tools) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&tools.heapwatch)
+            .args(["daemon", "--listen", &address, "--socket"])
+            .arg(tools.dir.join("api.sock"))
+            .env("MIMALLOC_PURGE_DELAY", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
+            if line?.contains("tracing every process") {
+                thread::spawn(move || lines.for_each(drop));
+                return Ok(Self { child, address });
+            }
+        }
+        bail!("the daemon ended before it was ready")
+    }
+
+    fn scrape(&self) -> Result<String> {
+        let mut stream = TcpStream::connect(&self.address)?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// (user + system CPU seconds, peak RSS KiB) so far.
+    fn usage(&self) -> Result<(f64, u64)> {
+        let pid = self.child.id();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        Ok((ticks / 100.0, hwm))
+    }
+}
+
+impl Drop for Daemon {
+    /// SIGTERM: the daemon detaches everything and exits.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sum of a metric family's samples in a /metrics text.
+fn metric(text: &str, name: &str, labels: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn churn_under_daemon(tools: &Tools, argv: &[String]) -> Result<Run> {
+    let daemon = Daemon::start(tools)?;
+    let events = |text: &str| {
+        metric(text, "heapwatch_events_total", "kind=\"alloc\"")
+            + metric(text, "heapwatch_events_total", "kind=\"free\"")
+    };
+    let (before, lost_before) = {
+        let text = daemon.scrape()?;
+        (
+            events(&text),
+            metric(&text, "heapwatch_events_lost_total", ""),
+        )
+    };
+    let (cpu_before, _) = daemon.usage()?;
+    let ns = run_churn(argv)?;
+    // The daemon drains what is left (it polls every 100 ms at most).
+    thread::sleep(Duration::from_millis(500));
+    let text = daemon.scrape()?;
+    let (cpu_after, hwm) = daemon.usage()?;
+    Ok(Run {
+        ns_per_pair: ns,
+        counted: Some(events(&text) - before),
+        lost: Some(metric(&text, "heapwatch_events_lost_total", "") - lost_before),
+        daemon_cpu_secs: Some(cpu_after - cpu_before),
+        daemon_peak_rss_kib: Some(hwm),
+    })
+}
+
+/// Daemon memory per live allocation and snapshot latency with `blocks` live.
+fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
+    let daemon = Daemon::start(tools)?;
+    thread::sleep(Duration::from_secs(1));
+    let (_, idle) = daemon.usage()?;
+    let rss = |pid: u32| -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0))
+    };
+    let idle_rss = rss(daemon.child.id())?;
+    let per_path = (blocks / 1000).to_string();
+    let mut holder = Command::new(&tools.many_sites)
+        .args(["hold", &per_path])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut ready = String::new();
+    BufReader::new(holder.stdout.take().context("stdout")?).read_line(&mut ready)?;
+    let pid = holder.id().to_string();
+    let socket = tools.dir.join("api.sock");
+    let snapshot = |extra: &[&str]| -> Result<Duration> {
+        let started = Instant::now();
+        let output = Command::new(&tools.heapwatch)
+            .args(["snapshot", "--pid", &pid, "--socket"])
+            .arg(&socket)
+            .args(extra)
+            .output()?;
+        if !output.status.success() {
+            bail!("snapshot: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(started.elapsed())
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = daemon.scrape()?;
+        let live = metric(
+            &text,
+            "heapwatch_process_live_allocations",
+            &format!("pid=\"{pid}\""),
+        );
+        if live >= blocks {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon saw {live} of {blocks} live blocks");
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+    let held_rss = rss(daemon.child.id())?;
+    let mut latencies: Vec<f64> = (0..5)
+        .map(|_| {
+            snapshot(&["--top", "1000", "--format", "json", "-o", "/dev/null"])
+                .map(|d| d.as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_>>()?;
+    latencies.sort_by(f64::total_cmp);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let (_, peak) = daemon.usage()?;
+    Ok(json!({
+        "live_blocks": blocks,
+        "daemon_rss_idle_kib": idle_rss,
+        "daemon_rss_holding_kib": held_rss,
+        "daemon_peak_rss_kib": peak.max(idle),
+        "bytes_per_live_allocation": (held_rss.saturating_sub(idle_rss) * 1024) as f64 / blocks as f64,
+        "snapshot_top_1000_json_ms_median": latencies[latencies.len() / 2],
+    }))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn summarize(
+    results: &BTreeMap<(usize, &str), Vec<Run>>,
+    options: &BenchOptions,
+    live: &[Value],
+) -> Value {
+    let mut rows = Vec::new();
+    for threads in [1, 2] {
+        let ns = |name: &str| {
+            let mut values: Vec<f64> = results[&(threads, name)]
+                .iter()
+                .map(|r| r.ns_per_pair)
+                .collect();
+            median(&mut values)
+        };
+        let (bare, floor, floor_entry) = (ns("bare"), ns(WRAPPERS[1].1), ns(WRAPPERS[2].1));
+        for (_, name) in WRAPPERS {
+            let runs = &results[&(threads, name)];
+            let last = runs.last().cloned().unwrap_or_default();
+            let value = ns(name);
+            rows.push(json!({
+                "threads": threads,
+                "configuration": name,
+                "ns_per_pair": value,
+                "ratio_to_bare": value / bare,
+                "ratio_to_floor": value / floor,
+                "ratio_to_floor_at_entry": value / floor_entry,
+                "events_generated": 2 * options.pairs * threads as u64,
+                "events_counted": last.counted,
+                "events_lost": last.lost,
+                "daemon_cpu_secs": last.daemon_cpu_secs,
+                "daemon_peak_rss_kib": last.daemon_peak_rss_kib,
+            }));
+        }
+    }
+    json!({
+        "pairs_per_thread": options.pairs,
+        "runs": options.runs,
+        "churn": rows,
+        "live_allocations": live,
+    })
+}
+
+fn print_table(report: &Value) {
+    println!(
+        "\nchurn: malloc(64)+free, {} pairs per thread, median of {} runs (ns per pair per thread)\n",
+        report["pairs_per_thread"], report["runs"]
+    );
+    println!(
+        "| threads | configuration | ns/pair | × bare | × floor | × floor at +0 | events generated | counted | lost | daemon CPU s | daemon peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let show = |v: &Value| {
+        if v.is_null() {
+            "".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    for row in report["churn"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+            row["threads"],
+            row["configuration"].as_str().unwrap_or(""),
+            row["ns_per_pair"].as_f64().unwrap_or(0.0),
+            row["ratio_to_bare"].as_f64().unwrap_or(0.0),
+            row["ratio_to_floor"].as_f64().unwrap_or(0.0),
+            row["ratio_to_floor_at_entry"].as_f64().unwrap_or(0.0),
+            row["events_generated"],
+            show(&row["events_counted"]),
+            show(&row["events_lost"]),
+            row["daemon_cpu_secs"]
+                .as_f64()
+                .map_or(String::new(), |s| format!("{s:.2}")),
+            row["daemon_peak_rss_kib"]
+                .as_u64()
+                .map_or(String::new(), |k| format!("{} MB", k / 1024)),
+        );
+    }
+    println!(
+        "\n| live blocks | daemon RSS idle | holding | bytes per live allocation | snapshot (top 1000, JSON) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for row in report["live_allocations"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} MB | {} MB | {:.0} | {:.1} ms |",
+            row["live_blocks"],
+            row["daemon_rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
+            row["daemon_rss_holding_kib"].as_u64().unwrap_or(0) / 1024,
+            row["bytes_per_live_allocation"].as_f64().unwrap_or(0.0),
+            row["snapshot_top_1000_json_ms_median"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+    }
+}
