@@ -250,7 +250,7 @@ fn run_churn(argv: &[String]) -> Result<f64> {
     Ok(ns * threads / pairs)
 }
 
-/// A daemon at defaults (metrics on a free loopback port), stopped by Drop.
+/// A daemon at defaults but a 1 s tick (metrics on a free loopback port), stopped by Drop.
 struct Daemon {
     child: Child,
     address: String,
@@ -263,7 +263,7 @@ impl Daemon {
             .port();
         let address = format!("127.0.0.1:{port}");
         let mut child = Command::new(&tools.heapwatch)
-            .args(["daemon", "--listen", &address, "--socket"])
+            .args(["daemon", "--tick", "1s", "--listen", &address, "--socket"])
             .arg(tools.dir.join("api.sock"))
             .env("MIMALLOC_PURGE_DELAY", "0")
             .stdout(Stdio::null())
@@ -345,9 +345,17 @@ fn churn_under_daemon(tools: &Tools, argv: &[String]) -> Result<Run> {
     };
     let (cpu_before, _) = daemon.usage()?;
     let ns = run_churn(argv)?;
-    // The daemon drains what is left (it polls every 100 ms at most).
-    thread::sleep(Duration::from_millis(500));
-    let text = daemon.scrape()?;
+    // Metrics move once a tick: wait until two ticks agree.
+    let mut text = daemon.scrape()?;
+    for _ in 0..10 {
+        thread::sleep(Duration::from_millis(1100));
+        let next = daemon.scrape()?;
+        let settled = events(&next) == events(&text) && events(&next) > before;
+        text = next;
+        if settled {
+            break;
+        }
+    }
     let (cpu_after, hwm) = daemon.usage()?;
     Ok(Run {
         ns_per_pair: ns,
@@ -393,22 +401,29 @@ fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
         }
         Ok(started.elapsed())
     };
-    let deadline = Instant::now() + Duration::from_secs(600);
+    // The daemon has applied everything once the count stops moving (records
+    // the ring could not hold are lost, and counted).
+    let live_blocks = || -> Result<u64> {
+        let output = Command::new(&tools.heapwatch)
+            .args(["ps", "--socket"])
+            .arg(&socket)
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pid.as_str()))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(0))
+    };
+    let mut seen = 0;
     loop {
-        let text = daemon.scrape()?;
-        let live = metric(
-            &text,
-            "heapwatch_process_live_allocations",
-            &format!("pid=\"{pid}\""),
-        );
-        if live >= blocks {
+        thread::sleep(Duration::from_secs(2));
+        let now = live_blocks()?;
+        if now == seen && now > 0 {
             break;
         }
-        if Instant::now() > deadline {
-            bail!("the daemon saw {live} of {blocks} live blocks");
-        }
-        thread::sleep(Duration::from_secs(1));
+        seen = now;
     }
+    let lost = metric(&daemon.scrape()?, "heapwatch_events_lost_total", "");
     let held_rss = rss(daemon.child.id())?;
     let mut latencies: Vec<f64> = (0..5)
         .map(|_| {
@@ -422,10 +437,12 @@ fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
     let (_, peak) = daemon.usage()?;
     Ok(json!({
         "live_blocks": blocks,
+        "live_blocks_tracked": seen,
+        "events_lost": lost,
         "daemon_rss_idle_kib": idle_rss,
         "daemon_rss_holding_kib": held_rss,
         "daemon_peak_rss_kib": peak.max(idle),
-        "bytes_per_live_allocation": (held_rss.saturating_sub(idle_rss) * 1024) as f64 / blocks as f64,
+        "bytes_per_live_allocation": (held_rss.saturating_sub(idle_rss) * 1024) as f64 / seen as f64,
         "snapshot_top_1000_json_ms_median": latencies[latencies.len() / 2],
     }))
 }
@@ -514,13 +531,15 @@ fn print_table(report: &Value) {
         );
     }
     println!(
-        "\n| live blocks | daemon RSS idle | holding | bytes per live allocation | snapshot (top 1000, JSON) |"
+        "\n| live blocks made | tracked | events lost | daemon RSS idle | holding | bytes per live allocation | snapshot (top 1000, JSON) |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for row in report["live_allocations"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {} MB | {} MB | {:.0} | {:.1} ms |",
+            "| {} | {} | {} | {} MB | {} MB | {:.0} | {:.1} ms |",
             row["live_blocks"],
+            row["live_blocks_tracked"],
+            row["events_lost"],
             row["daemon_rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
             row["daemon_rss_holding_kib"].as_u64().unwrap_or(0) / 1024,
             row["bytes_per_live_allocation"].as_f64().unwrap_or(0.0),
