@@ -349,6 +349,41 @@ fn assert_refused(command: &mut Command, code: i32, messages: &[&str]) {
 }
 
 #[test]
+fn the_benchmark_floor_runs_a_command_and_leaves_nothing_attached() {
+    if !have_root("the_benchmark_floor_runs_a_command_and_leaves_nothing_attached") {
+        return;
+    }
+    let baseline = BpfBaseline::take();
+    let churn = fixture("churn");
+    for flags in [&[][..], &["--at-entry"]] {
+        let output = heapwatch()
+            .arg("floor")
+            .args(flags)
+            .arg("--")
+            .arg(&churn)
+            .args(["1", "60", "1000"])
+            .output()
+            .expect("run heapwatch floor");
+        assert_eq!(output.status.code(), Some(0), "{flags:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.starts_with("1000 pairs in "), "{flags:?}: {stdout}");
+        let status = heapwatch()
+            .arg("floor")
+            .args(flags)
+            .args(["--", "sh", "-c", "exit 3"])
+            .status()
+            .expect("run heapwatch floor");
+        assert_eq!(status.code(), Some(3), "the command's status, {flags:?}");
+    }
+    assert_refused(
+        heapwatch().args(["floor", "--", "no-such-command-heapwatch"]),
+        127,
+        &["no-such-command-heapwatch: command not found"],
+    );
+    baseline.assert_nothing_left();
+}
+
+#[test]
 fn a_missing_command_is_a_clear_error() {
     if !have_root("a_missing_command_is_a_clear_error") {
         return;

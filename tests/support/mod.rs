@@ -14,7 +14,9 @@ pub mod daemon;
 pub mod pprof;
 
 /// Names (as the kernel keeps them, cut to 15 bytes) of heapwatch's programs.
-const PROGRAM_NAMES: [&str; 12] = [
+const PROGRAM_NAMES: [&str; 14] = [
+    "floor_entry",
+    "floor_return",
     "cxx_new_entry",
     "size_arg0_entry",
     "size_arg1_entry",
