@@ -97,10 +97,63 @@ pub struct HeldSite {
     pub oldest_ns: u64,
 }
 
+/// Shards of a process's live blocks (a power of two).
+const SHARDS: usize = 16;
+
+/// A process's live blocks by address, split in [`SHARDS`] tables by a hash
+/// of the address. A table of millions of blocks then grows one shard at a
+/// time: each rehash moves a sixteenth of them, and the reader applying
+/// records never stalls long enough for the ring buffer to overflow.
+#[derive(Clone, Debug, Default)]
+struct LiveBlocks {
+    shards: Vec<HashMap<u64, LiveBlock>>,
+    len: usize,
+}
+
+impl LiveBlocks {
+    fn shard(ptr: u64) -> usize {
+        // Fibonacci hashing of the address without its alignment bits.
+        ((ptr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - SHARDS.ilog2())) as usize
+    }
+
+    fn insert(&mut self, ptr: u64, block: LiveBlock) -> Option<LiveBlock> {
+        if self.shards.is_empty() {
+            self.shards.resize_with(SHARDS, HashMap::new);
+        }
+        let old = self.shards[Self::shard(ptr)].insert(ptr, block);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, ptr: u64) -> Option<LiveBlock> {
+        let block = self.shards.get_mut(Self::shard(ptr))?.remove(&ptr)?;
+        self.len -= 1;
+        Some(block)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn capacity(&self) -> usize {
+        self.shards.iter().map(HashMap::capacity).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u64, &LiveBlock)> {
+        self.shards.iter().flat_map(HashMap::iter)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &LiveBlock> {
+        self.shards.iter().flat_map(HashMap::values)
+    }
+}
+
 /// Heap state of one process.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessState {
-    live: HashMap<u64, LiveBlock>,
+    live: LiveBlocks,
     live_bytes: u64,
     counters: Counters,
     site_index: HashMap<RawSite, u32>,
@@ -191,7 +244,7 @@ impl ProcessState {
     /// Counts the allocation; keeps the block only when `keep` (else counts it refused).
     fn alloc(&mut self, tid: u32, ptr: u64, size: u64, site: RawSite, time_ns: u64, keep: bool) {
         self.realloc_pending.remove(&tid);
-        if let Some(old) = self.live.remove(&ptr) {
+        if let Some(old) = self.live.remove(ptr) {
             self.counters.replaced_blocks += 1;
             self.unlink(&old);
         }
@@ -221,7 +274,7 @@ impl ProcessState {
     /// Frees `ptr`; returns the block when it was live.
     fn free(&mut self, tid: u32, ptr: u64) -> Option<LiveBlock> {
         self.realloc_pending.remove(&tid);
-        let Some(block) = self.live.remove(&ptr) else {
+        let Some(block) = self.live.remove(ptr) else {
             self.counters.unmatched_frees += 1;
             return None;
         };

@@ -377,3 +377,26 @@ proptest! {
         prop_assert_eq!(site_live, live_bytes);
     }
 }
+
+#[test]
+fn live_blocks_spread_over_every_shard_and_stay_counted() {
+    let mut live = LiveBlocks::default();
+    let block = LiveBlock {
+        size: 16,
+        time_ns: 0,
+        site: 0,
+    };
+    // Consecutive 16-byte-aligned addresses, as a bump of small blocks gives.
+    for i in 0..16_000u64 {
+        assert_eq!(live.insert(0x5555_0000_0000 + i * 16, block), None);
+    }
+    assert_eq!(live.insert(0x5555_0000_0000, block), Some(block));
+    assert_eq!(live.len(), 16_000);
+    for shard in &live.shards {
+        assert!((500..=1_500).contains(&shard.len()), "{} in one shard", shard.len());
+    }
+    assert_eq!(live.remove(0x5555_0000_0010), Some(block));
+    assert_eq!(live.remove(0x5555_0000_0010), None);
+    assert_eq!((live.len(), live.iter().count()), (15_999, 15_999));
+    assert!(live.capacity() >= live.len());
+}
