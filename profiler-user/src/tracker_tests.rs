@@ -393,7 +393,11 @@ fn live_blocks_spread_over_every_shard_and_stay_counted() {
     assert_eq!(live.insert(0x5555_0000_0000, block), Some(block));
     assert_eq!(live.len(), 16_000);
     for shard in &live.shards {
-        assert!((500..=1_500).contains(&shard.len()), "{} in one shard", shard.len());
+        assert!(
+            (500..=1_500).contains(&shard.len()),
+            "{} in one shard",
+            shard.len()
+        );
     }
     assert_eq!(live.remove(0x5555_0000_0010), Some(block));
     assert_eq!(live.remove(0x5555_0000_0010), None);

@@ -3,7 +3,6 @@
 //! blazesym, even after the process has gone.
 
 mod maps;
-mod refs;
 mod service;
 mod symbols;
 
@@ -14,7 +13,6 @@ use profiler_common::STACK_UNSAMPLED;
 use serde::{Deserialize, Serialize};
 
 pub use maps::{Location, Mapping, normalize, parse_maps};
-pub use refs::StackRefs;
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
 

@@ -66,7 +66,7 @@ impl ApiSource {
     pub fn remove_unused_stacks(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
-        for id in state.stacks.take_unused() {
+        for id in state.take_unused_stacks() {
             // An id the kernel no longer holds is gone already.
             let _ = stack_map.remove(&id);
         }

@@ -1,14 +1,13 @@
 //! The daemon's state: the tracker fed by the reader, and each tick's leak
 //! sampling and metric rows. No eBPF here: testable with synthetic events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::{
     events::{HeapEvent, decode},
     leaks::LeakDetector,
     metrics::{ProcessRow, SelfFigures, bounded_rows},
     procinfo::ProcessLabels,
-    stacks::StackRefs,
     tracker::{HeldSite, ProcessState, Tracker},
 };
 
@@ -29,8 +28,9 @@ pub struct DaemonState {
     pub tracker: Tracker,
     /// Per-site histories for the leak rule.
     pub detector: LeakDetector,
-    /// Users of the kernel's stack ids, to remove those of processes gone.
-    pub stacks: StackRefs,
+    /// Stack ids of the sites of processes gone: removable from the kernel's
+    /// map unless a live process uses them too.
+    gone_stacks: HashSet<u32>,
     labels: HashMap<u32, ProcessLabels>,
     events: [u64; EVENT_KINDS.len()],
     malformed: u64,
@@ -44,7 +44,7 @@ impl DaemonState {
         Self {
             tracker,
             detector,
-            stacks: StackRefs::default(),
+            gone_stacks: HashSet::new(),
             labels: HashMap::new(),
             events: [0; EVENT_KINDS.len()],
             malformed: 0,
@@ -64,13 +64,8 @@ impl DaemonState {
     /// Applies one event; a process that exits or execs is forgotten.
     pub fn apply(&mut self, event: &HeapEvent) {
         self.events[kind_index(event)] += 1;
-        match *event {
-            HeapEvent::Alloc { task, site, .. } => self.stacks.used(task.tgid, site.stack_id),
-            HeapEvent::Fork { child, parent } => self.stacks.inherit(child, parent),
-            _ => {}
-        }
         if let Some(finished) = self.tracker.apply(event) {
-            self.stacks.release(finished.tgid);
+            self.gone_stacks.extend(stack_ids([&finished.state]));
             let counters = finished.state.counters();
             self.unmatched_gone += counters.unmatched_frees;
             self.refused_gone += counters.refused_blocks;
@@ -147,6 +142,24 @@ impl DaemonState {
         Some(sites)
     }
 
+    /// The stack ids of processes gone that no live process uses: remove
+    /// them from the kernel's map (every new process brings stacks of its
+    /// own, and the map never forgets one by itself).
+    pub fn take_unused_stacks(&mut self) -> Vec<u32> {
+        if self.gone_stacks.is_empty() {
+            return Vec::new();
+        }
+        let in_use = self.stack_ids_in_use();
+        let unused = self.gone_stacks.difference(&in_use).copied().collect();
+        self.gone_stacks.clear();
+        unused
+    }
+
+    /// Stack ids the sites of live processes use.
+    fn stack_ids_in_use(&self) -> HashSet<u32> {
+        stack_ids(self.tracker.processes().map(|(_, state)| state))
+    }
+
     fn own_figures(&self, kernel: &KernelCounts) -> SelfFigures {
         let live = self.tracker.processes().map(|(_, s)| s.counters());
         let (unmatched, refused) = live
@@ -166,7 +179,7 @@ impl DaemonState {
             malformed_records: self.malformed,
             tracked_processes: self.tracker.processes().count() as u64,
             tracker_memory_bytes: self.tracker.memory_bytes(),
-            stack_ids_in_use: self.stacks.in_use() as u64,
+            stack_ids_in_use: self.stack_ids_in_use().len() as u64,
         }
     }
 }
@@ -193,6 +206,15 @@ pub struct KernelCounts {
     pub stack_failed: u64,
     /// Children not added to the target map.
     pub targets_full: u64,
+}
+
+/// The kernel stack ids (captured stacks only) of these processes' sites.
+fn stack_ids<'a>(states: impl IntoIterator<Item = &'a ProcessState>) -> HashSet<u32> {
+    states
+        .into_iter()
+        .flat_map(ProcessState::sites)
+        .filter_map(|site| u32::try_from(site.site.stack_id).ok())
+        .collect()
 }
 
 fn sample(detector: &mut LeakDetector, tgid: u32, state: &ProcessState) {
@@ -364,6 +386,47 @@ mod tests {
             Some(1)
         );
         assert_eq!(s.snapshot_sites(99, 6 * SECOND, 0, 10), None);
+    }
+
+    #[test]
+    fn the_stacks_of_processes_gone_are_unused_once_no_live_process_shares_them() {
+        // As in the daemon: a forked child starts with its parent's heap.
+        let mut s = DaemonState::new(
+            Tracker::new(TrackerConfig {
+                copy_on_fork: true,
+                ..TrackerConfig::default()
+            }),
+            LeakDetector::new(LeakConfig::default()),
+        );
+        let alloc_with = |tgid, ptr, stack_id| HeapEvent::Alloc {
+            task: Task { tgid, tid: tgid },
+            ptr,
+            size: 8,
+            site: RawSite {
+                stack_id,
+                caller: 0x1,
+            },
+            time_ns: 0,
+        };
+        s.apply(&alloc_with(10, 0x10, 7));
+        s.apply(&alloc_with(10, 0x20, 8));
+        s.apply(&alloc_with(10, 0x30, -17));
+        s.apply(&alloc_with(20, 0x10, 7));
+        s.apply(&HeapEvent::Fork {
+            child: 30,
+            parent: 10,
+        });
+        s.apply(&HeapEvent::Exit { tgid: 10 });
+        assert_eq!(
+            s.take_unused_stacks(),
+            Vec::<u32>::new(),
+            "20 and 30 hold 7 and 8"
+        );
+        s.apply(&HeapEvent::Exec { tgid: 30 });
+        assert_eq!(s.take_unused_stacks(), [8], "30 exec'd; 20 still holds 7");
+        s.apply(&HeapEvent::Exit { tgid: 20 });
+        assert_eq!(s.take_unused_stacks(), [7]);
+        assert!(s.take_unused_stacks().is_empty(), "taken once");
     }
 
     #[test]
