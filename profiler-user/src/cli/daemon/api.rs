@@ -58,17 +58,15 @@ impl ApiSource {
         }
     }
 
-    /// Removes from the kernel's map the stacks no live process uses.
-    ///
-    /// The state stays locked meanwhile, so no event applied in between can
-    /// start using an id being removed. A record still in the ring buffer
-    /// may; its process's next allocation with that stack puts it back.
-    pub fn remove_unused_stacks(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Removes stacks from the kernel's map. The caller holds the state's
+    /// lock from the tick that found them unused, so no event applied in
+    /// between can start using one. A record still in the ring buffer may;
+    /// its process's next allocation with that stack puts it back.
+    pub fn remove_stacks(&self, ids: &[u32]) {
         let mut stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
-        for id in state.take_unused_stacks() {
+        for id in ids {
             // An id the kernel no longer holds is gone already.
-            let _ = stack_map.remove(&id);
+            let _ = stack_map.remove(id);
         }
     }
 

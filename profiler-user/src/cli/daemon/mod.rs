@@ -294,8 +294,9 @@ fn tick(api_source: &api::ApiSource, probes: &Probes, metrics: &Metrics, top: us
     };
     let (rows, own) = {
         let mut state = api_source.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read)
+        let figures = state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read);
+        api_source.remove_stacks(&state.take_unused_stacks());
+        figures
     };
     metrics.update(&rows, &own);
-    api_source.remove_unused_stacks();
 }

@@ -28,9 +28,10 @@ pub struct DaemonState {
     pub tracker: Tracker,
     /// Per-site histories for the leak rule.
     pub detector: LeakDetector,
-    /// Stack ids of the sites of processes gone: removable from the kernel's
-    /// map unless a live process uses them too.
+    /// Stack ids of the sites of processes gone since the last tick.
     gone_stacks: HashSet<u32>,
+    /// Of those, the ones no live process used at the last tick.
+    unused_stacks: Vec<u32>,
     labels: HashMap<u32, ProcessLabels>,
     events: [u64; EVENT_KINDS.len()],
     malformed: u64,
@@ -45,6 +46,7 @@ impl DaemonState {
             tracker,
             detector,
             gone_stacks: HashSet::new(),
+            unused_stacks: Vec::new(),
             labels: HashMap::new(),
             events: [0; EVENT_KINDS.len()],
             malformed: 0,
@@ -107,7 +109,10 @@ impl DaemonState {
             row.comm.clone_from(&cached.comm);
             row.unit.clone_from(&cached.unit);
         }
-        (shown, self.own_figures(kernel))
+        let in_use = stack_ids(self.tracker.processes().map(|(_, state)| state));
+        self.unused_stacks = self.gone_stacks.difference(&in_use).copied().collect();
+        self.gone_stacks.clear();
+        (shown, self.own_figures(kernel, in_use.len()))
     }
 
     /// The sites of process `tgid` a snapshot shows, largest first, at most
@@ -142,25 +147,15 @@ impl DaemonState {
         Some(sites)
     }
 
-    /// The stack ids of processes gone that no live process uses: remove
-    /// them from the kernel's map (every new process brings stacks of its
-    /// own, and the map never forgets one by itself).
+    /// The stack ids of processes gone that no live process used at the last
+    /// tick: remove them from the kernel's map, with this state still locked
+    /// (every new process brings stacks of its own, and the map never forgets
+    /// one by itself).
     pub fn take_unused_stacks(&mut self) -> Vec<u32> {
-        if self.gone_stacks.is_empty() {
-            return Vec::new();
-        }
-        let in_use = self.stack_ids_in_use();
-        let unused = self.gone_stacks.difference(&in_use).copied().collect();
-        self.gone_stacks.clear();
-        unused
+        std::mem::take(&mut self.unused_stacks)
     }
 
-    /// Stack ids the sites of live processes use.
-    fn stack_ids_in_use(&self) -> HashSet<u32> {
-        stack_ids(self.tracker.processes().map(|(_, state)| state))
-    }
-
-    fn own_figures(&self, kernel: &KernelCounts) -> SelfFigures {
+    fn own_figures(&self, kernel: &KernelCounts, stack_ids_in_use: usize) -> SelfFigures {
         let live = self.tracker.processes().map(|(_, s)| s.counters());
         let (unmatched, refused) = live
             .fold((self.unmatched_gone, self.refused_gone), |(u, r), c| {
@@ -179,7 +174,7 @@ impl DaemonState {
             malformed_records: self.malformed,
             tracked_processes: self.tracker.processes().count() as u64,
             tracker_memory_bytes: self.tracker.memory_bytes(),
-            stack_ids_in_use: self.stack_ids_in_use().len() as u64,
+            stack_ids_in_use: stack_ids_in_use as u64,
         }
     }
 }
@@ -416,16 +411,20 @@ mod tests {
             child: 30,
             parent: 10,
         });
+        let unused_at_tick = |s: &mut DaemonState| {
+            let (_, own) = s.tick(SECOND, 10, &KernelCounts::default(), labels);
+            (s.take_unused_stacks(), own.stack_ids_in_use)
+        };
         s.apply(&HeapEvent::Exit { tgid: 10 });
         assert_eq!(
-            s.take_unused_stacks(),
-            Vec::<u32>::new(),
+            unused_at_tick(&mut s),
+            (vec![], 2),
             "20 and 30 hold 7 and 8"
         );
         s.apply(&HeapEvent::Exec { tgid: 30 });
-        assert_eq!(s.take_unused_stacks(), [8], "30 exec'd; 20 still holds 7");
+        assert_eq!(unused_at_tick(&mut s), (vec![8], 1), "20 still holds 7");
         s.apply(&HeapEvent::Exit { tgid: 20 });
-        assert_eq!(s.take_unused_stacks(), [7]);
+        assert_eq!(unused_at_tick(&mut s), (vec![7], 0));
         assert!(s.take_unused_stacks().is_empty(), "taken once");
     }
 
