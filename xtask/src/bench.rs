@@ -175,10 +175,8 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
                 "uprobe:{libc}:malloc {{}} uretprobe:{libc}:malloc {{}} uprobe:{libc}:free {{}}"
             );
             let line = churn_args.join(" ");
-            return finish(
-                run_churn(&["bpftrace".into(), "-e".into(), program, "-c".into(), line])?,
-                None,
-            );
+            let argv = ["bpftrace".into(), "-e".into(), program, "-c".into(), line];
+            return Ok(timed(run_churn(&argv, threads)?));
         }
         Wrapper::Heaptrack => vec![
             "heaptrack".into(),
@@ -193,11 +191,11 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     };
     argv.extend(churn_args);
     if wrapper == Wrapper::Daemon {
-        return churn_under_daemon(tools, &argv);
+        return churn_under_daemon(tools, &argv, threads);
     }
-    let ns = run_churn(&argv)?;
+    let ns = run_churn(&argv, threads)?;
     if wrapper != Wrapper::Record {
-        return finish(ns, None);
+        return Ok(timed(ns));
     }
     let json: Value = serde_json::from_slice(&fs::read(&report)?)?;
     let process = &json["processes"][0];
@@ -205,19 +203,20 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     Ok(Run {
         counted: Some(counted),
         lost: json["lost_records"].as_u64(),
-        ..finish(ns, None)?
+        ..timed(ns)
     })
 }
 
-fn finish(ns_per_pair: f64, daemon: Option<Run>) -> Result<Run> {
-    Ok(Run {
+/// A run of which only the time is known.
+fn timed(ns_per_pair: f64) -> Run {
+    Run {
         ns_per_pair,
-        ..daemon.unwrap_or_default()
-    })
+        ..Run::default()
+    }
 }
 
 /// Runs the churn command line; returns nanoseconds per pair per thread.
-fn run_churn(argv: &[String]) -> Result<f64> {
+fn run_churn(argv: &[String], threads: usize) -> Result<f64> {
     let output = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -241,13 +240,7 @@ fn run_churn(argv: &[String]) -> Result<f64> {
     let [pairs, ns] = numbers[..] else {
         bail!("unreadable churn line: {line}");
     };
-    let threads: f64 = argv
-        .iter()
-        .position(|a| a.ends_with("/churn"))
-        .and_then(|i| argv.get(i + 1))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1.0);
-    Ok(ns * threads / pairs)
+    Ok(ns * threads as f64 / pairs)
 }
 
 /// A daemon at defaults but a 1 s tick (metrics on a free loopback port), stopped by Drop.
@@ -330,7 +323,7 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn churn_under_daemon(tools: &Tools, argv: &[String]) -> Result<Run> {
+fn churn_under_daemon(tools: &Tools, argv: &[String], threads: usize) -> Result<Run> {
     let daemon = Daemon::start(tools)?;
     let events = |text: &str| {
         metric(text, "heapwatch_events_total", "kind=\"alloc\"")
@@ -344,7 +337,7 @@ fn churn_under_daemon(tools: &Tools, argv: &[String]) -> Result<Run> {
         )
     };
     let (cpu_before, _) = daemon.usage()?;
-    let ns = run_churn(argv)?;
+    let ns = run_churn(argv, threads)?;
     // Metrics move once a tick: wait until two ticks agree.
     let mut text = daemon.scrape()?;
     for _ in 0..10 {
