@@ -337,16 +337,16 @@ fn the_watchdog_is_petted_and_stopping_is_announced() {
     assert!(daemon.stop_after_signal().success());
 }
 
-/// Entries in the daemon's stack-trace map, as the kernel lists them.
+/// Stack hashes the daemon's kernel side holds as sent, as the kernel lists them.
 ///
 /// Counted in bpftool's JSON without parsing it: this test process is traced
 /// too, and parsing allocates a string for each of the millions of bytes.
-fn stack_map_entries() -> usize {
+fn known_stacks() -> usize {
     let output = Command::new("bpftool")
-        .args(["-j", "map", "dump", "name", "STACKS"])
+        .args(["-j", "map", "dump", "name", "KNOWN_STACKS"])
         .output()
         .expect("run bpftool");
-    assert!(output.status.success(), "bpftool found no STACKS map");
+    assert!(output.status.success(), "bpftool found no KNOWN_STACKS map");
     output
         .stdout
         .windows(6)
@@ -355,16 +355,16 @@ fn stack_map_entries() -> usize {
 }
 
 #[test]
-fn the_stacks_of_processes_gone_leave_the_kernel_map() {
-    if !have_root("the_stacks_of_processes_gone_leave_the_kernel_map") {
+fn the_stacks_of_processes_gone_are_forgotten() {
+    if !have_root("the_stacks_of_processes_gone_are_forgotten") {
         return;
     }
     let config = config_file("");
     let mut daemon = Daemon::start(&config, &FAST);
     let many_sites = fixture("many_sites");
-    let in_use = || daemon.scrape().total("heapwatch_stack_ids_in_use");
+    let held = || daemon.scrape().total("heapwatch_stacks_held");
     // This test's own process is traced too and keeps its stacks.
-    let (before, in_use_before) = (stack_map_entries(), in_use());
+    let (before, held_before) = (known_stacks(), held());
     // Each run adds 1,000 stacks of its own (its addresses are randomized).
     for _ in 0..5 {
         let status = Command::new(&many_sites)
@@ -373,17 +373,18 @@ fn the_stacks_of_processes_gone_leave_the_kernel_map() {
             .expect("run many_sites");
         assert!(status.success());
     }
-    // Three ticks: each removes the stacks of the processes gone before it.
-    thread::sleep(Duration::from_secs(3));
-    let in_use_after = in_use();
+    // Four ticks: each makes the kernel forget the stacks of the processes
+    // gone before it, and drops those it made it forget the tick before.
+    thread::sleep(Duration::from_secs(4));
+    let held_after = held();
     assert!(
-        in_use_after < in_use_before + 1000.0,
-        "stack ids in use: {in_use_before} before, {in_use_after} after"
+        held_after < held_before + 1000.0,
+        "stacks held: {held_before} before, {held_after} after"
     );
-    let after = stack_map_entries();
+    let after = known_stacks();
     assert!(
         after < before + 1000,
-        "the map kept the stacks of exited processes: {before} entries before, {after} after"
+        "the kernel kept the stacks of exited processes as sent: {before} before, {after} after"
     );
     assert!(daemon.stop().success());
 }

@@ -22,12 +22,15 @@ pub mod kind {
     pub const EXIT: u32 = 6;
     /// The process `tgid` was forked from the process whose tgid is in `ptr`.
     pub const FORK: u32 = 7;
+    /// A user stack seen for the first time: a [`StackEvent`].
+    pub const STACK: u32 = 8;
 }
 
-/// One ring-buffer record: an allocator call or a process lifecycle change.
+/// A ring-buffer record about a block freed or a process: every kind but
+/// [`kind::ALLOC`] and [`kind::STACK`].
 ///
 /// Fixed size, so the kernel reserves it in one step and userspace decodes it
-/// without allocating.
+/// without allocating. It is the common prefix of [`AllocEvent`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -37,19 +40,77 @@ pub struct Event {
     pub tgid: u32,
     /// Thread id of the caller.
     pub tid: u32,
-    /// User stack id in the stack-trace map, or a negative errno when the
-    /// stack could not be captured (allocations only).
-    pub stack_id: i32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// Address of the block (or the parent tgid for [`kind::FORK`]).
     pub ptr: u64,
-    /// Requested size in bytes (allocations only).
+}
+const _: () = assert!(size_of::<Event>() == 24);
+
+/// A ring-buffer record of one allocation ([`kind::ALLOC`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocEvent {
+    /// [`kind::ALLOC`].
+    pub kind: u32,
+    /// Process id (thread-group id) of the caller.
+    pub tgid: u32,
+    /// Thread id of the caller.
+    pub tid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Address of the block.
+    pub ptr: u64,
+    /// Requested size in bytes.
     pub size: u64,
-    /// Return address of the allocator call: the immediate caller (allocations only).
-    pub caller: u64,
+    /// Hash of the allocation's user stack (its site), sent once as a [`StackEvent`].
+    pub stack: u64,
     /// `bpf_ktime_get_ns()` at the event, nanoseconds since boot.
     pub ktime_ns: u64,
 }
-const _: () = assert!(size_of::<Event>() == 48);
+const _: () = assert!(size_of::<AllocEvent>() == 48);
+
+/// Maximum frames of a user stack.
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// [`StackEvent::flags`]: only the immediate caller was read (`--stack-sample`).
+pub const STACK_UNSAMPLED: u16 = 1;
+
+/// A ring-buffer record of a user stack seen for the first time ([`kind::STACK`]):
+/// allocations refer to it by its hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackEvent {
+    /// [`kind::STACK`].
+    pub kind: u32,
+    /// Frames used in `frames`.
+    pub depth: u16,
+    /// [`STACK_UNSAMPLED`] or 0.
+    pub flags: u16,
+    /// [`stack_hash`] of the frames used.
+    pub hash: u64,
+    /// Return addresses, immediate caller first.
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(size_of::<StackEvent>() == 16 + 8 * MAX_STACK_DEPTH);
+
+/// The hash a stack starts from: `flags` keeps an unsampled one-frame stack
+/// apart from a full stack of one frame.
+pub const fn stack_hash_seed(flags: u16) -> u64 {
+    0x9e37_79b9_7f4a_7c15 ^ flags as u64
+}
+
+/// Adds one frame to a stack hash (the kernel hashes frame by frame as it walks).
+pub const fn stack_hash_step(hash: u64, frame: u64) -> u64 {
+    (hash.rotate_left(5) ^ frame).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+/// The hash of a whole stack: what [`AllocEvent::stack`] and [`StackEvent::hash`] hold.
+pub fn stack_hash(flags: u16, frames: &[u64]) -> u64 {
+    frames.iter().fold(stack_hash_seed(flags), |hash, &frame| {
+        stack_hash_step(hash, frame)
+    })
+}
 
 /// Allocator functions, the codes kept in [`Pending::func`] between entry and return.
 pub mod func {
@@ -67,36 +128,28 @@ pub mod func {
 pub struct Pending {
     /// Requested size in bytes.
     pub size: u64,
-    /// Return address of the call (the immediate caller).
-    pub caller: u64,
     /// realloc: the old block; posix_memalign: the `memptr` address.
     pub aux: u64,
-    /// User stack id, or a negative errno.
-    pub stack_id: i32,
+    /// Hash of the call's user stack.
+    pub stack: u64,
     /// One of the [`func`] codes.
     pub func: u32,
     /// Allocator calls nested inside this one (glibc calling itself), still to return.
     pub depth: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Pending>() == 40);
+const _: () = assert!(size_of::<Pending>() == 32);
 
 /// Where a C++ `operator new` was called from, kept until the malloc it makes
 /// (libstdc++ has no frame pointers, so malloc's own stack walk skips this caller).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OuterCall {
-    /// Return address of the `operator new` call.
-    pub caller: u64,
+    /// Hash of the user stack at `operator new`'s entry.
+    pub stack: u64,
     /// Stack pointer at `operator new`'s entry.
     pub sp: u64,
-    /// User stack id at `operator new`'s entry, or a negative errno.
-    pub stack_id: i32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<OuterCall>() == 24);
+const _: () = assert!(size_of::<OuterCall>() == 16);
 
 /// How far below `operator new`'s stack pointer its malloc call may start.
 pub const OUTER_CALL_MAX_FRAME: u64 = 512;
@@ -110,20 +163,17 @@ pub enum Counter {
     RingbufFull = 0,
     /// The in-flight map was full: an allocation's entry could not be paired with its return.
     InflightFull = 1,
-    /// `bpf_get_stackid` failed (stack map full, or no user stack).
-    StackFailed = 2,
     /// A process could not be added to the target map on fork.
-    TargetsFull = 3,
+    TargetsFull = 2,
 }
 
 impl Counter {
     /// Number of counters (length of the `COUNTERS` array).
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 3;
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::RingbufFull,
         Counter::InflightFull,
-        Counter::StackFailed,
         Counter::TargetsFull,
     ];
 }
@@ -135,13 +185,6 @@ pub mod filter_mode {
     /// Trace only processes whose tgid is in the `TARGETS` map.
     pub const TARGETS: u32 = 1;
 }
-
-/// `stack_id` of an allocation whose stack was not sampled (only its
-/// immediate caller is known). Never a negative errno.
-pub const STACK_UNSAMPLED: i32 = i32::MIN;
-
-/// Maximum frames kept per stack in the stack-trace map.
-pub const MAX_STACK_DEPTH: usize = 127;
 
 /// `a * b`, or `u64::MAX` on overflow (calloc's and reallocarray's size).
 ///
@@ -192,6 +235,8 @@ mod tests {
 mod pod {
     // SAFETY: both types are repr(C), made of integers only, with explicit padding.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AllocEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Pending {}
 }

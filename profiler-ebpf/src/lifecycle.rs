@@ -22,7 +22,7 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if traced(tgid_of(pid_tgid)) {
-        emit(kind::EXEC, pid_tgid, 0, 0, 0, 0);
+        emit(kind::EXEC, pid_tgid, 0);
     }
     0
 }
@@ -38,7 +38,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if traced(tgid) {
-        emit(kind::EXIT, pid_tgid, 0, 0, 0, 0);
+        emit(kind::EXIT, pid_tgid, 0);
     }
     let _ = TARGETS.remove(tgid);
     0
@@ -69,9 +69,6 @@ pub fn new_task(ctx: TracePointContext) -> u32 {
         kind::FORK,
         (u64::from(child) << 32) | u64::from(child),
         u64::from(parent),
-        0,
-        0,
-        0,
     );
     0
 }

@@ -11,25 +11,23 @@ mod filter;
 mod lifecycle;
 mod maps;
 mod record;
+mod site;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
-    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, STACK_UNSAMPLED, func, kind,
-    saturating_product,
+    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, func, kind, saturating_product,
 };
 
 use crate::{
     filter::traced,
-    maps::{INFLIGHT, OUTER, STACK_SAMPLE_EVERY, STACKS, count},
-    record::emit,
+    maps::{INFLIGHT, OUTER, count},
+    record::{emit, emit_alloc},
+    site::site,
 };
-
-/// `bpf_get_stackid` flag: capture the user-space stack.
-const BPF_F_USER_STACK: u64 = 1 << 8;
 
 /// Entry of malloc, valloc and pvalloc: `size` is the first argument.
 #[uprobe]
@@ -92,7 +90,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     if unsafe { INFLIGHT.get(pid_tgid) }.is_some() {
         return 0;
     }
-    emit(kind::FREE, pid_tgid, ptr, 0, 0, 0);
+    emit(kind::FREE, pid_tgid, ptr);
     0
 }
 
@@ -117,10 +115,8 @@ pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let outer = OuterCall {
-        caller: caller_address(&ctx),
+        stack: site(&ctx),
         sp,
-        stack_id: stack_id(&ctx),
-        _pad: 0,
     };
     let _ = OUTER.insert(pid_tgid, outer, 0);
     0
@@ -157,9 +153,9 @@ fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending) {
         _ => ret,
     };
     if ptr != 0 {
-        emit(kind::ALLOC, pid_tgid, ptr, p.size, p.caller, p.stack_id);
+        emit_alloc(pid_tgid, ptr, p.size, p.stack);
     } else if p.func == func::REALLOC && p.aux != 0 && p.size != 0 {
-        emit(kind::REALLOC_FAIL, pid_tgid, p.aux, 0, 0, 0);
+        emit(kind::REALLOC_FAIL, pid_tgid, p.aux);
     }
 }
 
@@ -168,7 +164,7 @@ fn begin_realloc(ctx: &ProbeContext, size: u64) {
     if let Some(pid_tgid) = begin_call(ctx, func::REALLOC, size, old)
         && old != 0
     {
-        emit(kind::REALLOC_FREE, pid_tgid, old, 0, 0, 0);
+        emit(kind::REALLOC_FREE, pid_tgid, old);
     }
 }
 
@@ -184,16 +180,13 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
         unsafe { (*slot).depth += 1 };
         return None;
     }
-    let (caller, stack_id) =
-        outer_site(ctx, pid_tgid).unwrap_or_else(|| (caller_address(ctx), stack_id(ctx)));
+    let stack = outer_site(ctx, pid_tgid).unwrap_or_else(|| site(ctx));
     let pending = Pending {
         size,
-        caller,
         aux,
-        stack_id,
+        stack,
         func,
         depth: 0,
-        _pad: 0,
     };
     if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
         count(Counter::InflightFull);
@@ -204,11 +197,11 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
 
 /// The call site of the `operator new` this allocation is made for, if the
 /// thread's pending one is just above on the stack (a stale one never is).
-fn outer_site(ctx: &ProbeContext, pid_tgid: u64) -> Option<(u64, i32)> {
+fn outer_site(ctx: &ProbeContext, pid_tgid: u64) -> Option<u64> {
     // SAFETY: the value is copied out before the entry is removed.
     let outer = unsafe { OUTER.get(pid_tgid) }.copied()?;
     let _ = OUTER.remove(pid_tgid);
-    encloses(&outer, stack_pointer(ctx)).then_some((outer.caller, outer.stack_id))
+    encloses(&outer, stack_pointer(ctx)).then_some(outer.stack)
 }
 
 /// True when a call with stack pointer `sp` is made from inside `outer`'s call.
@@ -219,31 +212,6 @@ fn encloses(outer: &OuterCall, sp: u64) -> bool {
 fn stack_pointer(ctx: &ProbeContext) -> u64 {
     // SAFETY: `regs` points at the probe's saved registers for this run.
     unsafe { (*ctx.regs).rsp }
-}
-
-/// The return address at the top of the stack at function entry: the immediate
-/// caller, which the frame-pointer walk misses when the callee starts without `push %rbp`.
-fn caller_address(ctx: &ProbeContext) -> u64 {
-    let sp = stack_pointer(ctx);
-    // SAFETY: reads user memory through the helper, which fails safely.
-    unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
-}
-
-/// The stack's id in `STACKS`, for one allocation in `STACK_SAMPLE_EVERY`
-/// chosen at random; [`STACK_UNSAMPLED`] for the others.
-fn stack_id(ctx: &ProbeContext) -> i32 {
-    let every = STACK_SAMPLE_EVERY.load();
-    // SAFETY: the helper has no preconditions.
-    if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
-        return STACK_UNSAMPLED;
-    }
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            count(Counter::StackFailed);
-            err
-        }
-    }
 }
 
 /// The benchmark's floor: an entry program that does nothing, to measure

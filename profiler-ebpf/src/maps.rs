@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use profiler_common::{Counter, OuterCall, Pending};
 
@@ -54,9 +54,9 @@ pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static ALLOCATED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
-/// User stacks of allocation sites.
+/// Hashes of the user stacks sent to userspace (it removes those no process uses any more).
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+pub static KNOWN_STACKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters indexed by `profiler_common::Counter`.
 #[map]

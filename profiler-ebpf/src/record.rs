@@ -1,7 +1,7 @@
 //! Writing records to the ring buffer.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use profiler_common::{Counter, Event, kind};
+use profiler_common::{AllocEvent, Counter, Event, kind};
 
 use crate::{
     maps::{ALLOCATED, EVENTS, WAKEUP_BYTES, count},
@@ -12,8 +12,9 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Reserves and submits one record; a full ring buffer is counted, never silent.
-pub fn emit(kind: u32, pid_tgid: u64, ptr: u64, size: u64, caller: u64, stack_id: i32) {
+/// Reserves and submits a record of a block freed or a process; a full ring
+/// buffer is counted, never silent.
+pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::RingbufFull);
         return;
@@ -22,14 +23,30 @@ pub fn emit(kind: u32, pid_tgid: u64, ptr: u64, size: u64, caller: u64, stack_id
         kind,
         tgid: tgid_of(pid_tgid),
         tid: pid_tgid as u32,
-        stack_id,
+        _pad: 0,
+        ptr,
+    });
+    entry.submit(wakeup_flag(kind, tgid_of(pid_tgid)));
+}
+
+/// Reserves and submits the record of an allocation at site `stack`.
+pub fn emit_alloc(pid_tgid: u64, ptr: u64, size: u64, stack: u64) {
+    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    entry.write(AllocEvent {
+        kind: kind::ALLOC,
+        tgid: tgid_of(pid_tgid),
+        tid: pid_tgid as u32,
+        _pad: 0,
         ptr,
         size,
-        caller,
+        stack,
         // SAFETY: helper without preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
     });
-    entry.submit(wakeup_flag(kind, tgid_of(pid_tgid)));
+    entry.submit(wakeup_flag(kind::ALLOC, tgid_of(pid_tgid)));
 }
 
 /// Wake the reader only once enough data waits (a wakeup per record costs

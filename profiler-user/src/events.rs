@@ -1,12 +1,21 @@
 //! Decoding ring-buffer records into typed events: pure and bounds-checked.
 
-use profiler_common::{Event, kind};
+use profiler_common::{
+    AllocEvent, Event, MAX_STACK_DEPTH, STACK_UNSAMPLED, StackEvent, kind, stack_hash_seed,
+    stack_hash_step,
+};
 use thiserror::Error;
 
-/// Size in bytes of one wire record.
-pub const RECORD_SIZE: usize = size_of::<Event>();
-
 /// A decoded ring-buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A heap or process change.
+    Heap(HeapEvent),
+    /// A user stack seen for the first time, which allocations name by its hash.
+    Stack(StackRecord<'a>),
+}
+
+/// A decoded record of a heap or process change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeapEvent {
     /// A block of `size` requested bytes was allocated at `ptr`.
@@ -74,20 +83,39 @@ pub struct Task {
 /// Where an allocation was made, as the kernel saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RawSite {
-    /// Id in the stack-trace map, or a negative errno when no stack was captured.
-    pub stack_id: i32,
-    /// Return address of the allocator call.
-    pub caller: u64,
+    /// Hash of the allocation's user stack, sent once in a [`StackRecord`].
+    pub stack: u64,
+}
+
+/// A user stack as the kernel sent it, borrowed from the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackRecord<'a> {
+    /// The hash allocations name it by.
+    pub hash: u64,
+    /// False when only the immediate caller was read (`--stack-sample`).
+    pub sampled: bool,
+    frames: &'a [u8],
+}
+
+impl StackRecord<'_> {
+    /// Return addresses, immediate caller first.
+    pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.frames
+            .chunks_exact(8)
+            .map(|chunk| u64::from_ne_bytes(chunk.try_into().unwrap_or_default()))
+    }
 }
 
 /// Why a record could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The record is not exactly one [`Event`] long.
-    #[error("record of {len} bytes, expected {RECORD_SIZE}")]
+    /// The record is not as long as its kind's records are.
+    #[error("record of {len} bytes, expected {expected}")]
     Length {
         /// Bytes received.
         len: usize,
+        /// Bytes a record of its kind has.
+        expected: usize,
     },
     /// The kind code is unknown.
     #[error("unknown record kind {kind}")]
@@ -95,26 +123,53 @@ pub enum DecodeError {
         /// The code received.
         kind: u32,
     },
+    /// A stack record whose depth, flags or hash do not hold together.
+    #[error("inconsistent stack record (depth {depth}, flags {flags:#x})")]
+    Stack {
+        /// Frames it claims.
+        depth: u16,
+        /// Flags it carries.
+        flags: u16,
+    },
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
-    let raw = read_event(bytes)?;
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+    let kind = bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default()))
+        .ok_or(DecodeError::Length {
+            len: bytes.len(),
+            expected: size_of::<Event>(),
+        })?;
+    match kind {
+        kind::ALLOC => decode_alloc(bytes).map(Record::Heap),
+        kind::STACK => decode_stack(bytes).map(Record::Stack),
+        _ => decode_event(bytes).map(Record::Heap),
+    }
+}
+
+fn decode_alloc(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
+    let raw: AllocEvent = read(bytes)?;
+    Ok(HeapEvent::Alloc {
+        task: Task {
+            tgid: raw.tgid,
+            tid: raw.tid,
+        },
+        ptr: raw.ptr,
+        size: raw.size,
+        site: RawSite { stack: raw.stack },
+        time_ns: raw.ktime_ns,
+    })
+}
+
+fn decode_event(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
+    let raw: Event = read(bytes)?;
     let task = Task {
         tgid: raw.tgid,
         tid: raw.tid,
     };
     Ok(match raw.kind {
-        kind::ALLOC => HeapEvent::Alloc {
-            task,
-            ptr: raw.ptr,
-            size: raw.size,
-            site: RawSite {
-                stack_id: raw.stack_id,
-                caller: raw.caller,
-            },
-            time_ns: raw.ktime_ns,
-        },
         kind::FREE => HeapEvent::Free { task, ptr: raw.ptr },
         kind::REALLOC_FREE => HeapEvent::ReallocFree { task, ptr: raw.ptr },
         kind::REALLOC_FAIL => HeapEvent::ReallocFail { task, ptr: raw.ptr },
@@ -128,87 +183,71 @@ pub fn decode(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
     })
 }
 
-fn read_event(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() != RECORD_SIZE {
-        return Err(DecodeError::Length { len: bytes.len() });
+/// Offset of [`StackEvent::frames`] in the record.
+const FRAMES_OFFSET: usize = size_of::<StackEvent>() - 8 * MAX_STACK_DEPTH;
+
+fn decode_stack(bytes: &[u8]) -> Result<StackRecord<'_>, DecodeError> {
+    check_length(bytes, size_of::<StackEvent>())?;
+    let field = |at: usize, len: usize| {
+        let mut word = [0u8; 8];
+        word[..len].copy_from_slice(&bytes[at..at + len]);
+        u64::from_ne_bytes(word)
+    };
+    let (depth, flags, hash) = (field(4, 2) as u16, field(6, 2) as u16, field(8, 8));
+    let inconsistent = DecodeError::Stack { depth, flags };
+    if depth == 0 || usize::from(depth) > MAX_STACK_DEPTH || flags & !STACK_UNSAMPLED != 0 {
+        return Err(inconsistent);
     }
-    // SAFETY: the length is checked above; Event is plain integers, valid for
-    // any bit pattern, and read_unaligned needs no alignment.
-    Ok(unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() })
+    let record = StackRecord {
+        hash,
+        sampled: flags & STACK_UNSAMPLED == 0,
+        frames: &bytes[FRAMES_OFFSET..FRAMES_OFFSET + 8 * usize::from(depth)],
+    };
+    if record
+        .frames()
+        .fold(stack_hash_seed(flags), stack_hash_step)
+        != hash
+    {
+        return Err(inconsistent);
+    }
+    Ok(record)
+}
+
+fn check_length(bytes: &[u8], expected: usize) -> Result<(), DecodeError> {
+    if bytes.len() == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::Length {
+            len: bytes.len(),
+            expected,
+        })
+    }
+}
+
+/// Reads a wire struct of exactly `bytes.len()` bytes.
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    check_length(bytes, size_of::<T>())?;
+    // SAFETY: the length is checked above; the wire types are plain integers,
+    // valid for any bit pattern, and read_unaligned needs no alignment.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// The bytes the kernel writes for a stack record of `frames`.
+#[cfg(test)]
+pub(crate) fn stack_record_bytes(frames: &[u64], flags: u16) -> Vec<u8> {
+    let mut bytes = vec![0u8; size_of::<StackEvent>()];
+    bytes[..4].copy_from_slice(&kind::STACK.to_ne_bytes());
+    bytes[4..6].copy_from_slice(&(frames.len() as u16).to_ne_bytes());
+    bytes[6..8].copy_from_slice(&flags.to_ne_bytes());
+    let hash = profiler_common::stack_hash(flags, frames);
+    bytes[8..16].copy_from_slice(&hash.to_ne_bytes());
+    for (i, frame) in frames.iter().enumerate() {
+        let at = FRAMES_OFFSET + 8 * i;
+        bytes[at..at + 8].copy_from_slice(&frame.to_ne_bytes());
+    }
+    bytes
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes_of(event: &Event) -> Vec<u8> {
-        // SAFETY: test helper viewing a repr(C) integer struct as bytes.
-        unsafe { std::slice::from_raw_parts((event as *const Event).cast::<u8>(), RECORD_SIZE) }
-            .to_vec()
-    }
-
-    #[test]
-    fn decodes_an_allocation() {
-        let raw = Event {
-            kind: kind::ALLOC,
-            tgid: 10,
-            tid: 11,
-            stack_id: 7,
-            ptr: 0x1000,
-            size: 64,
-            caller: 0x4011,
-            ktime_ns: 99,
-        };
-        let expected = HeapEvent::Alloc {
-            task: Task { tgid: 10, tid: 11 },
-            ptr: 0x1000,
-            size: 64,
-            site: RawSite {
-                stack_id: 7,
-                caller: 0x4011,
-            },
-            time_ns: 99,
-        };
-        assert_eq!(decode(&bytes_of(&raw)), Ok(expected));
-    }
-
-    #[test]
-    fn decodes_lifecycle_records() {
-        let fork = Event {
-            kind: kind::FORK,
-            tgid: 20,
-            ptr: 10,
-            ..Event::default()
-        };
-        assert_eq!(
-            decode(&bytes_of(&fork)),
-            Ok(HeapEvent::Fork {
-                child: 20,
-                parent: 10
-            })
-        );
-        let exit = Event {
-            kind: kind::EXIT,
-            tgid: 20,
-            ..Event::default()
-        };
-        assert_eq!(decode(&bytes_of(&exit)), Ok(HeapEvent::Exit { tgid: 20 }));
-    }
-
-    #[test]
-    fn rejects_wrong_lengths_and_kinds() {
-        let raw = Event {
-            kind: 99,
-            ..Event::default()
-        };
-        let bytes = bytes_of(&raw);
-        assert_eq!(decode(&bytes), Err(DecodeError::Kind { kind: 99 }));
-        assert_eq!(
-            decode(&bytes[..RECORD_SIZE - 1]),
-            Err(DecodeError::Length {
-                len: RECORD_SIZE - 1
-            })
-        );
-        assert_eq!(decode(&[]), Err(DecodeError::Length { len: 0 }));
-    }
-}
+#[path = "events_tests.rs"]
+mod tests;

@@ -12,11 +12,8 @@ fn task(tid: u32) -> Task {
     Task { tgid: TGID, tid }
 }
 
-fn site(caller: u64) -> RawSite {
-    RawSite {
-        stack_id: 1,
-        caller,
-    }
+fn site(stack: u64) -> RawSite {
+    RawSite { stack }
 }
 
 fn alloc(tid: u32, ptr: u64, size: u64) -> HeapEvent {
@@ -144,7 +141,7 @@ fn sites_are_kept_apart() {
     let mut live: Vec<_> = p
         .sites()
         .iter()
-        .map(|s| (s.site.caller, s.live_bytes))
+        .map(|s| (s.site.stack, s.live_bytes))
         .collect();
     live.sort_unstable();
     assert_eq!(live, vec![(1, 10), (2, 20)]);

@@ -3,7 +3,6 @@
 
 use std::{fs, io, num::NonZeroU32, path::PathBuf};
 
-use aya::maps::{MapData, StackTraceMap};
 use profiler_common::Counter;
 use thiserror::Error;
 
@@ -97,16 +96,14 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
         stack_sample: args.stack_sample,
     })?;
     let mut reader = probes.reader()?;
-    let stack_map = probes.stacks()?;
     child.release().map_err(spawn_error)?;
     delegate_signals();
     let mut recording = Recording::new(args.follow_forks);
-    let status = run(&mut recording, &mut child, &mut reader, &stack_map).map_err(|source| {
-        RecordError::Trace {
+    let status =
+        run(&mut recording, &mut child, &mut reader).map_err(|source| RecordError::Trace {
             command: name.clone(),
             source,
-        }
-    })?;
+        })?;
     let counters = probes.counters()?;
     let allocator = Allocator {
         library: probes.libc().display().to_string(),
@@ -153,13 +150,12 @@ fn run(
     recording: &mut Recording,
     child: &mut HeldChild,
     reader: &mut EventReader,
-    stack_map: &StackTraceMap<MapData>,
 ) -> io::Result<CommandStatus> {
     loop {
-        recording.pump(reader, stack_map)?;
+        recording.pump(reader)?;
         child.forward_signals();
         if let Some(status) = child.try_wait()? {
-            recording.drain(reader, stack_map);
+            recording.drain(reader);
             return Ok(status);
         }
     }
@@ -204,7 +200,6 @@ fn into_report(
         processes,
         lost_records: counters[Counter::RingbufFull as usize],
         unpaired_calls: counters[Counter::InflightFull as usize],
-        stack_failures: counters[Counter::StackFailed as usize],
         malformed_records: recording.malformed,
     }
 }

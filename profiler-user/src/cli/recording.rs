@@ -4,13 +4,11 @@
 
 use std::{collections::HashMap, io, time::Duration};
 
-use aya::maps::{MapData, StackTraceMap};
-
 use crate::{
-    events::{HeapEvent, decode},
+    events::{HeapEvent, Record, decode},
     probes::EventReader,
     report::{ProcessReport, SiteReport},
-    stacks::{SiteResolver, StackStatus, Symbols},
+    stacks::{SiteResolver, StackStatus, StackTable, Symbols},
     tracker::{EndReason, HeldSite, ProcessState, Tracker, TrackerConfig},
 };
 
@@ -44,6 +42,7 @@ pub struct Recording {
     pub exited: HashMap<u32, ProcessState>,
     /// Records that could not be decoded.
     pub malformed: u64,
+    stacks: StackTable,
     sites: SiteResolver,
 }
 
@@ -57,29 +56,30 @@ impl Recording {
             }),
             exited: HashMap::new(),
             malformed: 0,
+            stacks: StackTable::new(),
             sites: SiteResolver::new(),
         }
     }
 
     /// Waits for the kernel's wakeup (or the poll interval) and applies every record.
-    pub fn pump(
-        &mut self,
-        reader: &mut EventReader,
-        stack_map: &StackTraceMap<MapData>,
-    ) -> io::Result<()> {
+    pub fn pump(&mut self, reader: &mut EventReader) -> io::Result<()> {
         reader.wait(POLL_INTERVAL)?;
-        self.drain(reader, stack_map);
+        self.drain(reader);
         Ok(())
     }
 
     /// Applies every record waiting in the ring buffer.
-    pub fn drain(&mut self, reader: &mut EventReader, stack_map: &StackTraceMap<MapData>) {
-        reader.drain(|bytes| self.apply(bytes, stack_map));
+    pub fn drain(&mut self, reader: &mut EventReader) {
+        reader.drain(|bytes| self.apply(bytes));
     }
 
-    fn apply(&mut self, bytes: &[u8], stack_map: &StackTraceMap<MapData>) {
+    fn apply(&mut self, bytes: &[u8]) {
         let event = match decode(bytes) {
-            Ok(event) => event,
+            Ok(Record::Heap(event)) => event,
+            Ok(Record::Stack(stack)) => {
+                self.stacks.insert(&stack);
+                return;
+            }
             Err(_) => {
                 self.malformed += 1;
                 return;
@@ -87,7 +87,8 @@ impl Recording {
         };
         match event {
             HeapEvent::Alloc { task, site, .. } => {
-                self.sites.observe(task.tgid, site, stack_map);
+                let raw = self.stacks.get(site.stack).map(|raw| &**raw);
+                self.sites.observe(task.tgid, site, raw);
             }
             HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
             HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),
@@ -129,7 +130,7 @@ impl Recording {
         let site = held.stats.site;
         match self.sites.stack(pid, site) {
             Some(stack) => SiteReport::new(&held.stats, symbols.symbolize(&stack), stack.status),
-            None => SiteReport::new(&held.stats, Vec::new(), StackStatus::of(site.stack_id)),
+            None => SiteReport::new(&held.stats, Vec::new(), StackStatus::NotCaptured),
         }
     }
 }

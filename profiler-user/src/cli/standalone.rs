@@ -73,7 +73,6 @@ pub fn trace_snapshot(
         stack_sample: 1,
     })?;
     let mut reader = probes.reader()?;
-    let stack_map = probes.stacks()?;
     stop_on_signals();
     let read_error = |source| TraceError::Read {
         pid: pid.get(),
@@ -85,11 +84,9 @@ pub fn trace_snapshot(
         && !recording.exited.contains_key(&pid.get())
         && !stop_requested()
     {
-        recording
-            .pump(&mut reader, &stack_map)
-            .map_err(read_error)?;
+        recording.pump(&mut reader).map_err(read_error)?;
     }
-    recording.drain(&mut reader, &stack_map);
+    recording.drain(&mut reader);
     let traced = started.elapsed();
     let now = monotonic_ns();
     let selection = SiteSelection {

@@ -62,8 +62,8 @@ pub struct SelfFigures {
     pub tracked_processes: u64,
     /// Approximate memory the tracker takes.
     pub tracker_memory_bytes: u64,
-    /// Ids of the kernel's stack map used by live processes.
-    pub stack_ids_in_use: u64,
+    /// User stacks held for the sites of live processes.
+    pub stacks_held: u64,
 }
 
 /// The registry and its metric families.
@@ -87,7 +87,7 @@ pub struct Metrics {
     malformed_records: IntCounterVec,
     tracked_processes: IntGauge,
     tracker_memory_bytes: IntGauge,
-    stack_ids_in_use: IntGauge,
+    stacks_held: IntGauge,
 }
 
 impl Metrics {
@@ -201,9 +201,9 @@ impl Metrics {
                 "heapwatch_tracker_memory_bytes",
                 "Approximate memory of the tracker's state.",
             )?,
-            stack_ids_in_use: gauge(
-                "heapwatch_stack_ids_in_use",
-                "Stacks kept in the kernel's stack map for live processes (those of processes gone are removed).",
+            stacks_held: gauge(
+                "heapwatch_stacks_held",
+                "User stacks held for allocation sites (those only processes gone used are dropped).",
             )?,
             registry,
             update: Mutex::new(()),
@@ -223,7 +223,7 @@ impl Metrics {
         self.tracked_processes.set(saturate(own.tracked_processes));
         self.tracker_memory_bytes
             .set(saturate(own.tracker_memory_bytes));
-        self.stack_ids_in_use.set(saturate(own.stack_ids_in_use));
+        self.stacks_held.set(saturate(own.stacks_held));
     }
 
     fn update_processes(&self, rows: &[ProcessRow]) {

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, StackTraceMap},
+    maps::{MapData, PerCpuArray},
     programs::{
         ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
@@ -302,10 +302,12 @@ impl Probes {
         EventReader::new(take_map(&mut self.ebpf, "EVENTS")?)
     }
 
-    /// Takes the stack-trace map (once).
-    pub fn stacks(&mut self) -> Result<StackTraceMap<aya::maps::MapData>, ProbeError> {
-        let map = take_map(&mut self.ebpf, "STACKS")?;
-        StackTraceMap::try_from(map).map_err(|source| map_error("STACKS", source))
+    /// Takes the kernel's set of stacks sent (once).
+    pub fn known_stacks(&mut self) -> Result<KnownStacks, ProbeError> {
+        let map = take_map(&mut self.ebpf, "KNOWN_STACKS")?;
+        let hashes = aya::maps::HashMap::try_from(map)
+            .map_err(|source| map_error("KNOWN_STACKS", source))?;
+        Ok(KnownStacks { hashes })
     }
 
     /// Kernel-side drop counters, summed over CPUs, in [`Counter::ALL`] order.
@@ -520,6 +522,22 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
             "/heapwatch"
         )))
         .map_err(|e| ProbeError::Load(Box::new(e)))
+}
+
+/// The hashes of the stacks the kernel has sent: it sends a stack whose hash
+/// is not here (and adds it).
+pub struct KnownStacks {
+    hashes: aya::maps::HashMap<MapData, u64, u8>,
+}
+
+impl KnownStacks {
+    /// Makes the kernel send these stacks again when next seen.
+    pub fn forget(&mut self, hashes: &[u64]) {
+        for hash in hashes {
+            // A hash the kernel no longer holds (evicted) is forgotten already.
+            let _ = self.hashes.remove(hash);
+        }
+    }
 }
 
 /// Record layouts of the tracepoints, read from this kernel's tracefs.

@@ -33,8 +33,6 @@ pub struct RecordReport {
     pub lost_records: u64,
     /// Allocations whose entry could not be paired with their return (in-flight map full).
     pub unpaired_calls: u64,
-    /// Allocations whose stack could not be captured.
-    pub stack_failures: u64,
     /// Records that could not be decoded.
     pub malformed_records: u64,
 }
@@ -261,7 +259,6 @@ pub fn render_text(report: &RecordReport, top: usize) -> String {
             "allocations unpaired (in-flight map full): the figures above are inexact",
         ),
         (report.malformed_records, "malformed records ignored"),
-        (report.stack_failures, "allocation stacks not captured"),
     ] {
         if count > 0 {
             let _ = writeln!(out, "=={tag}== heapwatch: {} {what}", thousands(count));
@@ -339,19 +336,19 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
         let _ = writeln!(out, "{tag}    {lead} {}", describe(frame));
     }
     match (site.stack.is_empty(), site.stack_status) {
+        (true, StackStatus::NotCaptured) => {
+            let _ = writeln!(
+                out,
+                "{tag}    (stack lost: the ring buffer was full when it was first seen)"
+            );
+        }
         (true, _) => {
             let _ = writeln!(out, "{tag}    (no stack captured)");
         }
         (false, StackStatus::Unsampled) => {
             let _ = writeln!(out, "{tag}    (callers not sampled: --stack-sample)");
         }
-        (false, StackStatus::NotCaptured) => {
-            let _ = writeln!(
-                out,
-                "{tag}    (callers not captured: the kernel's stack map was full)"
-            );
-        }
-        (false, StackStatus::Full) => {}
+        (false, _) => {}
     }
     let _ = writeln!(out, "{tag}");
 }
@@ -425,7 +422,6 @@ mod tests {
             processes,
             lost_records: 0,
             unpaired_calls: 0,
-            stack_failures: 0,
             malformed_records: 0,
         }
     }
@@ -477,7 +473,10 @@ mod tests {
             live_blocks: 2,
             allocs: 2,
             bytes_allocated: 2048,
-            stack: vec![frame("leak_step", 33)],
+            stack: match status {
+                StackStatus::NotCaptured => Vec::new(),
+                _ => vec![frame("leak_step", 33)],
+            },
             stack_status: status,
             oldest_age_secs: Some(61.4),
             growth_bytes_per_sec: growth,
@@ -504,7 +503,7 @@ mod tests {
             "==42==     in use now: 16,000 bytes in 4 blocks\n",
             "==42== 2,048 bytes in 2 blocks still in use now (oldest 61 s old) (growing 10240 B/s) [LEAK SUSPECT], allocated at:\n",
             "==42==    at 0x1136: leak_step (leak.c:33)\n==42==    (callers not sampled: --stack-sample)\n",
-            "(callers not captured: the kernel's stack map was full)\n",
+            "(stack lost: the ring buffer was full when it was first seen)\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

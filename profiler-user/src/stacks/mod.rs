@@ -6,17 +6,20 @@ mod maps;
 mod service;
 mod symbols;
 
-use std::{collections::HashMap, fs, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::Path,
+    sync::Arc,
+};
 
-use aya::maps::{MapData, StackTraceMap};
-use profiler_common::STACK_UNSAMPLED;
 use serde::{Deserialize, Serialize};
 
 pub use maps::{Location, Mapping, normalize, parse_maps};
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
 
-use crate::events::RawSite;
+use crate::events::{RawSite, StackRecord};
 
 /// One frame of an allocation stack, normalized while its process lived.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,20 +39,9 @@ pub enum StackStatus {
     Full,
     /// Only the immediate caller: the stack was not sampled (`--stack-sample`).
     Unsampled,
-    /// Only the immediate caller: the kernel could not capture the stack
-    /// (stack map full or a hash collision; counted in `stack_failed`).
+    /// Nothing: the record of its stack was lost (ring buffer full, counted
+    /// in `heapwatch_events_lost_total`).
     NotCaptured,
-}
-
-impl StackStatus {
-    /// What a raw site's stack id says about its stack.
-    pub fn of(stack_id: i32) -> Self {
-        match stack_id {
-            STACK_UNSAMPLED => Self::Unsampled,
-            id if id < 0 => Self::NotCaptured,
-            _ => Self::Full,
-        }
-    }
 }
 
 /// The normalized stack of one allocation site.
@@ -61,22 +53,72 @@ pub struct Stack {
     pub status: StackStatus,
 }
 
-/// The user stack of an allocation: the immediate caller first, then the
-/// frame-pointer walk without its first entry (the allocator itself).
-///
-/// At the allocator's entry the walk starts from the caller's frame and so
-/// misses the caller; the return address read at the stack pointer supplies
-/// it. Kernels that fix this up themselves repeat it, which is dropped.
-pub fn compose_stack(caller: u64, walked: &[u64]) -> Vec<u64> {
-    let rest = walked.get(1..).unwrap_or_default();
-    let rest = match rest.first() {
-        Some(&first) if first == caller => &rest[1..],
-        _ => rest,
-    };
-    std::iter::once(caller)
-        .filter(|&a| a != 0)
-        .chain(rest.iter().copied())
-        .collect()
+/// A user stack as the kernel walked it: return addresses, immediate caller first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    /// Return addresses, immediate caller first.
+    pub frames: Box<[u64]>,
+    /// [`StackStatus::Full`] or [`StackStatus::Unsampled`].
+    pub status: StackStatus,
+}
+
+/// The stacks the kernel has sent, by hash. The kernel sends each once, and
+/// again only once its hash is taken out of its set of stacks sent.
+#[derive(Default)]
+pub struct StackTable {
+    stacks: HashMap<u64, Arc<RawStack>>,
+    /// Forgotten by the kernel at the last [`StackTable::retire`]; dropped at
+    /// the next unless used again. An allocation record already in the ring
+    /// buffer when the kernel forgot its stack still finds it.
+    retiring: HashSet<u64>,
+}
+
+impl StackTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps a stack the kernel sent; one already known is left as it is
+    /// (and is no longer retiring: the kernel knows it again).
+    pub fn insert(&mut self, record: &StackRecord<'_>) {
+        self.retiring.remove(&record.hash);
+        self.stacks.entry(record.hash).or_insert_with(|| {
+            Arc::new(RawStack {
+                frames: record.frames().collect(),
+                status: if record.sampled {
+                    StackStatus::Full
+                } else {
+                    StackStatus::Unsampled
+                },
+            })
+        });
+    }
+
+    /// The stack with this hash, if its record arrived.
+    pub fn get(&self, hash: u64) -> Option<&Arc<RawStack>> {
+        self.stacks.get(&hash)
+    }
+
+    /// Drops the stacks retired at the last call that `in_use` does not
+    /// hold, and retires `unused`: returns them, for the kernel to forget.
+    pub fn retire(&mut self, unused: HashSet<u64>, in_use: &HashSet<u64>) -> Vec<u64> {
+        for hash in self.retiring.difference(in_use) {
+            self.stacks.remove(hash);
+        }
+        self.retiring = unused;
+        self.retiring.iter().copied().collect()
+    }
+
+    /// Stacks held.
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    /// True when no stack is held.
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
 }
 
 /// A file as a path and an inode: one version of it.
@@ -96,32 +138,27 @@ impl SiteResolver {
         Self::default()
     }
 
-    /// The normalized stack of `site` of process `tgid`, normalized now if it is new.
-    pub fn observe(
-        &mut self,
-        tgid: u32,
-        site: RawSite,
-        stack_map: &StackTraceMap<MapData>,
-    ) -> Arc<Stack> {
+    /// The normalized stack of `site` of process `tgid` (`raw`: its stack as
+    /// the kernel sent it, if it arrived), normalized now if it is new.
+    pub fn observe(&mut self, tgid: u32, site: RawSite, raw: Option<&RawStack>) -> Arc<Stack> {
         if let Some(stack) = self.stacks.get(&(tgid, site)) {
             return Arc::clone(stack);
         }
-        let mut status = StackStatus::of(site.stack_id);
-        let walked: Vec<u64> = match u32::try_from(site.stack_id) {
-            Ok(id) => match stack_map.get(&id, 0) {
-                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
-                Err(_) => {
-                    status = StackStatus::NotCaptured;
-                    Vec::new()
-                }
+        let stack = match raw {
+            Some(raw) => Stack {
+                frames: raw
+                    .frames
+                    .iter()
+                    .map(|&address| self.frame(tgid, address))
+                    .collect(),
+                status: raw.status,
             },
-            Err(_) => Vec::new(),
+            None => Stack {
+                frames: Vec::new(),
+                status: StackStatus::NotCaptured,
+            },
         };
-        let frames = compose_stack(site.caller, &walked)
-            .into_iter()
-            .map(|address| self.frame(tgid, address))
-            .collect();
-        let stack = Arc::new(Stack { frames, status });
+        let stack = Arc::new(stack);
         self.stacks.insert((tgid, site), Arc::clone(&stack));
         stack
     }
@@ -182,27 +219,66 @@ pub fn read_build_id(path: &Path) -> Option<Arc<[u8]>> {
 
 #[cfg(test)]
 mod tests {
-    use super::compose_stack;
+    use profiler_common::{STACK_UNSAMPLED, stack_hash};
 
-    #[test]
-    fn caller_comes_first_and_the_allocator_frame_goes() {
-        assert_eq!(
-            compose_stack(0x10, &[0xa110c, 0x20, 0x30]),
-            vec![0x10, 0x20, 0x30]
-        );
+    use super::*;
+    use crate::events::{Record, decode, stack_record_bytes};
+
+    /// A stack record as the kernel writes it, decoded.
+    fn with_record(frames: &[u64], flags: u16, use_it: impl FnOnce(&StackRecord<'_>)) {
+        let bytes = stack_record_bytes(frames, flags);
+        let Ok(Record::Stack(record)) = decode(&bytes) else {
+            panic!("not a stack record");
+        };
+        use_it(&record);
     }
 
     #[test]
-    fn a_caller_the_kernel_already_found_is_not_repeated() {
+    fn keeps_each_stack_once_with_its_status() {
+        let mut table = StackTable::new();
+        with_record(&[0x10, 0x20], 0, |r| table.insert(r));
+        with_record(&[0x10, 0x20], 0, |r| table.insert(r));
+        with_record(&[0x10], STACK_UNSAMPLED, |r| table.insert(r));
+        assert_eq!(table.len(), 2);
+        let full = table.get(stack_hash(0, &[0x10, 0x20])).expect("kept");
         assert_eq!(
-            compose_stack(0x10, &[0xa110c, 0x10, 0x20]),
-            vec![0x10, 0x20]
+            (&*full.frames, full.status),
+            (&[0x10, 0x20][..], StackStatus::Full)
         );
+        let caller = table
+            .get(stack_hash(STACK_UNSAMPLED, &[0x10]))
+            .expect("kept");
+        assert_eq!(caller.status, StackStatus::Unsampled);
+        assert!(table.get(1).is_none());
     }
 
     #[test]
-    fn missing_pieces_leave_what_is_known() {
-        assert_eq!(compose_stack(0x10, &[]), vec![0x10]);
-        assert_eq!(compose_stack(0, &[0xa110c, 0x20]), vec![0x20]);
+    fn a_retired_stack_lasts_one_more_round_and_comes_back_when_resent() {
+        let mut table = StackTable::new();
+        let (a, b) = (stack_hash(0, &[0xa]), stack_hash(0, &[0xb]));
+        with_record(&[0xa], 0, |r| table.insert(r));
+        with_record(&[0xb], 0, |r| table.insert(r));
+        let nothing_used = HashSet::new();
+        let mut forgotten = table.retire(HashSet::from([a, b]), &nothing_used);
+        forgotten.sort_unstable();
+        let mut both = vec![a, b];
+        both.sort_unstable();
+        assert_eq!(forgotten, both, "the kernel forgets both");
+        assert_eq!(table.len(), 2, "records in flight still find them");
+        with_record(&[0xb], 0, |r| table.insert(r));
+        assert!(table.retire(HashSet::new(), &nothing_used).is_empty());
+        assert!(table.get(a).is_none(), "dropped a round later");
+        assert!(table.get(b).is_some(), "sent again, so the kernel knows it");
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_retired_stack_used_again_stays() {
+        let mut table = StackTable::new();
+        let a = stack_hash(0, &[0xa]);
+        with_record(&[0xa], 0, |r| table.insert(r));
+        table.retire(HashSet::from([a]), &HashSet::new());
+        table.retire(HashSet::new(), &HashSet::from([a]));
+        assert!(table.get(a).is_some());
     }
 }

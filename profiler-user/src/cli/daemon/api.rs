@@ -3,12 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use aya::maps::{MapData, StackTraceMap};
 use serde_json::json;
 
 use super::DaemonState;
 use crate::{
     api::{Reply, Request, authorize},
+    probes::KnownStacks,
     procinfo::{ProcessLabels, is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteReport},
     stacks::{SiteResolver, SymbolService},
@@ -18,8 +18,8 @@ use crate::{
 pub struct ApiSource {
     /// The daemon's state.
     pub state: Arc<Mutex<DaemonState>>,
-    /// The kernel's stack-trace map.
-    pub stacks: Mutex<StackTraceMap<MapData>>,
+    /// The kernel's set of stacks sent.
+    pub known_stacks: Mutex<KnownStacks>,
     /// The symbolizer thread and its cache.
     pub symbols: SymbolService,
 }
@@ -58,16 +58,12 @@ impl ApiSource {
         }
     }
 
-    /// Removes stacks from the kernel's map. The caller holds the state's
-    /// lock from the tick that found them unused, so no event applied in
-    /// between can start using one. A record still in the ring buffer may;
-    /// its process's next allocation with that stack puts it back.
-    pub fn remove_stacks(&self, ids: &[u32]) {
-        let mut stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            // An id the kernel no longer holds is gone already.
-            let _ = stack_map.remove(id);
-        }
+    /// Makes the kernel forget stacks, so that it sends them again when next
+    /// seen. The caller holds the state's lock from the tick that found them
+    /// unused, so no event applied in between can start using one.
+    pub fn forget_stacks(&self, hashes: &[u64]) {
+        let mut known = self.known_stacks.lock().unwrap_or_else(|e| e.into_inner());
+        known.forget(hashes);
     }
 
     fn health(&self) -> Reply {
@@ -108,7 +104,7 @@ impl ApiSource {
             return Err(format!("process {pid} is a kernel thread: it has no heap"));
         }
         let now = monotonic_ns();
-        let (mut report, sites) = {
+        let (mut report, sites, raw_stacks) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let not_seen = || {
                 format!(
@@ -119,19 +115,25 @@ impl ApiSource {
                 .snapshot_sites(pid, now, query.min_age_ns, query.top)
                 .ok_or_else(not_seen)?;
             let process = state.tracker.process(pid).ok_or_else(not_seen)?;
-            (ProcessReport::summary(pid, process, false), sites)
+            let raw_stacks: Vec<_> = sites
+                .iter()
+                .map(|site| state.stacks.get(site.held.stats.site.stack).cloned())
+                .collect();
+            (
+                ProcessReport::summary(pid, process, false),
+                sites,
+                raw_stacks,
+            )
         };
         if query.min_age_ns > 0 {
             report.only_older_than_secs = Some(query.min_age_ns as f64 / 1e9);
         }
         let mut resolver = SiteResolver::new();
-        let stacks: Vec<_> = {
-            let stack_map = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
-            sites
-                .iter()
-                .map(|site| resolver.observe(pid, site.held.stats.site, &stack_map))
-                .collect()
-        };
+        let stacks: Vec<_> = sites
+            .iter()
+            .zip(&raw_stacks)
+            .map(|(site, raw)| resolver.observe(pid, site.held.stats.site, raw.as_deref()))
+            .collect();
         let symbolized = self
             .symbols
             .symbolize(stacks.clone())

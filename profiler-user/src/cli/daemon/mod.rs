@@ -123,7 +123,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     )));
     let api_source = Arc::new(api::ApiSource {
         state: Arc::clone(&state),
-        stacks: Mutex::new(probes.stacks()?),
+        known_stacks: Mutex::new(probes.known_stacks()?),
         symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -284,7 +284,6 @@ fn tick(api_source: &api::ApiSource, probes: &Probes, metrics: &Metrics, top: us
         Ok(c) => KernelCounts {
             ringbuf_full: c[Counter::RingbufFull as usize],
             inflight_full: c[Counter::InflightFull as usize],
-            stack_failed: c[Counter::StackFailed as usize],
             targets_full: c[Counter::TargetsFull as usize],
         },
         Err(err) => {
@@ -295,7 +294,7 @@ fn tick(api_source: &api::ApiSource, probes: &Probes, metrics: &Metrics, top: us
     let (rows, own) = {
         let mut state = api_source.state.lock().unwrap_or_else(|e| e.into_inner());
         let figures = state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read);
-        api_source.remove_stacks(&state.take_unused_stacks());
+        api_source.forget_stacks(&state.take_unused_stacks());
         figures
     };
     metrics.update(&rows, &own);

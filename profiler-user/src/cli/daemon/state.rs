@@ -4,10 +4,11 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    events::{HeapEvent, decode},
+    events::{HeapEvent, Record, decode},
     leaks::LeakDetector,
     metrics::{ProcessRow, SelfFigures, bounded_rows},
     procinfo::ProcessLabels,
+    stacks::StackTable,
     tracker::{HeldSite, ProcessState, Tracker},
 };
 
@@ -28,10 +29,12 @@ pub struct DaemonState {
     pub tracker: Tracker,
     /// Per-site histories for the leak rule.
     pub detector: LeakDetector,
-    /// Stack ids of the sites of processes gone since the last tick.
-    gone_stacks: HashSet<u32>,
+    /// The stacks the kernel has sent.
+    pub stacks: StackTable,
+    /// Stack hashes of the sites of processes gone since the last tick.
+    gone_stacks: HashSet<u64>,
     /// Of those, the ones no live process used at the last tick.
-    unused_stacks: Vec<u32>,
+    unused_stacks: Vec<u64>,
     labels: HashMap<u32, ProcessLabels>,
     events: [u64; EVENT_KINDS.len()],
     malformed: u64,
@@ -45,6 +48,7 @@ impl DaemonState {
         Self {
             tracker,
             detector,
+            stacks: StackTable::new(),
             gone_stacks: HashSet::new(),
             unused_stacks: Vec::new(),
             labels: HashMap::new(),
@@ -58,7 +62,8 @@ impl DaemonState {
     /// Decodes and applies one ring-buffer record.
     pub fn apply_record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
-            Ok(event) => self.apply(&event),
+            Ok(Record::Heap(event)) => self.apply(&event),
+            Ok(Record::Stack(stack)) => self.stacks.insert(&stack),
             Err(_) => self.malformed += 1,
         }
     }
@@ -67,7 +72,7 @@ impl DaemonState {
     pub fn apply(&mut self, event: &HeapEvent) {
         self.events[kind_index(event)] += 1;
         if let Some(finished) = self.tracker.apply(event) {
-            self.gone_stacks.extend(stack_ids([&finished.state]));
+            self.gone_stacks.extend(stack_hashes([&finished.state]));
             let counters = finished.state.counters();
             self.unmatched_gone += counters.unmatched_frees;
             self.refused_gone += counters.refused_blocks;
@@ -109,10 +114,11 @@ impl DaemonState {
             row.comm.clone_from(&cached.comm);
             row.unit.clone_from(&cached.unit);
         }
-        let in_use = stack_ids(self.tracker.processes().map(|(_, state)| state));
-        self.unused_stacks = self.gone_stacks.difference(&in_use).copied().collect();
+        let in_use = stack_hashes(self.tracker.processes().map(|(_, state)| state));
+        let unused = self.gone_stacks.difference(&in_use).copied().collect();
+        self.unused_stacks = self.stacks.retire(unused, &in_use);
         self.gone_stacks.clear();
-        (shown, self.own_figures(kernel, in_use.len()))
+        (shown, self.own_figures(kernel))
     }
 
     /// The sites of process `tgid` a snapshot shows, largest first, at most
@@ -147,15 +153,15 @@ impl DaemonState {
         Some(sites)
     }
 
-    /// The stack ids of processes gone that no live process used at the last
-    /// tick: remove them from the kernel's map, with this state still locked
-    /// (every new process brings stacks of its own, and the map never forgets
-    /// one by itself).
-    pub fn take_unused_stacks(&mut self) -> Vec<u32> {
+    /// The stack hashes of processes gone that no live process used at the
+    /// last tick: the kernel is to forget them, with this state still locked
+    /// (every new process brings stacks of its own). Dropped from
+    /// [`Self::stacks`] a tick later.
+    pub fn take_unused_stacks(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.unused_stacks)
     }
 
-    fn own_figures(&self, kernel: &KernelCounts, stack_ids_in_use: usize) -> SelfFigures {
+    fn own_figures(&self, kernel: &KernelCounts) -> SelfFigures {
         let live = self.tracker.processes().map(|(_, s)| s.counters());
         let (unmatched, refused) = live
             .fold((self.unmatched_gone, self.refused_gone), |(u, r), c| {
@@ -166,7 +172,6 @@ impl DaemonState {
             events_lost: kernel.ringbuf_full,
             kernel_drops: vec![
                 ("inflight_full", kernel.inflight_full),
-                ("stack_failed", kernel.stack_failed),
                 ("targets_full", kernel.targets_full),
             ],
             unmatched_frees: unmatched,
@@ -174,7 +179,7 @@ impl DaemonState {
             malformed_records: self.malformed,
             tracked_processes: self.tracker.processes().count() as u64,
             tracker_memory_bytes: self.tracker.memory_bytes(),
-            stack_ids_in_use: stack_ids_in_use as u64,
+            stacks_held: self.stacks.len() as u64,
         }
     }
 }
@@ -197,18 +202,16 @@ pub struct KernelCounts {
     pub ringbuf_full: u64,
     /// Calls not paired: in-flight map full.
     pub inflight_full: u64,
-    /// Stacks not captured.
-    pub stack_failed: u64,
     /// Children not added to the target map.
     pub targets_full: u64,
 }
 
-/// The kernel stack ids (captured stacks only) of these processes' sites.
-fn stack_ids<'a>(states: impl IntoIterator<Item = &'a ProcessState>) -> HashSet<u32> {
+/// The stack hashes of these processes' sites.
+fn stack_hashes<'a>(states: impl IntoIterator<Item = &'a ProcessState>) -> HashSet<u64> {
     states
         .into_iter()
         .flat_map(ProcessState::sites)
-        .filter_map(|site| u32::try_from(site.site.stack_id).ok())
+        .map(|site| site.site.stack)
         .collect()
 }
 
@@ -271,7 +274,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        events::{RawSite, Task},
+        events::{RawSite, Task, stack_record_bytes},
         leaks::LeakConfig,
         tracker::TrackerConfig,
     };
@@ -290,15 +293,12 @@ mod tests {
         )
     }
 
-    fn alloc(tgid: u32, ptr: u64, caller: u64, time_ns: u64) -> HeapEvent {
+    fn alloc(tgid: u32, ptr: u64, stack: u64, time_ns: u64) -> HeapEvent {
         HeapEvent::Alloc {
             task: Task { tgid, tid: tgid },
             ptr,
             size: 100,
-            site: RawSite {
-                stack_id: 1,
-                caller,
-            },
+            site: RawSite { stack },
             time_ns,
         }
     }
@@ -351,7 +351,7 @@ mod tests {
             .iter()
             .map(|site| {
                 (
-                    site.held.stats.site.caller,
+                    site.held.stats.site.stack,
                     site.held.stats.live_bytes,
                     site.held.oldest_ns,
                 )
@@ -369,7 +369,7 @@ mod tests {
             .iter()
             .map(|site| {
                 (
-                    site.held.stats.site.caller,
+                    site.held.stats.site.stack,
                     site.held.stats.live_bytes,
                     site.held.stats.live_blocks,
                 )
@@ -393,38 +393,47 @@ mod tests {
             }),
             LeakDetector::new(LeakConfig::default()),
         );
-        let alloc_with = |tgid, ptr, stack_id| HeapEvent::Alloc {
+        let alloc_with = |tgid, ptr, stack| HeapEvent::Alloc {
             task: Task { tgid, tid: tgid },
             ptr,
             size: 8,
-            site: RawSite {
-                stack_id,
-                caller: 0x1,
-            },
+            site: RawSite { stack },
             time_ns: 0,
         };
-        s.apply(&alloc_with(10, 0x10, 7));
-        s.apply(&alloc_with(10, 0x20, 8));
-        s.apply(&alloc_with(10, 0x30, -17));
-        s.apply(&alloc_with(20, 0x10, 7));
+        let stack = |frame: u64| profiler_common::stack_hash(0, &[frame]);
+        for frame in [7, 8, 9] {
+            s.apply_record(&stack_record_bytes(&[frame], 0));
+        }
+        s.apply(&alloc_with(10, 0x10, stack(7)));
+        s.apply(&alloc_with(10, 0x20, stack(8)));
+        s.apply(&alloc_with(20, 0x10, stack(7)));
+        s.apply(&alloc_with(20, 0x20, stack(9)));
         s.apply(&HeapEvent::Fork {
             child: 30,
             parent: 10,
         });
         let unused_at_tick = |s: &mut DaemonState| {
             let (_, own) = s.tick(SECOND, 10, &KernelCounts::default(), labels);
-            (s.take_unused_stacks(), own.stack_ids_in_use)
+            (s.take_unused_stacks(), own.stacks_held)
         };
         s.apply(&HeapEvent::Exit { tgid: 10 });
         assert_eq!(
             unused_at_tick(&mut s),
-            (vec![], 2),
-            "20 and 30 hold 7 and 8"
+            (vec![], 3),
+            "20 and 30 hold 7, 8 and 9"
         );
         s.apply(&HeapEvent::Exec { tgid: 30 });
-        assert_eq!(unused_at_tick(&mut s), (vec![8], 1), "20 still holds 7");
+        assert_eq!(
+            unused_at_tick(&mut s),
+            (vec![stack(8)], 3),
+            "20 still holds 7; 8 is kept a tick longer"
+        );
         s.apply(&HeapEvent::Exit { tgid: 20 });
-        assert_eq!(unused_at_tick(&mut s), (vec![7], 0));
+        let (mut unused, held) = unused_at_tick(&mut s);
+        unused.sort_unstable();
+        let mut expected = vec![stack(7), stack(9)];
+        expected.sort_unstable();
+        assert_eq!((unused, held), (expected, 2), "8 is gone");
         assert!(s.take_unused_stacks().is_empty(), "taken once");
     }
 
