@@ -151,6 +151,20 @@ pub struct OuterCall {
 }
 const _: () = assert!(size_of::<OuterCall>() == 16);
 
+/// One thread's allocator state, kept in the kernel's task-local storage
+/// (freed with the thread; found without a hash lookup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// The outermost allocator call in progress; `func` 0 when none is.
+    pub call: Pending,
+    /// The thread's pending C++ `operator new`; `sp` 0 when none is.
+    pub outer: OuterCall,
+    /// Non-zero once an allocation of this thread woke the reader in this image.
+    pub woke: u64,
+}
+const _: () = assert!(size_of::<ThreadState>() == 56);
+
 /// How far below `operator new`'s stack pointer its malloc call may start.
 pub const OUTER_CALL_MAX_FRAME: u64 = 512;
 
@@ -161,8 +175,9 @@ pub const OUTER_CALL_MAX_FRAME: u64 = 512;
 pub enum Counter {
     /// A record could not be reserved in the ring buffer: an event was lost.
     RingbufFull = 0,
-    /// The in-flight map was full: an allocation's entry could not be paired with its return.
-    InflightFull = 1,
+    /// A thread's state could not be kept (task storage refused it): an
+    /// allocation's entry could not be paired with its return.
+    Unpaired = 1,
     /// A process could not be added to the target map on fork.
     TargetsFull = 2,
 }
@@ -173,7 +188,7 @@ impl Counter {
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::RingbufFull,
-        Counter::InflightFull,
+        Counter::Unpaired,
         Counter::TargetsFull,
     ];
 }

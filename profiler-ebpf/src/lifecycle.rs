@@ -3,13 +3,13 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use profiler_common::{Counter, kind};
+use profiler_common::{Counter, ThreadState, kind};
 
 use crate::{
     filter::traced,
     maps::{
-        EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, INFLIGHT, NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET,
-        OUTER, TARGETS, count,
+        EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET, TARGETS,
+        THREADS, count,
     },
     record::emit,
     tgid_of,
@@ -17,22 +17,25 @@ use crate::{
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// sched_process_exec: the process's old image and heap are gone.
+/// sched_process_exec: the process's old image and heap are gone, and so is
+/// the state its one remaining thread kept for it.
 #[tracepoint]
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(thread) = THREADS.current(false) {
+        // SAFETY: the thread's own storage, valid for this run.
+        unsafe { *thread = ThreadState::default() };
+    }
     if traced(tgid_of(pid_tgid)) {
         emit(kind::EXEC, pid_tgid, 0);
     }
     0
 }
 
-/// sched_process_exit: drops the thread's pending call; reports the process's end.
+/// sched_process_exit: reports the process's end (a thread's state goes with the thread).
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let _ = INFLIGHT.remove(pid_tgid);
-    let _ = OUTER.remove(pid_tgid);
     let tgid = tgid_of(pid_tgid);
     if !group_dead(&ctx, pid_tgid) {
         return 0;

@@ -19,12 +19,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
-    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, func, kind, saturating_product,
+    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, ThreadState, func, kind, saturating_product,
 };
 
 use crate::{
     filter::traced,
-    maps::{INFLIGHT, OUTER, count},
+    maps::{THREADS, count},
     record::{emit, emit_alloc},
     site::site,
 };
@@ -86,8 +86,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     if ptr == 0 || !traced(tgid_of(pid_tgid)) {
         return 0;
     }
-    // SAFETY: a lookup only; the value is not dereferenced.
-    if unsafe { INFLIGHT.get(pid_tgid) }.is_some() {
+    if in_allocator() {
         return 0;
     }
     emit(kind::FREE, pid_tgid, ptr);
@@ -98,51 +97,75 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 /// malloc it makes. It is not counted itself; that malloc is.
 #[uprobe]
 pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(tgid_of(pid_tgid)) {
+    if !traced(tgid_of(bpf_get_current_pid_tgid())) {
         return 0;
     }
-    // SAFETY: a lookup only; the value is not dereferenced.
-    if unsafe { INFLIGHT.get(pid_tgid) }.is_some() {
+    let Some(thread) = THREADS.current(true) else {
         return 0;
-    }
-    let sp = stack_pointer(&ctx);
-    // operator new[] calls operator new: keep the outermost call site.
-    // SAFETY: the value is copied out.
-    if let Some(outer) = unsafe { OUTER.get(pid_tgid) }.copied()
-        && encloses(&outer, sp)
-    {
-        return 0;
-    }
-    let outer = OuterCall {
-        stack: site(&ctx),
-        sp,
     };
-    let _ = OUTER.insert(pid_tgid, outer, 0);
+    let sp = stack_pointer(&ctx);
+    // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
+    unsafe {
+        // operator new[] calls operator new: keep the outermost call site.
+        if (*thread).call.func != 0 || encloses(&(*thread).outer, sp) {
+            return 0;
+        }
+        (*thread).outer = OuterCall {
+            stack: site(&ctx),
+            sp,
+        };
+    }
     0
 }
 
 /// Return of every allocating function: emits the allocation of the outermost call.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid) else {
+    let Some(thread) = THREADS.current(false) else {
         return 0;
     };
-    // SAFETY: the map value stays valid for this program's run; only this thread writes it.
-    let pending = unsafe {
-        if (*slot).depth > 0 {
-            (*slot).depth -= 1;
+    // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
+    let (pending, first) = unsafe {
+        let call = &mut (*thread).call;
+        if call.func == 0 {
             return 0;
         }
-        *slot
+        if call.depth > 0 {
+            call.depth -= 1;
+            return 0;
+        }
+        let pending = *call;
+        call.func = 0;
+        (pending, first_allocation(thread))
     };
-    let _ = INFLIGHT.remove(pid_tgid);
-    finish_call(&ctx, pid_tgid, &pending);
+    finish_call(&ctx, bpf_get_current_pid_tgid(), &pending, first);
     0
 }
 
-fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending) {
+/// True for the thread's first allocation in this image: it wakes the reader
+/// at once, so that the reader reads the process's mappings while it lives.
+///
+/// # Safety
+///
+/// `thread` is the current thread's storage.
+unsafe fn first_allocation(thread: *mut ThreadState) -> bool {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let first = (*thread).woke == 0;
+        (*thread).woke = 1;
+        first
+    }
+}
+
+/// True inside an allocator call of this thread (glibc freeing for itself).
+fn in_allocator() -> bool {
+    // SAFETY: the thread's own storage, read only.
+    THREADS
+        .current(false)
+        .is_some_and(|thread| unsafe { (*thread).call.func != 0 })
+}
+
+fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending, first: bool) {
     let ret: u64 = ctx.ret();
     let ptr = match p.func {
         func::POSIX_MEMALIGN if ret as u32 == 0 => {
@@ -153,7 +176,7 @@ fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending) {
         _ => ret,
     };
     if ptr != 0 {
-        emit_alloc(pid_tgid, ptr, p.size, p.stack);
+        emit_alloc(pid_tgid, ptr, p.size, p.stack, first);
     } else if p.func == func::REALLOC && p.aux != 0 && p.size != 0 {
         emit(kind::REALLOC_FAIL, pid_tgid, p.aux);
     }
@@ -175,32 +198,37 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
     if !traced(tgid_of(pid_tgid)) {
         return None;
     }
-    if let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid) {
-        // SAFETY: the map value stays valid for this program's run; only this thread writes it.
-        unsafe { (*slot).depth += 1 };
+    let Some(thread) = THREADS.current(true) else {
+        count(Counter::Unpaired);
         return None;
-    }
-    let stack = outer_site(ctx, pid_tgid).unwrap_or_else(|| site(ctx));
-    let pending = Pending {
-        size,
-        aux,
-        stack,
-        func,
-        depth: 0,
     };
-    if INFLIGHT.insert(pid_tgid, pending, 0).is_err() {
-        count(Counter::InflightFull);
-        return None;
+    // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
+    unsafe {
+        if (*thread).call.func != 0 {
+            (*thread).call.depth += 1;
+            return None;
+        }
+        let stack = outer_site(ctx, thread).unwrap_or_else(|| site(ctx));
+        (*thread).call = Pending {
+            size,
+            aux,
+            stack,
+            func,
+            depth: 0,
+        };
     }
     Some(pid_tgid)
 }
 
 /// The call site of the `operator new` this allocation is made for, if the
 /// thread's pending one is just above on the stack (a stale one never is).
-fn outer_site(ctx: &ProbeContext, pid_tgid: u64) -> Option<u64> {
-    // SAFETY: the value is copied out before the entry is removed.
-    let outer = unsafe { OUTER.get(pid_tgid) }.copied()?;
-    let _ = OUTER.remove(pid_tgid);
+///
+/// # Safety
+///
+/// `thread` is the current thread's storage.
+unsafe fn outer_site(ctx: &ProbeContext, thread: *mut ThreadState) -> Option<u64> {
+    // SAFETY: as the caller promises.
+    let outer = unsafe { core::mem::take(&mut (*thread).outer) };
     encloses(&outer, stack_pointer(ctx)).then_some(outer.stack)
 }
 

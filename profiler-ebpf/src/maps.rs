@@ -1,11 +1,15 @@
 //! Maps and load-time globals. Sizes here are defaults: userspace sets them at load.
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
     Global,
-    macros::map,
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use profiler_common::{Counter, OuterCall, Pending};
+use profiler_common::{Counter, ThreadState};
 
 /// The tracer's own tgid: never traced.
 #[unsafe(no_mangle)]
@@ -36,23 +40,13 @@ pub static NEWTASK_FLAGS_OFFSET: Global<u32> = Global::new(32);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Outermost allocator call of each thread (key: pid_tgid), between entry and return.
-#[map]
-pub static INFLIGHT: HashMap<u64, Pending> = HashMap::with_max_entries(65536, 0);
-
-/// A thread's pending C++ `operator new` call site (key: pid_tgid).
-#[map]
-pub static OUTER: LruHashMap<u64, OuterCall> = LruHashMap::with_max_entries(65536, 0);
+/// Each thread's allocator state, freed with the thread.
+#[btf_map]
+pub static THREADS: TaskStorage<ThreadState> = TaskStorage::new();
 
 /// Processes to trace when `FILTER_MODE` is `TARGETS` (key: tgid).
 #[map]
 pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
-
-/// Processes (tgid) whose image has already allocated: the first allocation
-/// of each new image wakes the reader at once, so that it reads the process's
-/// mappings while the process lives.
-#[map]
-pub static ALLOCATED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Hashes of the user stacks sent to userspace (it removes those no process uses any more).
 #[map]
@@ -67,5 +61,55 @@ pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// A BTF-defined task-local storage map (aya-ebpf has none): the layout
+/// the loader reads the map's type, key, value and flags from.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders the loader reads as BTF, never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    /// The definition; the kernel creates the map at load.
+    pub const fn new() -> Self {
+        Self {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    /// The current thread's value, zeroed when `create` and it has none yet.
+    /// `None` when it has none, or the kernel refuses (out of memory, or the
+    /// storage busy on this CPU).
+    #[inline(always)]
+    pub fn current(&self, create: bool) -> Option<*mut T> {
+        let flags = if create {
+            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        // SAFETY: the map pointer is this definition's, which the loader
+        // relocates; the task pointer comes from the helper.
+        let value = unsafe {
+            bpf_task_storage_get(
+                ptr::from_ref(self).cast_mut().cast::<c_void>(),
+                bpf_get_current_task_btf(),
+                ptr::null_mut(),
+                flags,
+            )
+        };
+        (!value.is_null()).then_some(value.cast::<T>())
     }
 }

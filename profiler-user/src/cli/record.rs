@@ -199,7 +199,7 @@ fn into_report(
         absent_functions: allocator.absent,
         processes,
         lost_records: counters[Counter::RingbufFull as usize],
-        unpaired_calls: counters[Counter::InflightFull as usize],
+        unpaired_calls: counters[Counter::Unpaired as usize],
         malformed_records: recording.malformed,
     }
 }

@@ -517,6 +517,8 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
         .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)
         .map_max_entries("EVENTS", config.ring_bytes)
+        // THREADS, task-local storage, which only the programs use.
+        .allow_unsupported_maps()
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/heapwatch"

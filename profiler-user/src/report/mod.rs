@@ -31,7 +31,7 @@ pub struct RecordReport {
     pub processes: Vec<ProcessReport>,
     /// Records the kernel could not write (ring buffer full): figures are inexact when non-zero.
     pub lost_records: u64,
-    /// Allocations whose entry could not be paired with their return (in-flight map full).
+    /// Allocations whose entry could not be paired with their return (thread state refused).
     pub unpaired_calls: u64,
     /// Records that could not be decoded.
     pub malformed_records: u64,
@@ -256,7 +256,7 @@ pub fn render_text(report: &RecordReport, top: usize) -> String {
         ),
         (
             report.unpaired_calls,
-            "allocations unpaired (in-flight map full): the figures above are inexact",
+            "allocations unpaired (thread state refused): the figures above are inexact",
         ),
         (report.malformed_records, "malformed records ignored"),
     ] {

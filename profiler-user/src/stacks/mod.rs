@@ -139,26 +139,27 @@ impl SiteResolver {
     }
 
     /// The normalized stack of `site` of process `tgid` (`raw`: its stack as
-    /// the kernel sent it, if it arrived), normalized now if it is new.
+    /// the kernel sent it, if it arrived), normalized now if it is new. A
+    /// site whose stack has not arrived is not kept: a later call may bring it.
     pub fn observe(&mut self, tgid: u32, site: RawSite, raw: Option<&RawStack>) -> Arc<Stack> {
         if let Some(stack) = self.stacks.get(&(tgid, site)) {
             return Arc::clone(stack);
         }
-        let stack = match raw {
-            Some(raw) => Stack {
-                frames: raw
-                    .frames
-                    .iter()
-                    .map(|&address| self.frame(tgid, address))
-                    .collect(),
-                status: raw.status,
-            },
-            None => Stack {
+        let Some(raw) = raw else {
+            return Arc::new(Stack {
                 frames: Vec::new(),
                 status: StackStatus::NotCaptured,
-            },
+            });
         };
-        let stack = Arc::new(stack);
+        let frames = raw
+            .frames
+            .iter()
+            .map(|&address| self.frame(tgid, address))
+            .collect();
+        let stack = Arc::new(Stack {
+            frames,
+            status: raw.status,
+        });
         self.stacks.insert((tgid, site), Arc::clone(&stack));
         stack
     }
@@ -270,6 +271,31 @@ mod tests {
         assert!(table.get(a).is_none(), "dropped a round later");
         assert!(table.get(b).is_some(), "sent again, so the kernel knows it");
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_site_whose_stack_has_not_arrived_is_resolved_when_it_does() {
+        let mut resolver = SiteResolver::new();
+        let pid = std::process::id();
+        let site = RawSite { stack: 7 };
+        assert_eq!(
+            resolver.observe(pid, site, None).status,
+            StackStatus::NotCaptured
+        );
+        assert!(resolver.stack(pid, site).is_none(), "not kept");
+        let address = a_site_whose_stack_has_not_arrived_is_resolved_when_it_does as usize as u64;
+        let raw = RawStack {
+            frames: Box::new([address]),
+            status: StackStatus::Full,
+        };
+        let stack = resolver.observe(pid, site, Some(&raw));
+        assert_eq!(stack.status, StackStatus::Full);
+        assert_eq!(stack.frames[0].address, address);
+        assert!(
+            stack.frames[0].location.is_some(),
+            "in this test's own binary"
+        );
+        assert_eq!(resolver.stack(pid, site), Some(stack));
     }
 
     #[test]

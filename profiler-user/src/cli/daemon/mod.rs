@@ -283,7 +283,7 @@ fn tick(api_source: &api::ApiSource, probes: &Probes, metrics: &Metrics, top: us
     let kernel = match probes.counters() {
         Ok(c) => KernelCounts {
             ringbuf_full: c[Counter::RingbufFull as usize],
-            inflight_full: c[Counter::InflightFull as usize],
+            unpaired: c[Counter::Unpaired as usize],
             targets_full: c[Counter::TargetsFull as usize],
         },
         Err(err) => {

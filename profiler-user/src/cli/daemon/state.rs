@@ -171,7 +171,7 @@ impl DaemonState {
             events: EVENT_KINDS.iter().copied().zip(self.events).collect(),
             events_lost: kernel.ringbuf_full,
             kernel_drops: vec![
-                ("inflight_full", kernel.inflight_full),
+                ("unpaired", kernel.unpaired),
                 ("targets_full", kernel.targets_full),
             ],
             unmatched_frees: unmatched,
@@ -200,8 +200,8 @@ pub struct SnapshotSite {
 pub struct KernelCounts {
     /// Records not written: ring buffer full.
     pub ringbuf_full: u64,
-    /// Calls not paired: in-flight map full.
-    pub inflight_full: u64,
+    /// Calls not paired: a thread's state could not be kept.
+    pub unpaired: u64,
     /// Children not added to the target map.
     pub targets_full: u64,
 }
