@@ -283,7 +283,8 @@ mod tests {
             StackStatus::NotCaptured
         );
         assert!(resolver.stack(pid, site).is_none(), "not kept");
-        let address = a_site_whose_stack_has_not_arrived_is_resolved_when_it_does as usize as u64;
+        let this_test: fn() = a_site_whose_stack_has_not_arrived_is_resolved_when_it_does;
+        let address = this_test as *const () as u64;
         let raw = RawStack {
             frames: Box::new([address]),
             status: StackStatus::Full,
