@@ -257,6 +257,13 @@ fn bad_configuration_is_refused_with_the_key_named() {
         ("tick = \"fast\"\n", vec![], "tick"),
         ("", vec!["--window", "1s"], "window"),
         ("", vec!["--listen", "nowhere"], "listen"),
+        ("", vec!["--scope", "nginx"], "scope `nginx` is not `all`"),
+        ("", vec!["--scope", "pid:0"], "whole number from 1"),
+        (
+            "scope = [\"all\", \"comm:x\"]\n",
+            vec![],
+            "cannot be combined",
+        ),
     ] {
         let config = config_file(file);
         let output = heapwatch()

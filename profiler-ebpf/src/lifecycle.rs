@@ -8,8 +8,8 @@ use profiler_common::{Counter, ThreadState, kind};
 use crate::{
     filter::traced,
     maps::{
-        EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET, TARGETS,
-        THREADS, count,
+        EVERY_LIFECYCLE, EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET,
+        NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, THREADS, count,
     },
     record::emit,
     tgid_of,
@@ -26,7 +26,7 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
         // SAFETY: the thread's own storage, valid for this run.
         unsafe { *thread = ThreadState::default() };
     }
-    if traced(tgid_of(pid_tgid)) {
+    if reported(tgid_of(pid_tgid)) {
         emit(kind::EXEC, pid_tgid, 0);
     }
     0
@@ -40,11 +40,17 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     if !group_dead(&ctx, pid_tgid) {
         return 0;
     }
-    if traced(tgid) {
+    if reported(tgid) {
         emit(kind::EXIT, pid_tgid, 0);
     }
     let _ = TARGETS.remove(tgid);
     0
+}
+
+/// True when process `tgid`'s exec and exit are reported: it is traced, or
+/// userspace picks the processes to trace and must see every one.
+fn reported(tgid: u32) -> bool {
+    traced(tgid) || (EVERY_LIFECYCLE.load() != 0 && tgid != SELF_TGID.load())
 }
 
 /// task_newtask: a traced process's new child process is traced too when following forks.

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::leaks::LeakConfig;
+use crate::{leaks::LeakConfig, scope::Selection};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
@@ -62,6 +62,9 @@ pub struct Settings {
     pub stack_sample: Option<u32>,
     /// The allocator library to probe.
     pub libc: Option<PathBuf>,
+    /// The processes traced: `["all"]` or selectors (`pid:N`, `comm:NAME`,
+    /// `unit:NAME`, `cgroup:/PATH`).
+    pub scope: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -88,6 +91,7 @@ impl Settings {
             ring_kib: over.ring_kib.or(self.ring_kib),
             stack_sample: over.stack_sample.or(self.stack_sample),
             libc: over.libc.clone().or(self.libc),
+            scope: over.scope.clone().or(self.scope),
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct DaemonConfig {
     pub stack_sample: u32,
     /// The allocator library to probe (`None`: heapwatch's own C library).
     pub libc: Option<PathBuf>,
+    /// The processes traced.
+    pub scope: Selection,
 }
 
 impl TryFrom<&Settings> for DaemonConfig {
@@ -160,6 +166,8 @@ impl TryFrom<&Settings> for DaemonConfig {
             ring_kib,
             stack_sample: stack_sample("stack_sample", s.stack_sample.unwrap_or(1))?,
             libc: s.libc.clone(),
+            scope: Selection::parse(s.scope.as_deref().unwrap_or_default())
+                .map_err(|e| value_error("scope", &e.to_string()))?,
         })
     }
 }
@@ -344,9 +352,46 @@ mod tests {
                 },
                 "max_allocations",
             ),
+            (
+                Settings {
+                    scope: Some(vec!["all".into(), "comm:nginx".into()]),
+                    ..Settings::default()
+                },
+                "scope",
+            ),
+            (
+                Settings {
+                    scope: Some(vec!["nginx".into()]),
+                    ..Settings::default()
+                },
+                "scope",
+            ),
         ] {
             let err = DaemonConfig::try_from(&settings).expect_err(key);
             assert!(err.to_string().starts_with(&format!("{key}: ")), "{err}");
         }
+    }
+
+    #[test]
+    fn the_scope_is_every_process_unless_selectors_are_given() {
+        let everything = DaemonConfig::try_from(&Settings::default()).expect("defaults");
+        assert_eq!(everything.scope, Selection::All);
+        let text = "scope = [\"comm:nginx\", \"unit:db.service\"]\n";
+        let file = Settings::from_toml(text, "test.toml").expect("parses");
+        let config = DaemonConfig::try_from(&file).expect("valid");
+        let Selection::Only(selectors) = config.scope else {
+            panic!("not a selection: {:?}", config.scope);
+        };
+        let shown: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["comm:nginx", "unit:db.service"]);
+        let flags = Settings {
+            scope: Some(vec!["pid:7".into()]),
+            ..Settings::default()
+        };
+        let merged = DaemonConfig::try_from(&file.overridden_by(&flags)).expect("valid");
+        assert_eq!(
+            merged.scope.to_owned(),
+            Selection::parse(&["pid:7".into()]).unwrap()
+        );
     }
 }

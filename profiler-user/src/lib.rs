@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod probes;
 pub mod procinfo;
 pub mod report;
+pub mod scope;
 pub mod stacks;
 pub mod tracker;

@@ -36,17 +36,22 @@ enum Wrapper {
     FloorEntry,
     Record,
     Daemon,
+    DaemonScopedOut,
     Bpftrace,
     Heaptrack,
     Valgrind,
 }
 
-const WRAPPERS: [(Wrapper, &str); 8] = [
+const WRAPPERS: [(Wrapper, &str); 9] = [
     (Wrapper::Bare, "bare"),
     (Wrapper::FloorPlaced, "floor (heapwatch's placements)"),
     (Wrapper::FloorEntry, "floor at +0"),
     (Wrapper::Record, "heapwatch record"),
     (Wrapper::Daemon, "heapwatch daemon"),
+    (
+        Wrapper::DaemonScopedOut,
+        "heapwatch daemon --scope, churn not selected",
+    ),
     (Wrapper::Bpftrace, "bpftrace, empty programs at +0"),
     (Wrapper::Heaptrack, "heaptrack"),
     (Wrapper::Valgrind, "valgrind"),
@@ -159,7 +164,7 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     let heapwatch = tools.heapwatch.display().to_string();
     let report = tools.dir.join("record.json");
     let mut argv: Vec<String> = match wrapper {
-        Wrapper::Bare | Wrapper::Daemon => vec![],
+        Wrapper::Bare | Wrapper::Daemon | Wrapper::DaemonScopedOut => vec![],
         Wrapper::FloorPlaced => vec![heapwatch, "floor".into(), "--".into()],
         Wrapper::FloorEntry => vec![heapwatch, "floor".into(), "--at-entry".into(), "--".into()],
         Wrapper::Record => vec![
@@ -190,8 +195,12 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
         ],
     };
     argv.extend(churn_args);
-    if wrapper == Wrapper::Daemon {
-        return churn_under_daemon(tools, &argv, threads);
+    match wrapper {
+        Wrapper::Daemon => return churn_under_daemon(tools, &[], &argv, threads),
+        Wrapper::DaemonScopedOut => {
+            return churn_under_daemon(tools, &NOBODY_SCOPE, &argv, threads);
+        }
+        _ => {}
     }
     let ns = run_churn(&argv, threads)?;
     if wrapper != Wrapper::Record {
@@ -243,6 +252,9 @@ fn run_churn(argv: &[String], threads: usize) -> Result<f64> {
     Ok(ns * threads as f64 / pairs)
 }
 
+/// A scope that selects no process the bench runs.
+const NOBODY_SCOPE: [&str; 2] = ["--scope", "comm:hw-nobody"];
+
 /// A daemon at defaults but a 1 s tick (metrics on a free loopback port), stopped by Drop.
 struct Daemon {
     child: Child,
@@ -250,7 +262,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(tools: &Tools) -> Result<Self> {
+    fn start(tools: &Tools, extra: &[&str]) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -258,6 +270,7 @@ impl Daemon {
         let mut child = Command::new(&tools.heapwatch)
             .args(["daemon", "--tick", "1s", "--listen", &address, "--socket"])
             .arg(tools.dir.join("api.sock"))
+            .args(extra)
             .env("MIMALLOC_PURGE_DELAY", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -265,7 +278,8 @@ impl Daemon {
         let stderr = child.stderr.take().context("daemon stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         for line in lines.by_ref() {
-            if line?.contains("tracing every process") {
+            let line = line?;
+            if line.contains("tracing every process") || line.contains("tracing the selected") {
                 thread::spawn(move || lines.for_each(drop));
                 return Ok(Self { child, address });
             }
@@ -323,8 +337,13 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn churn_under_daemon(tools: &Tools, argv: &[String], threads: usize) -> Result<Run> {
-    let daemon = Daemon::start(tools)?;
+fn churn_under_daemon(
+    tools: &Tools,
+    extra: &[&str],
+    argv: &[String],
+    threads: usize,
+) -> Result<Run> {
+    let daemon = Daemon::start(tools, extra)?;
     let events = |text: &str| {
         metric(text, "heapwatch_events_total", "kind=\"alloc\"")
             + metric(text, "heapwatch_events_total", "kind=\"free\"")
@@ -343,7 +362,9 @@ fn churn_under_daemon(tools: &Tools, argv: &[String], threads: usize) -> Result<
     for _ in 0..10 {
         thread::sleep(Duration::from_millis(1100));
         let next = daemon.scrape()?;
-        let settled = events(&next) == events(&text) && events(&next) > before;
+        // A scope that selects nothing counts nothing.
+        let settled =
+            events(&next) == events(&text) && (events(&next) > before || !extra.is_empty());
         text = next;
         if settled {
             break;
@@ -361,7 +382,7 @@ fn churn_under_daemon(tools: &Tools, argv: &[String], threads: usize) -> Result<
 
 /// Daemon memory per live allocation and snapshot latency with `blocks` live.
 fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
-    let daemon = Daemon::start(tools)?;
+    let daemon = Daemon::start(tools, &[])?;
     thread::sleep(Duration::from_secs(1));
     let (_, idle) = daemon.usage()?;
     let rss = |pid: u32| -> Result<u64> {

@@ -99,6 +99,13 @@ pub struct DaemonArgs {
     /// The allocator library to probe (default: the C library heapwatch itself uses).
     #[arg(long, value_name = "PATH")]
     pub libc: Option<PathBuf>,
+    /// Which processes to trace: `all`, or selectors, each flag one (a
+    /// process any picks is traced): `pid:N`, `comm:NAME`, `unit:NAME`
+    /// (systemd unit or container id), `cgroup:/PATH` (and below). Selected
+    /// processes are probed one by one, started later ones too; the others
+    /// run untouched [default: all].
+    #[arg(long, value_name = "SELECTOR")]
+    pub scope: Vec<String>,
     /// Load and attach everything, report what works, and exit.
     #[arg(long)]
     pub check: bool,
@@ -156,6 +163,7 @@ impl DaemonArgs {
             ring_kib: self.ring_kib,
             stack_sample: self.stack_sample,
             libc: self.libc.clone(),
+            scope: (!self.scope.is_empty()).then(|| self.scope.clone()),
         }
     }
 }

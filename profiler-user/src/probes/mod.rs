@@ -3,6 +3,7 @@
 
 mod caps;
 mod libc;
+mod per_process;
 mod placement;
 mod reader;
 mod symbols;
@@ -26,8 +27,9 @@ use thiserror::Error;
 
 pub use caps::missing_capabilities;
 pub use libc::{libc_in_maps, library_in_ldconfig};
+pub use per_process::ProcessProbes;
 pub use placement::{NullFirstArg, Placement, place};
-pub use reader::EventReader;
+pub use reader::{Backlog, EventReader};
 pub use tracefs::field_offset;
 
 /// Where the probes fire.
@@ -42,6 +44,10 @@ pub enum Scope {
         /// Trace its new child processes as well.
         follow_forks: bool,
     },
+    /// The processes given to [`Probes::attach_process`], each probed alone
+    /// (the kernel inserts breakpoints into no other). Every process's exec
+    /// and exit is reported, so that new ones can be picked up.
+    Selected,
 }
 
 /// How to load and attach the probes.
@@ -239,6 +245,17 @@ pub struct Probes {
     libc: PathBuf,
     skipped: Vec<&'static str>,
     attached: Vec<String>,
+    /// Where the allocator probes go, found once.
+    plan: Vec<PlannedProbe>,
+    /// The C++ runtime and its `operator new` symbols, when probed.
+    cxx_new: Option<(PathBuf, Vec<&'static str>)>,
+}
+
+/// One allocator function's probes, placed.
+#[derive(Clone, Copy)]
+struct PlannedProbe {
+    function: &'static AllocatorFn,
+    offset: u64,
 }
 
 impl Probes {
@@ -250,16 +267,20 @@ impl Probes {
             .iter()
             .map(|(category, name, _)| format!("tracepoint {category}/{name}"))
             .collect();
-        let scope = uprobe_scope(config.scope);
-        probes.attach_allocator(scope)?;
-        probes.attach_cxx_new(scope)?;
+        probes.plan_allocator()?;
+        probes.plan_cxx_new()?;
+        if let Some(scope) = uprobe_scope(config.scope) {
+            probes.attach_planned(scope)?;
+        }
         Ok(probes)
     }
 
     /// Attaches programs that do nothing to the allocator (the benchmark's floor).
     pub fn attach_floor(config: &ProbeConfig, at_entry: bool) -> Result<Self, ProbeError> {
         let mut probes = Self::load(config, Programs::Floor { at_entry })?;
-        probes.attach_allocator(uprobe_scope(config.scope))?;
+        probes.plan_allocator()?;
+        let scope = uprobe_scope(config.scope).unwrap_or(UProbeScope::AllProcesses);
+        probes.attach_planned(scope)?;
         Ok(probes)
     }
 
@@ -279,6 +300,8 @@ impl Probes {
             libc,
             skipped: Vec::new(),
             attached: Vec::new(),
+            plan: Vec::new(),
+            cxx_new: None,
         })
     }
 
@@ -327,7 +350,8 @@ impl Probes {
         Ok(sums)
     }
 
-    fn attach_allocator(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
+    /// Loads the allocator programs and places each function's probes.
+    fn plan_allocator(&mut self) -> Result<(), ProbeError> {
         let programs = self.programs;
         for name in ALLOCATOR_FNS
             .iter()
@@ -358,33 +382,47 @@ impl Probes {
                 ));
                 continue;
             }
-            let null = if function.name == "free" {
-                NullFirstArg::DoesNothing
-            } else {
-                NullFirstArg::Matters
-            };
-            let placement = match self.programs {
-                Programs::Floor { at_entry: true } => Placement::entry(),
-                _ => place(
-                    table
-                        .prologues
-                        .get(function.name)
-                        .map_or(&[][..], Vec::as_slice),
-                    null,
-                ),
-            };
-            match self.attach_function(function, &placement, scope) {
-                Err(ProbeError::Attach { .. }) if !function.required => {
-                    self.skipped.push(function.name);
-                }
-                other => other?,
+            if !table.addresses.contains_key(function.name) && !function.required {
+                self.skipped.push(function.name);
+                continue;
             }
+            let placement = self.place(function, &table);
+            self.plan.push(PlannedProbe {
+                function,
+                offset: placement.offset,
+            });
+            let kinds = if function.returns {
+                "uprobe+uretprobe"
+            } else {
+                "uprobe"
+            };
+            self.attached.push(format!(
+                "{kinds} {} in {} at {}+{}: {}",
+                function.name,
+                self.libc.display(),
+                function.name,
+                placement.offset,
+                placement.reason
+            ));
         }
         Ok(())
     }
 
-    /// Probes libstdc++'s `operator new` family when the linker cache lists it.
-    fn attach_cxx_new(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
+    fn place(&self, function: &AllocatorFn, table: &symbols::SymbolTable) -> Placement {
+        if self.programs == (Programs::Floor { at_entry: true }) {
+            return Placement::entry();
+        }
+        let null = if function.name == "free" {
+            NullFirstArg::DoesNothing
+        } else {
+            NullFirstArg::Matters
+        };
+        let prologue = table.prologues.get(function.name);
+        place(prologue.map_or(&[][..], Vec::as_slice), null)
+    }
+
+    /// Loads the `operator new` program when the linker cache lists libstdc++.
+    fn plan_cxx_new(&mut self) -> Result<(), ProbeError> {
         let cache = std::process::Command::new("ldconfig")
             .arg("-p")
             .output()
@@ -398,62 +436,73 @@ impl Probes {
             name: CXX_NEW_PROGRAM,
             source: Box::new(source),
         })?;
-        for symbol in CXX_NEW_SYMBOLS {
-            match program.attach(symbol, &runtime, scope) {
-                Ok(link) => {
-                    self.entry_links.push((CXX_NEW_PROGRAM, link));
-                    self.attached.push(format!(
-                        "uprobe {symbol} in {} (call sites)",
-                        runtime.display()
-                    ));
-                }
-                Err(_) => self.skipped.push(symbol),
+        let table = symbols::read_symbols(&runtime, &[]).map_err(|source| ProbeError::Symbols {
+            library: runtime.clone(),
+            source,
+        })?;
+        let (present, absent): (Vec<&'static str>, Vec<&'static str>) = CXX_NEW_SYMBOLS
+            .iter()
+            .partition(|symbol| table.addresses.contains_key(**symbol));
+        self.skipped.extend(absent);
+        for symbol in &present {
+            self.attached.push(format!(
+                "uprobe {symbol} in {} (call sites)",
+                runtime.display()
+            ));
+        }
+        self.cxx_new = Some((runtime, present));
+        Ok(())
+    }
+
+    /// Attaches every planned probe with `scope`, tracked (detached on drop).
+    fn attach_planned(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
+        for planned in self.plan.clone() {
+            let function = planned.function;
+            if function.returns {
+                let program = self.programs.on_return();
+                let link = self.attach_one(program, function.name, planned.offset, None, scope)?;
+                self.return_links.push(link);
+            }
+            let program = self.programs.entry(function);
+            let link = self.attach_one(program, function.name, planned.offset, None, scope)?;
+            self.entry_links.push((program, link));
+        }
+        if let Some((runtime, symbols)) = self.cxx_new.clone() {
+            for symbol in symbols {
+                let link = self.attach_one(CXX_NEW_PROGRAM, symbol, 0, Some(&runtime), scope)?;
+                self.entry_links.push((CXX_NEW_PROGRAM, link));
             }
         }
         Ok(())
     }
 
-    fn attach_function(
+    /// Attaches `program` at `function`+`offset` in `library` (default: the
+    /// allocator library). The return probe sits with the entry probe: one
+    /// breakpoint serves both, and the placement never moves past a change of
+    /// the stack pointer, so the return address is still at its top.
+    fn attach_one(
         &mut self,
-        function: &AllocatorFn,
-        placement: &Placement,
+        program: &'static str,
+        function: &'static str,
+        offset: u64,
+        library: Option<&Path>,
         scope: UProbeScope,
-    ) -> Result<(), ProbeError> {
-        let attach_error = |what, source| ProbeError::Attach {
-            what,
-            function: function.name.to_owned(),
-            library: self.libc.clone(),
-            source: Box::new(source),
-        };
-        // The return probe sits with the entry probe: one breakpoint serves
-        // both, and the placement never moves past a change of the stack
-        // pointer, so the return address is still at its top.
-        let location = || UProbeAttachLocation::SymbolOffset(function.name, placement.offset);
-        if function.returns {
-            let link = uprobe(&mut self.ebpf, self.programs.on_return())?
-                .attach(location(), &self.libc, scope)
-                .map_err(|e| attach_error("uretprobe", e))?;
-            self.return_links.push(link);
-        }
-        let entry = self.programs.entry(function);
-        let link = uprobe(&mut self.ebpf, entry)?
-            .attach(location(), &self.libc, scope)
-            .map_err(|e| attach_error("uprobe", e))?;
-        self.entry_links.push((entry, link));
-        let kinds = if function.returns {
-            "uprobe+uretprobe"
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let library = library.unwrap_or(&self.libc).to_owned();
+        let what = if program == self.programs.on_return() {
+            "uretprobe"
         } else {
             "uprobe"
         };
-        self.attached.push(format!(
-            "{kinds} {} in {} at {}+{}: {}",
-            function.name,
-            self.libc.display(),
-            function.name,
-            placement.offset,
-            placement.reason
-        ));
-        Ok(())
+        let location = UProbeAttachLocation::SymbolOffset(function, offset);
+        uprobe(&mut self.ebpf, program)?
+            .attach(location, &library, scope)
+            .map_err(|source| ProbeError::Attach {
+                what,
+                function: function.to_owned(),
+                library,
+                source: Box::new(source),
+            })
     }
 }
 
@@ -501,9 +550,10 @@ fn resolve_libc(requested: Option<&Path>) -> Result<PathBuf, ProbeError> {
 
 fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
     let offsets = TracepointOffsets::read()?;
-    let (mode, follow) = match config.scope {
-        Scope::AllProcesses => (filter_mode::ALL, 0u32),
-        Scope::Process { follow_forks, .. } => (filter_mode::TARGETS, u32::from(follow_forks)),
+    let (mode, follow, every_lifecycle) = match config.scope {
+        Scope::AllProcesses => (filter_mode::ALL, 0u32, 0u32),
+        Scope::Process { follow_forks, .. } => (filter_mode::TARGETS, u32::from(follow_forks), 0),
+        Scope::Selected => (filter_mode::TARGETS, 1, 1),
     };
     let self_tgid = std::process::id();
     let wakeup_bytes = u64::from(config.ring_bytes / 8);
@@ -511,6 +561,7 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("SELF_TGID", &self_tgid, true)
         .override_global("FILTER_MODE", &mode, true)
         .override_global("FOLLOW_FORKS", &follow, true)
+        .override_global("EVERY_LIFECYCLE", &every_lifecycle, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("STACK_SAMPLE_EVERY", &config.stack_sample.max(1), true)
         .override_global("EXIT_GROUP_DEAD_OFFSET", &offsets.exit_group_dead, true)
@@ -634,12 +685,14 @@ fn map_error(name: &'static str, source: aya::maps::MapError) -> ProbeError {
     }
 }
 
-fn uprobe_scope(scope: Scope) -> UProbeScope {
+/// Where probes attached at load fire; `None`: none attach at load.
+fn uprobe_scope(scope: Scope) -> Option<UProbeScope> {
     match scope {
         Scope::AllProcesses
         | Scope::Process {
             follow_forks: true, ..
-        } => UProbeScope::AllProcesses,
-        Scope::Process { pid, .. } => UProbeScope::OneProcess(pid),
+        } => Some(UProbeScope::AllProcesses),
+        Scope::Process { pid, .. } => Some(UProbeScope::OneProcess(pid)),
+        Scope::Selected => None,
     }
 }

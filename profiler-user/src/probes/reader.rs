@@ -52,3 +52,67 @@ impl EventReader {
         count
     }
 }
+
+/// Records drained from the ring buffer but not yet applied: the reader
+/// keeps draining while whoever applies them is busy (a tick scanning
+/// millions of live blocks), so the ring never fills for that. One buffer,
+/// reused; no allocation per record.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Capacity a backlog keeps once applied; a burst's larger buffer is given back.
+const BACKLOG_KEPT_BYTES: usize = 4 << 20;
+
+impl Backlog {
+    /// An empty backlog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps a copy of one record.
+    pub fn push(&mut self, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Bytes of the records held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Hands every record to `apply`, oldest first, and empties the backlog.
+    pub fn apply_all(&mut self, mut apply: impl FnMut(&[u8])) {
+        let mut start = 0;
+        for &end in &self.ends {
+            apply(&self.bytes[start..end]);
+            start = end;
+        }
+        self.bytes.clear();
+        self.ends.clear();
+        self.bytes.shrink_to(BACKLOG_KEPT_BYTES);
+        self.ends.shrink_to(BACKLOG_KEPT_BYTES / 24);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn records_come_back_whole_and_in_order_then_the_backlog_is_empty() {
+        let mut backlog = Backlog::new();
+        let records: [&[u8]; 3] = [&[1; 24], &[2; 48], &[3; 1032]];
+        for record in records {
+            backlog.push(record);
+        }
+        assert_eq!(backlog.bytes(), 24 + 48 + 1032);
+        let mut seen = Vec::new();
+        backlog.apply_all(|r| seen.push(r.to_vec()));
+        assert_eq!(seen, records.map(<[u8]>::to_vec));
+        assert_eq!(backlog.bytes(), 0);
+        backlog.apply_all(|_| panic!("nothing left"));
+    }
+}

@@ -3,14 +3,16 @@
 //! detach and exit 0; SIGHUP reloads the configuration.
 
 mod api;
+mod scope;
 mod state;
 
 use std::{
     fs, io,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, TryLockError,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     thread,
     time::Duration,
@@ -30,8 +32,9 @@ use crate::{
     config::{ConfigError, DEFAULT_CONFIG_PATH, DaemonConfig, Settings},
     leaks::LeakDetector,
     metrics::{Metrics, http},
-    probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
+    probes::{Backlog, EventReader, ProbeConfig, ProbeError, Probes, Scope},
     procinfo::{ProcessLabels, monotonic_ns},
+    scope::Selection,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
     tracker::{Tracker, TrackerConfig},
 };
@@ -39,6 +42,9 @@ use profiler_common::Counter;
 
 /// How long the reader waits for a wakeup before draining anyway.
 const READER_POLL: Duration = Duration::from_millis(50);
+/// Records the reader holds while the state is busy before it waits for it
+/// (then the ring buffer fills, and what it cannot take is counted lost).
+const MAX_BACKLOG_BYTES: usize = 64 << 20;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, Error)]
@@ -109,7 +115,10 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     let config = DaemonConfig::try_from(&load_settings(args)?)?;
     let mut probes = Probes::attach(&ProbeConfig {
         libc: config.libc.clone(),
-        scope: Scope::AllProcesses,
+        scope: match config.scope {
+            Selection::All => Scope::AllProcesses,
+            Selection::Only(_) => Scope::Selected,
+        },
         ring_bytes: config.ring_kib * 1024,
         stack_sample: config.stack_sample,
     })?;
@@ -126,8 +135,23 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         known_stacks: Mutex::new(probes.known_stacks()?),
         symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
     });
+    let probes = Arc::new(Mutex::new(probes));
+    let (changes, keeper_thread) = match &config.scope {
+        Selection::All => (None, None),
+        Selection::Only(_) => {
+            let (sender, receiver) = mpsc::channel();
+            let mut keeper = scope::ScopeKeeper::new(
+                config.scope.clone(),
+                Arc::clone(&probes),
+                Arc::clone(&state),
+            );
+            keeper.attach_running();
+            let thread = thread::spawn(move || keeper.run(&receiver));
+            (Some(sender), Some(thread))
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let reader_thread = spawn_reader(reader, Arc::clone(&state), Arc::clone(&stop));
+    let reader_thread = spawn_reader(reader, Arc::clone(&state), Arc::clone(&stop), changes);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,13 +160,25 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     stop.store(true, Ordering::Relaxed);
     let _ = reader_thread.join();
     let _ = notify::notify("STOPPING=1");
+    if let Some(keeper) = keeper_thread {
+        let _ = keeper.join();
+    }
     drop(probes);
     tracing::info!("detached; exiting");
     result
 }
 
 fn check(probes: &Probes, config: &DaemonConfig) -> Result<(), DaemonError> {
-    println!("heapwatch daemon --check: every probe loaded and attached");
+    match &config.scope {
+        Selection::All => println!("heapwatch daemon --check: every probe loaded and attached"),
+        Selection::Only(selectors) => {
+            let scope: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+            println!(
+                "heapwatch daemon --check: every probe loaded; attached to each process the scope selects ({})",
+                scope.join(" ")
+            );
+        }
+    }
     for line in probes.attached() {
         println!("  ok      {line}");
     }
@@ -167,19 +203,38 @@ fn tracker_config(config: &DaemonConfig) -> TrackerConfig {
     }
 }
 
+/// The reader: drains the ring buffer into a backlog, and the backlog into
+/// the state whenever the state is free (a tick may hold it for a while);
+/// with a scope, tells the scope keeper of every process that appears or ends.
 fn spawn_reader(
     mut reader: EventReader,
     state: Arc<Mutex<DaemonState>>,
     stop: Arc<AtomicBool>,
+    changes: Option<mpsc::Sender<scope::Change>>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
+        let mut backlog = Backlog::new();
         while !stop.load(Ordering::Relaxed) {
             if let Err(err) = reader.wait(READER_POLL) {
                 tracing::error!(error = %err, "polling the ring buffer failed");
                 thread::sleep(READER_POLL);
             }
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            reader.drain(|bytes| state.apply_record(bytes));
+            reader.drain(|bytes| backlog.push(bytes));
+            let mut guard = match state.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) if backlog.bytes() < MAX_BACKLOG_BYTES => continue,
+                Err(TryLockError::WouldBlock) => state.lock().unwrap_or_else(|e| e.into_inner()),
+            };
+            backlog.apply_all(|bytes| {
+                let change = guard
+                    .apply_record(bytes)
+                    .as_ref()
+                    .and_then(scope::Change::of);
+                if let (Some(change), Some(changes)) = (change, &changes) {
+                    let _ = changes.send(change);
+                }
+            });
         }
     })
 }
@@ -188,7 +243,7 @@ async fn serve(
     args: &DaemonArgs,
     mut config: DaemonConfig,
     state: &Mutex<DaemonState>,
-    probes: &Probes,
+    probes: &Mutex<Probes>,
     api_source: Arc<api::ApiSource>,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
@@ -216,7 +271,20 @@ async fn serve(
     if let Err(err) = notify::notify("READY=1") {
         tracing::warn!(error = %err, "sd_notify READY failed");
     }
-    tracing::info!(listen = %config.listen, libc = %probes.libc().display(), "tracing every process");
+    let libc = probes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .libc()
+        .to_owned();
+    match &config.scope {
+        Selection::All => {
+            tracing::info!(listen = %config.listen, libc = %libc.display(), "tracing every process");
+        }
+        Selection::Only(selectors) => {
+            let scope: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+            tracing::info!(listen = %config.listen, libc = %libc.display(), scope = %scope.join(" "), "tracing the selected processes");
+        }
+    }
     loop {
         tokio::select! {
             _ = ticks.tick() => tick(&api_source, probes, &metrics, config.top_processes),
@@ -268,8 +336,11 @@ fn reload(
         || new.ring_kib != old.ring_kib
         || new.stack_sample != old.stack_sample
         || new.libc != old.libc
+        || new.scope != old.scope
     {
-        tracing::warn!("SIGHUP: listen, ring_kib, stack_sample and libc take effect on restart");
+        tracing::warn!(
+            "SIGHUP: listen, ring_kib, stack_sample, libc and scope take effect on restart"
+        );
     }
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     state.detector.set_config(new.leak);
@@ -279,8 +350,9 @@ fn reload(
 }
 
 /// Samples every process, updates the metrics, and removes the stacks of processes gone.
-fn tick(api_source: &api::ApiSource, probes: &Probes, metrics: &Metrics, top: usize) {
-    let kernel = match probes.counters() {
+fn tick(api_source: &api::ApiSource, probes: &Mutex<Probes>, metrics: &Metrics, top: usize) {
+    let counters = probes.lock().unwrap_or_else(|e| e.into_inner()).counters();
+    let kernel = match counters {
         Ok(c) => KernelCounts {
             ringbuf_full: c[Counter::RingbufFull as usize],
             unpaired: c[Counter::Unpaired as usize],

@@ -9,7 +9,7 @@ use crate::{
     metrics::{ProcessRow, SelfFigures, bounded_rows},
     procinfo::ProcessLabels,
     stacks::StackTable,
-    tracker::{HeldSite, ProcessState, Tracker},
+    tracker::{Finished, HeldSite, ProcessState, Tracker},
 };
 
 /// Names of the record kinds, for `heapwatch_events_total{kind}`.
@@ -59,26 +59,43 @@ impl DaemonState {
         }
     }
 
-    /// Decodes and applies one ring-buffer record.
-    pub fn apply_record(&mut self, bytes: &[u8]) {
+    /// Decodes and applies one ring-buffer record; returns the heap or
+    /// process event it held.
+    pub fn apply_record(&mut self, bytes: &[u8]) -> Option<HeapEvent> {
         match decode(bytes) {
-            Ok(Record::Heap(event)) => self.apply(&event),
+            Ok(Record::Heap(event)) => {
+                self.apply(&event);
+                return Some(event);
+            }
             Ok(Record::Stack(stack)) => self.stacks.insert(&stack),
             Err(_) => self.malformed += 1,
         }
+        None
     }
 
     /// Applies one event; a process that exits or execs is forgotten.
     pub fn apply(&mut self, event: &HeapEvent) {
         self.events[kind_index(event)] += 1;
         if let Some(finished) = self.tracker.apply(event) {
-            self.gone_stacks.extend(stack_hashes([&finished.state]));
-            let counters = finished.state.counters();
-            self.unmatched_gone += counters.unmatched_frees;
-            self.refused_gone += counters.refused_blocks;
-            self.detector.forget_process(finished.tgid);
-            self.labels.remove(&finished.tgid);
+            self.finish(&finished);
         }
+    }
+
+    /// Forgets process `tgid`'s heap state, as if it had exited unseen (it
+    /// is no longer traced).
+    pub fn forget_process(&mut self, tgid: u32) {
+        if let Some(finished) = self.tracker.apply(&HeapEvent::Exit { tgid }) {
+            self.finish(&finished);
+        }
+    }
+
+    fn finish(&mut self, finished: &Finished) {
+        self.gone_stacks.extend(stack_hashes([&finished.state]));
+        let counters = finished.state.counters();
+        self.unmatched_gone += counters.unmatched_frees;
+        self.refused_gone += counters.refused_blocks;
+        self.detector.forget_process(finished.tgid);
+        self.labels.remove(&finished.tgid);
     }
 
     /// Samples every site for the leak rule and returns this tick's metric

@@ -1,0 +1,158 @@
+//! `--scope` selectors at work: the processes they pick get probes of their
+//! own, those running at start and those that appear later (exec, fork);
+//! a process that stops matching (exec of another program) is let go.
+
+use std::{
+    collections::HashMap,
+    fs,
+    num::NonZeroU32,
+    sync::{Arc, Mutex, mpsc},
+    thread,
+};
+
+use super::DaemonState;
+use crate::{
+    events::HeapEvent,
+    probes::{Probes, ProcessProbes},
+    scope::{ProcessFacts, Selection},
+};
+
+/// A process whose image appeared, changed or ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Exec'd a new image, or was forked from a traced process.
+    Appeared(u32),
+    /// Exited.
+    Ended(u32),
+}
+
+impl Change {
+    /// The change an applied event reports, if any.
+    pub fn of(event: &HeapEvent) -> Option<Self> {
+        match *event {
+            HeapEvent::Exec { tgid } => Some(Self::Appeared(tgid)),
+            HeapEvent::Fork { child, .. } => Some(Self::Appeared(child)),
+            HeapEvent::Exit { tgid } => Some(Self::Ended(tgid)),
+            _ => None,
+        }
+    }
+}
+
+/// Attaches and lets go of the selected processes' probes.
+pub struct ScopeKeeper {
+    selection: Selection,
+    probes: Arc<Mutex<Probes>>,
+    state: Arc<Mutex<DaemonState>>,
+    attached: HashMap<u32, ProcessProbes>,
+}
+
+impl ScopeKeeper {
+    /// A keeper of `selection` (not [`Selection::All`]).
+    pub fn new(
+        selection: Selection,
+        probes: Arc<Mutex<Probes>>,
+        state: Arc<Mutex<DaemonState>>,
+    ) -> Self {
+        Self {
+            selection,
+            probes,
+            state,
+            attached: HashMap::new(),
+        }
+    }
+
+    /// Probes every running process the selection picks.
+    pub fn attach_running(&mut self) {
+        let pids: Vec<u32> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        for pid in pids {
+            self.consider(pid, false);
+        }
+    }
+
+    /// Applies changes until the reader's side of `changes` hangs up; then
+    /// lets go of every process.
+    pub fn run(mut self, changes: &mpsc::Receiver<Change>) {
+        for change in changes {
+            match change {
+                Change::Appeared(pid) => self.consider(pid, true),
+                Change::Ended(pid) => self.let_go(pid, false),
+            }
+        }
+        let all: Vec<ProcessProbes> = self.attached.drain().map(|(_, probes)| probes).collect();
+        drop(all);
+    }
+
+    /// Probes `pid` if the selection picks it, lets it go if it no longer
+    /// does. `seen` when the kernel already reported it (its heap state may
+    /// exist and must go with it).
+    fn consider(&mut self, pid: u32, seen: bool) {
+        if pid == std::process::id() {
+            return;
+        }
+        let picked = ProcessFacts::read(pid).is_some_and(|facts| self.selection.selects(&facts));
+        match (picked, self.attached.contains_key(&pid)) {
+            (true, false) => self.attach(pid),
+            (false, true) => self.let_go(pid, true),
+            (false, false) if seen => {
+                self.release(pid);
+                self.forget(pid);
+            }
+            _ => {}
+        }
+    }
+
+    fn attach(&mut self, pid: u32) {
+        let Some(nonzero) = NonZeroU32::new(pid) else {
+            return;
+        };
+        let attached = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attach_process(nonzero);
+        match attached {
+            Ok(probes) => {
+                tracing::info!(pid, "scope: tracing");
+                self.attached.insert(pid, probes);
+            }
+            Err(err) => {
+                self.release(pid);
+                self.forget(pid);
+                tracing::debug!(pid, error = %err, "scope: not attached (gone?)");
+            }
+        }
+    }
+
+    /// Stops tracing `pid`; with `alive`, also forgets its heap state (an
+    /// ended process's goes with its exit record).
+    fn let_go(&mut self, pid: u32, alive: bool) {
+        let Some(probes) = self.attached.remove(&pid) else {
+            return;
+        };
+        self.release(pid);
+        if alive {
+            self.forget(pid);
+            tracing::info!(pid, "scope: no longer selected");
+        }
+        // Each detach waits for a grace period: off this thread.
+        thread::spawn(move || drop(probes));
+    }
+
+    fn release(&self, pid: u32) {
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = probes.release_process(pid) {
+            tracing::warn!(pid, error = %err, "scope: could not stop tracing");
+        }
+    }
+
+    /// Drops the heap state the tracker may hold for `pid` (a child forked
+    /// from a traced process starts with a copy of its parent's).
+    fn forget(&self, pid: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.forget_process(pid);
+    }
+}
