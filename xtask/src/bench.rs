@@ -36,22 +36,17 @@ enum Wrapper {
     FloorEntry,
     Record,
     Daemon,
-    DaemonScopedOut,
     Bpftrace,
     Heaptrack,
     Valgrind,
 }
 
-const WRAPPERS: [(Wrapper, &str); 9] = [
+const WRAPPERS: [(Wrapper, &str); 8] = [
     (Wrapper::Bare, "bare"),
     (Wrapper::FloorPlaced, "floor (heapwatch's placements)"),
     (Wrapper::FloorEntry, "floor at +0"),
     (Wrapper::Record, "heapwatch record"),
     (Wrapper::Daemon, "heapwatch daemon"),
-    (
-        Wrapper::DaemonScopedOut,
-        "heapwatch daemon --scope, churn not selected",
-    ),
     (Wrapper::Bpftrace, "bpftrace, empty programs at +0"),
     (Wrapper::Heaptrack, "heaptrack"),
     (Wrapper::Valgrind, "valgrind"),
@@ -99,11 +94,12 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             }
         }
     }
+    let scope = unselected_under_scope(&tools, options)?;
     let live = [1_000_000u64, 10_000_000]
         .into_iter()
         .map(|blocks| live_allocations(&tools, blocks))
         .collect::<Result<Vec<_>>>()?;
-    let report = summarize(&results, options, &live);
+    let report = summarize(&results, options, &scope, &live);
     print_table(&report);
     let path = workspace_root().join("target/bench.json");
     fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
@@ -164,7 +160,7 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     let heapwatch = tools.heapwatch.display().to_string();
     let report = tools.dir.join("record.json");
     let mut argv: Vec<String> = match wrapper {
-        Wrapper::Bare | Wrapper::Daemon | Wrapper::DaemonScopedOut => vec![],
+        Wrapper::Bare | Wrapper::Daemon => vec![],
         Wrapper::FloorPlaced => vec![heapwatch, "floor".into(), "--".into()],
         Wrapper::FloorEntry => vec![heapwatch, "floor".into(), "--at-entry".into(), "--".into()],
         Wrapper::Record => vec![
@@ -195,12 +191,8 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
         ],
     };
     argv.extend(churn_args);
-    match wrapper {
-        Wrapper::Daemon => return churn_under_daemon(tools, &[], &argv, threads),
-        Wrapper::DaemonScopedOut => {
-            return churn_under_daemon(tools, &NOBODY_SCOPE, &argv, threads);
-        }
-        _ => {}
+    if wrapper == Wrapper::Daemon {
+        return churn_under_daemon(tools, &[], &argv, threads);
     }
     let ns = run_churn(&argv, threads)?;
     if wrapper != Wrapper::Record {
@@ -380,6 +372,39 @@ fn churn_under_daemon(
     })
 }
 
+/// Churn bare and as a process a daemon's scope does not select, each long
+/// enough (100 × the pairs) to tell nanoseconds apart, interleaved.
+fn unselected_under_scope(tools: &Tools, options: &BenchOptions) -> Result<Value> {
+    let pairs = options.pairs * 100;
+    let argv = [
+        tools.churn.display().to_string(),
+        "1".to_owned(),
+        "3600".to_owned(),
+        pairs.to_string(),
+    ];
+    let (mut bare, mut unselected, mut counted) = (Vec::new(), Vec::new(), 0);
+    for round in 0..options.runs {
+        eprintln!(
+            "round {}/{}: unselected under a scope",
+            round + 1,
+            options.runs
+        );
+        bare.push(run_churn(&argv, 1)?);
+        let run = churn_under_daemon(tools, &NOBODY_SCOPE, &argv, 1)?;
+        unselected.push(run.ns_per_pair);
+        counted += run.counted.unwrap_or(0);
+    }
+    let (bare, unselected) = (median(&mut bare), median(&mut unselected));
+    Ok(json!({
+        "pairs": pairs,
+        "runs": options.runs,
+        "bare_ns_per_pair": bare,
+        "unselected_ns_per_pair": unselected,
+        "ratio_to_bare": unselected / bare,
+        "events_counted": counted,
+    }))
+}
+
 /// Daemon memory per live allocation and snapshot latency with `blocks` live.
 fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
     let daemon = Daemon::start(tools, &[])?;
@@ -469,6 +494,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn summarize(
     results: &BTreeMap<(usize, &str), Vec<Run>>,
     options: &BenchOptions,
+    scope: &Value,
     live: &[Value],
 ) -> Value {
     let mut rows = Vec::new();
@@ -504,6 +530,7 @@ fn summarize(
         "pairs_per_thread": options.pairs,
         "runs": options.runs,
         "churn": rows,
+        "unselected_under_scope": scope,
         "live_allocations": live,
     })
 }
@@ -544,6 +571,20 @@ fn print_table(report: &Value) {
                 .map_or(String::new(), |k| format!("{} MB", k / 1024)),
         );
     }
+    let scope = &report["unselected_under_scope"];
+    println!(
+        "\nunselected under a scope: churn, 1 thread, {} pairs, median of {} runs, bare and under `heapwatch daemon --scope comm:hw-nobody`\n",
+        scope["pairs"], scope["runs"]
+    );
+    println!("| bare ns/pair | unselected ns/pair | × bare | events counted |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| {:.2} | {:.2} | {:.3} | {} |",
+        scope["bare_ns_per_pair"].as_f64().unwrap_or(0.0),
+        scope["unselected_ns_per_pair"].as_f64().unwrap_or(0.0),
+        scope["ratio_to_bare"].as_f64().unwrap_or(0.0),
+        scope["events_counted"],
+    );
     println!(
         "\n| live blocks made | tracked | events lost | daemon RSS idle | holding | bytes per live allocation | snapshot (top 1000, JSON) |"
     );

@@ -10,7 +10,7 @@ use std::{
     fs, io,
     path::PathBuf,
     sync::{
-        Arc, Mutex, TryLockError,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -42,9 +42,9 @@ use profiler_common::Counter;
 
 /// How long the reader waits for a wakeup before draining anyway.
 const READER_POLL: Duration = Duration::from_millis(50);
-/// Records the reader holds while the state is busy before it waits for it
-/// (then the ring buffer fills, and what it cannot take is counted lost).
-const MAX_BACKLOG_BYTES: usize = 64 << 20;
+/// Records the reader holds while the applier is busy before it waits for
+/// it (then the ring buffer fills, and what it cannot take is counted lost).
+const MAX_BACKLOG_BYTES: usize = 32 << 20;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, Error)]
@@ -151,14 +151,16 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let reader_thread = spawn_reader(reader, Arc::clone(&state), Arc::clone(&stop), changes);
+    let pipeline = spawn_pipeline(reader, Arc::clone(&state), Arc::clone(&stop), changes);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(serve(args, config, &state, &probes, api_source));
     stop.store(true, Ordering::Relaxed);
-    let _ = reader_thread.join();
+    for thread in pipeline {
+        let _ = thread.join();
+    }
     let _ = notify::notify("STOPPING=1");
     if let Some(keeper) = keeper_thread {
         let _ = keeper.join();
@@ -203,31 +205,47 @@ fn tracker_config(config: &DaemonConfig) -> TrackerConfig {
     }
 }
 
-/// The reader: drains the ring buffer into a backlog, and the backlog into
-/// the state whenever the state is free (a tick may hold it for a while);
-/// with a scope, tells the scope keeper of every process that appears or ends.
-fn spawn_reader(
+/// The reader and the applier: the reader only drains the ring buffer into
+/// batches, so that it keeps up whatever the state costs (a tick holding it,
+/// a table growing under a burst); the applier applies each batch to the
+/// state and, with a scope, tells the scope keeper of every process that
+/// appears or ends. The reader stops at `stop`; the applier when the reader
+/// is gone.
+fn spawn_pipeline(
     mut reader: EventReader,
     state: Arc<Mutex<DaemonState>>,
     stop: Arc<AtomicBool>,
     changes: Option<mpsc::Sender<scope::Change>>,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut backlog = Backlog::new();
+) -> [thread::JoinHandle<()>; 2] {
+    let (full, to_apply) = mpsc::sync_channel::<Backlog>(1);
+    let (recycle, recycled) = mpsc::channel::<Backlog>();
+    let reading = thread::spawn(move || {
+        let mut batch = Backlog::new();
         while !stop.load(Ordering::Relaxed) {
             if let Err(err) = reader.wait(READER_POLL) {
                 tracing::error!(error = %err, "polling the ring buffer failed");
                 thread::sleep(READER_POLL);
             }
-            reader.drain(|bytes| backlog.push(bytes));
-            let mut guard = match state.try_lock() {
-                Ok(guard) => guard,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) if backlog.bytes() < MAX_BACKLOG_BYTES => continue,
-                Err(TryLockError::WouldBlock) => state.lock().unwrap_or_else(|e| e.into_inner()),
+            reader.drain(|bytes| batch.push(bytes));
+            if batch.bytes() == 0 {
+                continue;
+            }
+            batch = match full.try_send(batch) {
+                Ok(()) => recycled.try_recv().unwrap_or_default(),
+                Err(mpsc::TrySendError::Full(held)) if held.bytes() < MAX_BACKLOG_BYTES => held,
+                Err(mpsc::TrySendError::Full(held)) => match full.send(held) {
+                    Ok(()) => recycled.try_recv().unwrap_or_default(),
+                    Err(_) => return,
+                },
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
             };
-            backlog.apply_all(|bytes| {
-                let change = guard
+        }
+    });
+    let applying = thread::spawn(move || {
+        for mut batch in to_apply {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            batch.apply_all(|bytes| {
+                let change = state
                     .apply_record(bytes)
                     .as_ref()
                     .and_then(scope::Change::of);
@@ -235,8 +253,11 @@ fn spawn_reader(
                     let _ = changes.send(change);
                 }
             });
+            drop(state);
+            let _ = recycle.send(batch);
         }
-    })
+    });
+    [reading, applying]
 }
 
 async fn serve(
