@@ -23,7 +23,7 @@ use profiler_common::{
 };
 
 use crate::{
-    filter::traced,
+    filter::probe_wanted,
     maps::{THREADS, count},
     record::{emit, emit_alloc},
     site::site,
@@ -83,7 +83,7 @@ pub fn posix_memalign_entry(ctx: ProbeContext) -> u32 {
 pub fn free_entry(ctx: ProbeContext) -> u32 {
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
     let pid_tgid = bpf_get_current_pid_tgid();
-    if ptr == 0 || !traced(tgid_of(pid_tgid)) {
+    if ptr == 0 || !probe_wanted(tgid_of(pid_tgid)) {
         return 0;
     }
     if in_allocator() {
@@ -97,7 +97,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 /// malloc it makes. It is not counted itself; that malloc is.
 #[uprobe]
 pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
-    if !traced(tgid_of(bpf_get_current_pid_tgid())) {
+    if !probe_wanted(tgid_of(bpf_get_current_pid_tgid())) {
         return 0;
     }
     let Some(thread) = THREADS.current(true) else {
@@ -195,7 +195,7 @@ fn begin_realloc(ctx: &ProbeContext, size: u64) {
 /// deepens the guard. Returns the caller's pid_tgid when the call is recorded.
 fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(tgid_of(pid_tgid)) {
+    if !probe_wanted(tgid_of(pid_tgid)) {
         return None;
     }
     let Some(thread) = THREADS.current(true) else {

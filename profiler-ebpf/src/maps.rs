@@ -20,6 +20,9 @@ pub static FILTER_MODE: Global<u32> = Global::new(0);
 /// Non-zero: a traced process's new children are traced too.
 #[unsafe(no_mangle)]
 pub static FOLLOW_FORKS: Global<u32> = Global::new(0);
+/// Non-zero: the allocator probes are attached to each traced process alone.
+#[unsafe(no_mangle)]
+pub static PROBES_SCOPED: Global<u32> = Global::new(0);
 /// Non-zero: every process's exec and exit is reported, traced or not.
 #[unsafe(no_mangle)]
 pub static EVERY_LIFECYCLE: Global<u32> = Global::new(0);

@@ -30,15 +30,40 @@ impl Default for TrackerConfig {
     }
 }
 
-/// A live block.
+/// Live blocks keep their allocation time to this grain (2^26 ns, 67 ms),
+/// rounded up: 32 bits of it last 9 years of uptime.
+pub const TIME_GRAIN_NS: u64 = 1 << TIME_GRAIN_SHIFT;
+const TIME_GRAIN_SHIFT: u32 = 26;
+
+/// A size too large for [`LiveBlock::size`]: the real one is in the
+/// process's table of huge blocks.
+const HUGE: u32 = u32::MAX;
+
+/// A live block, in 12 bytes (a million of them are the tracker's memory).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveBlock {
-    /// Requested bytes.
-    pub size: u64,
-    /// Allocation time, nanoseconds since boot.
-    pub time_ns: u64,
+    /// Requested bytes, or [`HUGE`].
+    size: u32,
+    /// Allocation time in [`TIME_GRAIN_NS`] since boot, rounded up.
+    time: u32,
     /// Index into the process's [`ProcessState::sites`].
-    pub site: u32,
+    site: u32,
+}
+
+impl LiveBlock {
+    fn new(size: u64, time_ns: u64, site: u32) -> Self {
+        let time = time_ns.div_ceil(TIME_GRAIN_NS);
+        Self {
+            size: u32::try_from(size).unwrap_or(HUGE),
+            time: u32::try_from(time).unwrap_or(u32::MAX),
+            site,
+        }
+    }
+
+    /// Allocation time, nanoseconds since boot, to [`TIME_GRAIN_NS`] (rounded up).
+    fn time_ns(&self) -> u64 {
+        u64::from(self.time) << TIME_GRAIN_SHIFT
+    }
 }
 
 /// Counters of one process, as valgrind's heap summary names them.
@@ -144,10 +169,6 @@ impl LiveBlocks {
     fn iter(&self) -> impl Iterator<Item = (&u64, &LiveBlock)> {
         self.shards.iter().flat_map(HashMap::iter)
     }
-
-    fn values(&self) -> impl Iterator<Item = &LiveBlock> {
-        self.shards.iter().flat_map(HashMap::values)
-    }
 }
 
 /// Heap state of one process.
@@ -158,8 +179,11 @@ pub struct ProcessState {
     counters: Counters,
     site_index: HashMap<RawSite, u32>,
     sites: Vec<SiteStats>,
-    /// realloc's old block per thread, freed at entry, restored if the call fails.
-    realloc_pending: HashMap<u32, (u64, LiveBlock)>,
+    /// Sizes of the live blocks of 4 GiB and more, by address.
+    huge: HashMap<u64, u64>,
+    /// realloc's old block per thread (address, block, size), freed at
+    /// entry, restored if the call fails.
+    realloc_pending: HashMap<u32, (u64, LiveBlock, u64)>,
 }
 
 impl ProcessState {
@@ -183,11 +207,6 @@ impl ProcessState {
         &self.sites
     }
 
-    /// The live blocks, by address.
-    pub fn live(&self) -> impl Iterator<Item = (u64, &LiveBlock)> {
-        self.live.iter().map(|(ptr, block)| (*ptr, block))
-    }
-
     /// True when figures are not exact: blocks refused, or frees or blocks missed.
     pub fn inexact(&self) -> bool {
         let c = &self.counters;
@@ -196,7 +215,7 @@ impl ProcessState {
 
     /// Approximate bytes of memory this state takes.
     pub fn memory_bytes(&self) -> u64 {
-        let block = size_of::<u64>() + size_of::<LiveBlock>() + 1;
+        let block = size_of::<(u64, LiveBlock)>() + 1;
         let site = size_of::<SiteStats>() + size_of::<RawSite>() + size_of::<u32>() + 1;
         (self.live.capacity() * block + self.sites.capacity() * site) as u64
     }
@@ -206,15 +225,15 @@ impl ProcessState {
     /// every live block.
     pub fn aged_by_site(&self, before_ns: u64) -> HashMap<u32, Aged> {
         let mut aged: HashMap<u32, Aged> = HashMap::new();
-        for block in self.live.values().filter(|b| b.time_ns < before_ns) {
+        for (&ptr, block) in self.live.iter().filter(|(_, b)| b.time_ns() < before_ns) {
             let site = aged.entry(block.site).or_insert(Aged {
                 bytes: 0,
                 blocks: 0,
-                oldest_ns: block.time_ns,
+                oldest_ns: block.time_ns(),
             });
-            site.bytes += block.size;
+            site.bytes += self.size_of(ptr, block);
             site.blocks += 1;
-            site.oldest_ns = site.oldest_ns.min(block.time_ns);
+            site.oldest_ns = site.oldest_ns.min(block.time_ns());
         }
         aged
     }
@@ -244,9 +263,9 @@ impl ProcessState {
     /// Counts the allocation; keeps the block only when `keep` (else counts it refused).
     fn alloc(&mut self, tid: u32, ptr: u64, size: u64, site: RawSite, time_ns: u64, keep: bool) {
         self.realloc_pending.remove(&tid);
-        if let Some(old) = self.live.remove(ptr) {
+        if let Some((old, old_size)) = self.take(ptr) {
             self.counters.replaced_blocks += 1;
-            self.unlink(&old);
+            self.unlink(&old, old_size);
         }
         self.counters.allocs += 1;
         self.counters.bytes_allocated += size;
@@ -260,57 +279,76 @@ impl ProcessState {
         stats.live_blocks += 1;
         stats.allocs += 1;
         stats.bytes_allocated += size;
-        self.live.insert(
-            ptr,
-            LiveBlock {
-                size,
-                time_ns,
-                site,
-            },
-        );
+        self.keep(ptr, LiveBlock::new(size, time_ns, site), size);
         self.live_bytes += size;
     }
 
-    /// Frees `ptr`; returns the block when it was live.
-    fn free(&mut self, tid: u32, ptr: u64) -> Option<LiveBlock> {
+    /// Frees `ptr`; returns the block and its size when it was live.
+    fn free(&mut self, tid: u32, ptr: u64) -> Option<(LiveBlock, u64)> {
         self.realloc_pending.remove(&tid);
-        let Some(block) = self.live.remove(ptr) else {
+        let Some((block, size)) = self.take(ptr) else {
             self.counters.unmatched_frees += 1;
             return None;
         };
-        self.unlink(&block);
+        self.unlink(&block, size);
         self.counters.frees += 1;
-        self.counters.bytes_freed += block.size;
-        Some(block)
+        self.counters.bytes_freed += size;
+        Some((block, size))
     }
 
     fn realloc_free(&mut self, tid: u32, ptr: u64) {
-        if let Some(block) = self.free(tid, ptr) {
-            self.realloc_pending.insert(tid, (ptr, block));
+        if let Some((block, size)) = self.free(tid, ptr) {
+            self.realloc_pending.insert(tid, (ptr, block, size));
         }
     }
 
     fn realloc_fail(&mut self, tid: u32, ptr: u64) {
-        let Some((old_ptr, block)) = self.realloc_pending.remove(&tid) else {
+        let Some((old_ptr, block, size)) = self.realloc_pending.remove(&tid) else {
             return;
         };
         if old_ptr != ptr {
             return;
         }
         let stats = &mut self.sites[block.site as usize];
-        stats.live_bytes += block.size;
+        stats.live_bytes += size;
         stats.live_blocks += 1;
-        self.live_bytes += block.size;
+        self.live_bytes += size;
         self.counters.frees -= 1;
-        self.counters.bytes_freed -= block.size;
+        self.counters.bytes_freed -= size;
+        self.keep(ptr, block, size);
+    }
+
+    /// Stores a live block (a huge one's size aside).
+    fn keep(&mut self, ptr: u64, block: LiveBlock, size: u64) {
+        if block.size == HUGE {
+            self.huge.insert(ptr, size);
+        }
         self.live.insert(ptr, block);
     }
 
-    fn unlink(&mut self, block: &LiveBlock) {
+    /// Removes the live block at `ptr`, with its size.
+    fn take(&mut self, ptr: u64) -> Option<(LiveBlock, u64)> {
+        let block = self.live.remove(ptr)?;
+        let size = match block.size {
+            HUGE => self.huge.remove(&ptr).unwrap_or(u64::from(HUGE)),
+            size => u64::from(size),
+        };
+        Some((block, size))
+    }
+
+    /// The size of the live block at `ptr`.
+    fn size_of(&self, ptr: u64, block: &LiveBlock) -> u64 {
+        match block.size {
+            HUGE => self.huge.get(&ptr).copied().unwrap_or(u64::from(HUGE)),
+            size => u64::from(size),
+        }
+    }
+
+    fn unlink(&mut self, block: &LiveBlock, size: u64) {
         let stats = &mut self.sites[block.site as usize];
-        stats.live_bytes -= block.size;
+        stats.live_bytes -= size;
         stats.live_blocks -= 1;
-        self.live_bytes -= block.size;
+        self.live_bytes -= size;
     }
 
     fn intern(&mut self, site: RawSite) -> u32 {

@@ -184,7 +184,8 @@ fn caps_refuse_blocks_and_count_them() {
 #[test]
 fn aged_blocks_are_summed_per_site() {
     let mut t = Tracker::new(TrackerConfig::default());
-    for (ptr, time_ns) in [(0x10, 100), (0x20, 200), (0x30, 300)] {
+    const SECOND: u64 = 1_000_000_000;
+    for (ptr, time_ns) in [(0x10, SECOND), (0x20, 2 * SECOND), (0x30, 3 * SECOND)] {
         t.apply(&HeapEvent::Alloc {
             task: task(1),
             ptr,
@@ -194,14 +195,20 @@ fn aged_blocks_are_summed_per_site() {
         });
     }
     let p = t.process(TGID).expect("process tracked");
+    // Times are kept to the grain, rounded up: the oldest is 1 s, a little later.
+    let oldest_ns = SECOND.div_ceil(TIME_GRAIN_NS) * TIME_GRAIN_NS;
+    assert!((SECOND..SECOND + TIME_GRAIN_NS).contains(&oldest_ns));
     let aged = |bytes, blocks| Aged {
         bytes,
         blocks,
-        oldest_ns: 100,
+        oldest_ns,
     };
-    assert_eq!(p.aged_by_site(250), HashMap::from([(0, aged(20, 2))]));
+    assert_eq!(
+        p.aged_by_site(2_500_000_000),
+        HashMap::from([(0, aged(20, 2))])
+    );
     assert_eq!(p.aged_by_site(u64::MAX), HashMap::from([(0, aged(30, 3))]));
-    assert!(p.aged_by_site(100).is_empty());
+    assert!(p.aged_by_site(SECOND).is_empty(), "not older than itself");
     assert!(p.memory_bytes() > 0);
     assert!(t.memory_bytes() >= p.memory_bytes());
 }
@@ -378,11 +385,7 @@ proptest! {
 #[test]
 fn live_blocks_spread_over_every_shard_and_stay_counted() {
     let mut live = LiveBlocks::default();
-    let block = LiveBlock {
-        size: 16,
-        time_ns: 0,
-        site: 0,
-    };
+    let block = LiveBlock::new(16, 0, 0);
     // Consecutive 16-byte-aligned addresses, as a bump of small blocks gives.
     for i in 0..16_000u64 {
         assert_eq!(live.insert(0x5555_0000_0000 + i * 16, block), None);
@@ -400,4 +403,49 @@ fn live_blocks_spread_over_every_shard_and_stay_counted() {
     assert_eq!(live.remove(0x5555_0000_0010), None);
     assert_eq!((live.len(), live.iter().count()), (15_999, 15_999));
     assert!(live.capacity() >= live.len());
+}
+
+#[test]
+fn blocks_of_4_gib_and_more_keep_their_exact_size() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    let huge = 5 << 30;
+    for (ptr, size) in [(0x10, huge), (0x20, u64::from(u32::MAX)), (0x30, 7)] {
+        t.apply(&HeapEvent::Alloc {
+            task: task(1),
+            ptr,
+            size,
+            site: site(1),
+            time_ns: 0,
+        });
+    }
+    let total = huge + u64::from(u32::MAX) + 7;
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!(p.live_bytes(), total);
+    assert_eq!(p.aged_by_site(u64::MAX)[&0].bytes, total);
+    t.apply(&HeapEvent::ReallocFree {
+        task: task(1),
+        ptr: 0x10,
+    });
+    t.apply(&HeapEvent::ReallocFail {
+        task: task(1),
+        ptr: 0x10,
+    });
+    t.apply(&HeapEvent::Free {
+        task: task(1),
+        ptr: 0x20,
+    });
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!(
+        p.live_bytes(),
+        huge + 7,
+        "the failed realloc's block is back whole"
+    );
+    assert_eq!(p.counters().bytes_freed, u64::from(u32::MAX));
+    t.apply(&HeapEvent::Free {
+        task: task(1),
+        ptr: 0x10,
+    });
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!((p.live_bytes(), p.live_blocks()), (7, 1));
+    assert_eq!(p.sites()[0].live_bytes, 7);
 }

@@ -555,6 +555,15 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         Scope::Process { follow_forks, .. } => (filter_mode::TARGETS, u32::from(follow_forks), 0),
         Scope::Selected => (filter_mode::TARGETS, 1, 1),
     };
+    // Probes attached to one process fire in no other: no filter to check.
+    let probes_scoped = u32::from(matches!(
+        config.scope,
+        Scope::Selected
+            | Scope::Process {
+                follow_forks: false,
+                ..
+            }
+    ));
     let self_tgid = std::process::id();
     let wakeup_bytes = u64::from(config.ring_bytes / 8);
     EbpfLoader::new()
@@ -562,6 +571,7 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("FILTER_MODE", &mode, true)
         .override_global("FOLLOW_FORKS", &follow, true)
         .override_global("EVERY_LIFECYCLE", &every_lifecycle, true)
+        .override_global("PROBES_SCOPED", &probes_scoped, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("STACK_SAMPLE_EVERY", &config.stack_sample.max(1), true)
         .override_global("EXIT_GROUP_DEAD_OFFSET", &offsets.exit_group_dead, true)

@@ -64,7 +64,7 @@ pub struct Backlog {
 }
 
 /// Capacity a backlog keeps once applied; a burst's larger buffer is given back.
-const BACKLOG_KEPT_BYTES: usize = 4 << 20;
+const BACKLOG_KEPT_BYTES: usize = 1 << 20;
 
 impl Backlog {
     /// An empty backlog.

@@ -293,7 +293,7 @@ mod tests {
     use crate::{
         events::{RawSite, Task, stack_record_bytes},
         leaks::LeakConfig,
-        tracker::TrackerConfig,
+        tracker::{TIME_GRAIN_NS, TrackerConfig},
     };
 
     const SECOND: u64 = 1_000_000_000;
@@ -374,7 +374,9 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(figures, [(0x2, 700, 5 * SECOND), (0x1, 600, 0)]);
+        // Block times are kept to the tracker's grain, rounded up.
+        let five_seconds = (5 * SECOND).div_ceil(TIME_GRAIN_NS) * TIME_GRAIN_NS;
+        assert_eq!(figures, [(0x2, 700, five_seconds), (0x1, 600, 0)]);
         assert!(!all[0].leak_suspect);
         assert!(all[1].leak_suspect);
         assert!(all[1].growth_bytes_per_sec > 99.0, "{:?}", all[1]);
