@@ -56,6 +56,7 @@ const WRAPPERS: [(Wrapper, &str); 8] = [
 #[derive(Default, Clone)]
 struct Run {
     ns_per_pair: f64,
+    pairs: Option<f64>,
     counted: Option<u64>,
     lost: Option<u64>,
     daemon_cpu_secs: Option<f64>,
@@ -95,11 +96,12 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         }
     }
     let scope = unselected_under_scope(&tools, options)?;
+    let sustained = sustained_churn(&tools)?;
     let live = [1_000_000u64, 10_000_000]
         .into_iter()
         .map(|blocks| live_allocations(&tools, blocks))
         .collect::<Result<Vec<_>>>()?;
-    let report = summarize(&results, options, &scope, &live);
+    let report = summarize(&results, options, &[scope, sustained], &live);
     print_table(&report);
     let path = workspace_root().join("target/bench.json");
     fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
@@ -177,7 +179,7 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
             );
             let line = churn_args.join(" ");
             let argv = ["bpftrace".into(), "-e".into(), program, "-c".into(), line];
-            return Ok(timed(run_churn(&argv, threads)?));
+            return Ok(timed(run_churn(&argv, threads)?.0));
         }
         Wrapper::Heaptrack => vec![
             "heaptrack".into(),
@@ -194,7 +196,7 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     if wrapper == Wrapper::Daemon {
         return churn_under_daemon(tools, &[], &argv, threads);
     }
-    let ns = run_churn(&argv, threads)?;
+    let (ns, _) = run_churn(&argv, threads)?;
     if wrapper != Wrapper::Record {
         return Ok(timed(ns));
     }
@@ -216,8 +218,9 @@ fn timed(ns_per_pair: f64) -> Run {
     }
 }
 
-/// Runs the churn command line; returns nanoseconds per pair per thread.
-fn run_churn(argv: &[String], threads: usize) -> Result<f64> {
+/// Runs the churn command line; returns nanoseconds per pair per thread,
+/// and the pairs made.
+fn run_churn(argv: &[String], threads: usize) -> Result<(f64, f64)> {
     let output = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -241,7 +244,7 @@ fn run_churn(argv: &[String], threads: usize) -> Result<f64> {
     let [pairs, ns] = numbers[..] else {
         bail!("unreadable churn line: {line}");
     };
-    Ok(ns * threads as f64 / pairs)
+    Ok((ns * threads as f64 / pairs, pairs))
 }
 
 /// A scope that selects no process the bench runs.
@@ -348,7 +351,7 @@ fn churn_under_daemon(
         )
     };
     let (cpu_before, _) = daemon.usage()?;
-    let ns = run_churn(argv, threads)?;
+    let (ns, pairs) = run_churn(argv, threads)?;
     // Metrics move once a tick: wait until two ticks agree.
     let mut text = daemon.scrape()?;
     for _ in 0..10 {
@@ -365,6 +368,7 @@ fn churn_under_daemon(
     let (cpu_after, hwm) = daemon.usage()?;
     Ok(Run {
         ns_per_pair: ns,
+        pairs: Some(pairs),
         counted: Some(events(&text) - before),
         lost: Some(metric(&text, "heapwatch_events_lost_total", "") - lost_before),
         daemon_cpu_secs: Some(cpu_after - cpu_before),
@@ -389,7 +393,7 @@ fn unselected_under_scope(tools: &Tools, options: &BenchOptions) -> Result<Value
             round + 1,
             options.runs
         );
-        bare.push(run_churn(&argv, 1)?);
+        bare.push(run_churn(&argv, 1)?.0);
         let run = churn_under_daemon(tools, &NOBODY_SCOPE, &argv, 1)?;
         unselected.push(run.ns_per_pair);
         counted += run.counted.unwrap_or(0);
@@ -402,6 +406,30 @@ fn unselected_under_scope(tools: &Tools, options: &BenchOptions) -> Result<Value
         "unselected_ns_per_pair": unselected,
         "ratio_to_bare": unselected / bare,
         "events_counted": counted,
+    }))
+}
+
+/// How long the sustained churn runs.
+const SUSTAINED_SECS: u32 = 60;
+
+/// Two threads churning flat out for [`SUSTAINED_SECS`] under the daemon:
+/// whether it keeps up, and what it costs.
+fn sustained_churn(tools: &Tools) -> Result<Value> {
+    eprintln!("sustained: 2 threads for {SUSTAINED_SECS} s under the daemon");
+    let argv = [
+        tools.churn.display().to_string(),
+        "2".to_owned(),
+        SUSTAINED_SECS.to_string(),
+    ];
+    let run = churn_under_daemon(tools, &[], &argv, 2)?;
+    Ok(json!({
+        "seconds": SUSTAINED_SECS,
+        "pairs": run.pairs,
+        "ns_per_pair": run.ns_per_pair,
+        "events_counted": run.counted,
+        "events_lost": run.lost,
+        "daemon_cpu_secs": run.daemon_cpu_secs,
+        "daemon_peak_rss_kib": run.daemon_peak_rss_kib,
     }))
 }
 
@@ -494,7 +522,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn summarize(
     results: &BTreeMap<(usize, &str), Vec<Run>>,
     options: &BenchOptions,
-    scope: &Value,
+    [scope, sustained]: &[Value; 2],
     live: &[Value],
 ) -> Value {
     let mut rows = Vec::new();
@@ -531,6 +559,7 @@ fn summarize(
         "runs": options.runs,
         "churn": rows,
         "unselected_under_scope": scope,
+        "sustained_churn": sustained,
         "live_allocations": live,
     })
 }
@@ -584,6 +613,24 @@ fn print_table(report: &Value) {
         scope["unselected_ns_per_pair"].as_f64().unwrap_or(0.0),
         scope["ratio_to_bare"].as_f64().unwrap_or(0.0),
         scope["events_counted"],
+    );
+    let sustained = &report["sustained_churn"];
+    println!(
+        "\nsustained: churn, 2 threads flat out for {} s under `heapwatch daemon`\n",
+        SUSTAINED_SECS
+    );
+    println!(
+        "| pairs | ns/pair per thread | events counted | lost | daemon CPU s | daemon peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {:.0} | {:.0} | {} | {} | {:.1} | {} MB |",
+        sustained["pairs"].as_f64().unwrap_or(0.0),
+        sustained["ns_per_pair"].as_f64().unwrap_or(0.0),
+        sustained["events_counted"],
+        sustained["events_lost"],
+        sustained["daemon_cpu_secs"].as_f64().unwrap_or(0.0),
+        sustained["daemon_peak_rss_kib"].as_u64().unwrap_or(0) / 1024,
     );
     println!(
         "\n| live blocks made | tracked | events lost | daemon RSS idle | holding | bytes per live allocation | snapshot (top 1000, JSON) |"
