@@ -326,6 +326,63 @@ fn two_threads_churning_lose_no_event() {
 }
 
 #[test]
+fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers() {
+    if !have_root("an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers") {
+        return;
+    }
+    let socket = support::tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    // One page of ring buffer: two threads churning flat out overflow it.
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &[&FAST[..], &["--ring-kib", "4", "--socket", socket_arg]].concat(),
+    );
+    let churn = std::process::Command::new(fixture("churn"))
+        .args(["2", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the churn");
+    let pid = churn.id();
+    let m = scrape_until(&daemon, Duration::from_secs(5), |m| {
+        m.process("heapwatch_process_inexact", pid) == Some(1.0)
+    });
+    assert!(m.total("heapwatch_events_lost_total") > 0.0, "nothing lost");
+    assert_eq!(m.process("heapwatch_process_inexact", pid), Some(1.0));
+    assert_eq!(
+        m.process("heapwatch_process_leak_suspect_bytes", pid),
+        Some(0.0),
+        "lost frees made a leak suspect"
+    );
+    let snapshot = heapwatch()
+        .args(["snapshot", "--format", "json", "--socket", socket_arg])
+        .args(["--pid", &pid.to_string()])
+        .output()
+        .expect("run heapwatch snapshot");
+    let json: serde_json::Value = serde_json::from_slice(&snapshot.stdout).expect("JSON");
+    assert_eq!(json["inexact"], true, "{json}");
+    let output = churn.wait_with_output().expect("wait for the churn");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(" pairs in "),
+        "the churn's own result: {stdout}"
+    );
+    // Recovered, without a restart: a new process is tracked exactly.
+    let constant = Workload::start(&fixture("workload"), "constant");
+    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+        m.process("heapwatch_process_live_bytes", constant.pid()) == Some(1_000_000.0)
+    });
+    assert_eq!(
+        m.process("heapwatch_process_live_bytes", constant.pid()),
+        Some(1_000_000.0)
+    );
+    assert_eq!(
+        m.process("heapwatch_process_inexact", constant.pid()),
+        Some(0.0)
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn the_watchdog_is_petted_and_stopping_is_announced() {
     if !have_root("the_watchdog_is_petted_and_stopping_is_announced") {
         return;

@@ -58,9 +58,27 @@ pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static KNOWN_STACKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Records lost per process (key: tgid), since userspace last took them:
+/// marks whose figures are inexact. `COUNTERS` has the exact total.
+#[map]
+pub static LOST: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
 /// Per-CPU counters indexed by `profiler_common::Counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Counts a record of process `tgid` that could not be written.
+pub fn count_lost(tgid: u32) {
+    count(Counter::RingbufFull);
+    match LOST.get_ptr_mut(&tgid) {
+        // SAFETY: the value stays valid for this program's run; a racing
+        // increment may be missed, and only marks the process.
+        Some(lost) => unsafe { *lost += 1 },
+        None => {
+            let _ = LOST.insert(&tgid, &1, 0);
+        }
+    }
+}
 
 /// Adds one to a per-CPU counter.
 pub fn count(counter: Counter) {

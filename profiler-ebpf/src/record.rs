@@ -1,10 +1,10 @@
 //! Writing records to the ring buffer.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use profiler_common::{AllocEvent, Counter, Event, kind};
+use profiler_common::{AllocEvent, Event, kind};
 
 use crate::{
-    maps::{EVENTS, WAKEUP_BYTES, count},
+    maps::{EVENTS, WAKEUP_BYTES, count_lost},
     tgid_of,
 };
 
@@ -16,7 +16,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// buffer is counted, never silent.
 pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(Counter::RingbufFull);
+        count_lost(tgid_of(pid_tgid));
         return;
     };
     entry.write(Event {
@@ -33,7 +33,7 @@ pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) {
 /// `urgent` wakes the reader at once.
 pub fn emit_alloc(pid_tgid: u64, ptr: u64, size: u64, stack: u64, urgent: bool) {
     let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
-        count(Counter::RingbufFull);
+        count_lost(tgid_of(pid_tgid));
         return;
     };
     entry.write(AllocEvent {

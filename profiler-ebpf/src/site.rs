@@ -4,14 +4,17 @@
 //! call here) and free of its map's bucket collisions.
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
     programs::ProbeContext,
 };
 use profiler_common::{
-    Counter, MAX_STACK_DEPTH, STACK_UNSAMPLED, StackEvent, kind, stack_hash_seed, stack_hash_step,
+    MAX_STACK_DEPTH, STACK_UNSAMPLED, StackEvent, kind, stack_hash_seed, stack_hash_step,
 };
 
-use crate::maps::{EVENTS, KNOWN_STACKS, STACK_SAMPLE_EVERY, count};
+use crate::{
+    maps::{EVENTS, KNOWN_STACKS, STACK_SAMPLE_EVERY, count_lost},
+    tgid_of,
+};
 
 /// The site of the allocator call this entry probe sits in: the hash of its
 /// stack (only the immediate caller's for an unsampled call). The stack is
@@ -42,7 +45,7 @@ fn sampled() -> bool {
 /// this CPU could overwrite, and a new stack is rare.
 fn send(ctx: &ProbeContext, limit: usize, flags: u16) {
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
-        count(Counter::RingbufFull);
+        count_lost(tgid_of(bpf_get_current_pid_tgid()));
         return;
     };
     let record = entry.as_mut_ptr();

@@ -83,6 +83,8 @@ pub struct Counters {
     pub replaced_blocks: u64,
     /// Live blocks not kept because a cap was reached (counted, not tracked).
     pub refused_blocks: u64,
+    /// Records of this process the kernel could not write (ring buffer full).
+    pub lost_records: u64,
 }
 
 /// Figures of one allocation site in one process.
@@ -181,6 +183,8 @@ pub struct ProcessState {
     sites: Vec<SiteStats>,
     /// Sizes of the live blocks of 4 GiB and more, by address.
     huge: HashMap<u64, u64>,
+    /// When records of this process were last found lost (0: never).
+    last_loss_ns: u64,
     /// realloc's old block per thread (address, block, size), freed at
     /// entry, restored if the call fails.
     realloc_pending: HashMap<u32, (u64, LiveBlock, u64)>,
@@ -210,7 +214,13 @@ impl ProcessState {
     /// True when figures are not exact: blocks refused, or frees or blocks missed.
     pub fn inexact(&self) -> bool {
         let c = &self.counters;
-        c.refused_blocks > 0 || c.replaced_blocks > 0 || c.unmatched_frees > 0
+        c.refused_blocks > 0 || c.replaced_blocks > 0 || c.unmatched_frees > 0 || c.lost_records > 0
+    }
+
+    /// True when records of this process were found lost after `since_ns`:
+    /// a lost free leaves a block live that is not, so growth then proves nothing.
+    pub fn lost_since(&self, since_ns: u64) -> bool {
+        self.last_loss_ns > since_ns
     }
 
     /// Approximate bytes of memory this state takes.
@@ -473,6 +483,14 @@ impl Tracker {
     /// The state of process `tgid`, if it is tracked.
     pub fn process(&self, tgid: u32) -> Option<&ProcessState> {
         self.processes.get(&tgid)
+    }
+
+    /// Notes that `count` records of process `tgid` were lost, found at `now_ns`.
+    pub fn note_lost(&mut self, tgid: u32, count: u64, now_ns: u64) {
+        if let Some(process) = self.processes.get_mut(&tgid) {
+            process.counters.lost_records += count;
+            process.last_loss_ns = now_ns;
+        }
     }
 
     /// Every tracked process.

@@ -333,6 +333,18 @@ impl Probes {
         Ok(KnownStacks { hashes })
     }
 
+    /// The records the kernel lost per process (tgid, count) since the last
+    /// call, taken out of its map.
+    pub fn take_lost(&mut self) -> Result<Vec<(u32, u64)>, ProbeError> {
+        let mut lost = tgid_map::<u64>(&mut self.ebpf, "LOST")?;
+        let taken: Vec<(u32, u64)> = lost.iter().filter_map(Result::ok).collect();
+        for (tgid, _) in &taken {
+            // Gone already: nothing to take.
+            let _ = lost.remove(tgid);
+        }
+        Ok(taken)
+    }
+
     /// Kernel-side drop counters, summed over CPUs, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], ProbeError> {
         let counters_error = |source| map_error("COUNTERS", source);
@@ -629,13 +641,18 @@ impl TracepointOffsets {
 }
 
 fn add_target(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
-    let targets_error = |source| map_error("TARGETS", source);
-    let map = ebpf
-        .map_mut("TARGETS")
-        .ok_or_else(|| missing_map("TARGETS"))?;
-    let mut targets: aya::maps::HashMap<&mut MapData, u32, u8> =
-        aya::maps::HashMap::try_from(map).map_err(targets_error)?;
-    targets.insert(pid, 1, 0).map_err(targets_error)
+    tgid_map::<u8>(ebpf, "TARGETS")?
+        .insert(pid, 1, 0)
+        .map_err(|source| map_error("TARGETS", source))
+}
+
+/// The object's hash map `name`, keyed by process id.
+fn tgid_map<'a, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<aya::maps::HashMap<&'a mut MapData, u32, V>, ProbeError> {
+    let map = ebpf.map_mut(name).ok_or_else(|| missing_map(name))?;
+    aya::maps::HashMap::try_from(map).map_err(|source| map_error(name, source))
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {

@@ -3,12 +3,9 @@
 
 use std::num::NonZeroU32;
 
-use aya::{
-    maps::MapData,
-    programs::uprobe::{UProbeLink, UProbeScope},
-};
+use aya::programs::uprobe::{UProbeLink, UProbeScope};
 
-use super::{CXX_NEW_PROGRAM, ProbeError, Probes, add_target, map_error, missing_map, uprobe};
+use super::{CXX_NEW_PROGRAM, ProbeError, Probes, add_target, map_error, tgid_map, uprobe};
 
 /// One process's probes. Dropping them detaches them, return probes first;
 /// each detach waits for the kernel's grace period (about 100 ms here), so
@@ -50,16 +47,9 @@ impl Probes {
 
     /// Stops tracing process `pid` (drop its [`ProcessProbes`] too).
     pub fn release_process(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let targets_error = |source| map_error("TARGETS", source);
-        let map = self
-            .ebpf
-            .map_mut("TARGETS")
-            .ok_or_else(|| missing_map("TARGETS"))?;
-        let mut targets: aya::maps::HashMap<&mut MapData, u32, u8> =
-            aya::maps::HashMap::try_from(map).map_err(targets_error)?;
-        match targets.remove(&pid) {
+        match tgid_map::<u8>(&mut self.ebpf, "TARGETS")?.remove(&pid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(targets_error(source)),
+            Err(source) => Err(map_error("TARGETS", source)),
         }
     }
 

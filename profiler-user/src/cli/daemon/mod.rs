@@ -372,7 +372,14 @@ fn reload(
 
 /// Samples every process, updates the metrics, and removes the stacks of processes gone.
 fn tick(api_source: &api::ApiSource, probes: &Mutex<Probes>, metrics: &Metrics, top: usize) {
-    let counters = probes.lock().unwrap_or_else(|e| e.into_inner()).counters();
+    let (counters, lost) = {
+        let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
+        (probes.counters(), probes.take_lost())
+    };
+    let lost = lost.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "reading the records lost per process failed");
+        Vec::new()
+    });
     let kernel = match counters {
         Ok(c) => KernelCounts {
             ringbuf_full: c[Counter::RingbufFull as usize],
@@ -386,7 +393,9 @@ fn tick(api_source: &api::ApiSource, probes: &Mutex<Probes>, metrics: &Metrics, 
     };
     let (rows, own) = {
         let mut state = api_source.state.lock().unwrap_or_else(|e| e.into_inner());
-        let figures = state.tick(monotonic_ns(), top, &kernel, ProcessLabels::read);
+        let now = monotonic_ns();
+        state.note_lost(&lost, now);
+        let figures = state.tick(now, top, &kernel, ProcessLabels::read);
         api_source.forget_stacks(&state.take_unused_stacks());
         figures
     };

@@ -111,10 +111,15 @@ impl DaemonState {
         let min_age_ns =
             u64::try_from(self.detector.config().min_age.as_nanos()).unwrap_or(u64::MAX);
         let old_before = now_ns.saturating_sub(min_age_ns);
+        let window_start = self.window_start(now_ns);
         let mut rows = Vec::new();
         for (tgid, state) in self.tracker.processes() {
             sample(&mut self.detector, tgid, state);
-            let suspect = suspect_bytes(&self.detector, tgid, state, old_before);
+            let suspect = if state.lost_since(window_start) {
+                0
+            } else {
+                suspect_bytes(&self.detector, tgid, state, old_before)
+            };
             rows.push(row(
                 tgid,
                 state,
@@ -156,6 +161,7 @@ impl DaemonState {
         let suspect_before = now_ns.saturating_sub(
             u64::try_from(self.detector.config().min_age.as_nanos()).unwrap_or(u64::MAX),
         );
+        let trusted = !process.lost_since(self.window_start(now_ns));
         let sites = process
             .sites_holding(before)
             .into_iter()
@@ -163,11 +169,28 @@ impl DaemonState {
             .map(|held| SnapshotSite {
                 held,
                 growth_bytes_per_sec: self.detector.site_growth_rate(tgid, held.index),
-                leak_suspect: self.detector.site_grows(tgid, held.index)
+                leak_suspect: trusted
+                    && self.detector.site_grows(tgid, held.index)
                     && held.oldest_ns < suspect_before,
             })
             .collect();
         Some(sites)
+    }
+
+    /// Notes the records the kernel lost, per process (tgid, count), found
+    /// at `now_ns`: those processes' figures are inexact, and for a window
+    /// their growth makes no leak suspect (a lost free leaves a block that
+    /// looks live).
+    pub fn note_lost(&mut self, lost: &[(u32, u64)], now_ns: u64) {
+        for &(tgid, count) in lost {
+            self.tracker.note_lost(tgid, count, now_ns);
+        }
+    }
+
+    /// When the leak rule's window began, seen at `now_ns`.
+    fn window_start(&self, now_ns: u64) -> u64 {
+        let window = self.detector.config().window.as_nanos();
+        now_ns.saturating_sub(u64::try_from(window).unwrap_or(u64::MAX))
     }
 
     /// The stack hashes of processes gone that no live process used at the
@@ -346,6 +369,42 @@ mod tests {
         );
         let constant = rows.iter().find(|r| r.pid == "20").expect("constant row");
         assert_eq!(constant.leak_suspect_bytes, 0);
+    }
+
+    #[test]
+    fn a_process_that_lost_records_is_inexact_and_suspect_of_nothing_for_a_window() {
+        let mut s = state();
+        let leaker_at = |s: &mut DaemonState, now: u64| {
+            let (rows, _) = s.tick(now, 10, &KernelCounts::default(), labels);
+            let row = rows.into_iter().find(|r| r.pid == "10").expect("row");
+            let sites = s.snapshot_sites(10, now, 0, 10).expect("tracked");
+            (row.inexact, row.leak_suspect_bytes, sites[0].leak_suspect)
+        };
+        for t in 0..6u64 {
+            s.apply(&alloc(10, 0x1000 + t * 0x100, 0x1, t * SECOND));
+            s.tick(t * SECOND, 10, &KernelCounts::default(), labels);
+        }
+        assert_eq!(leaker_at(&mut s, 5 * SECOND), (false, 300, true), "a leak");
+        s.note_lost(&[(10, 3), (99, 1)], 5 * SECOND);
+        assert_eq!(
+            leaker_at(&mut s, 5 * SECOND),
+            (true, 0, false),
+            "its growth may be frees lost"
+        );
+        for t in 6..11u64 {
+            s.apply(&alloc(10, 0x1000 + t * 0x100, 0x1, t * SECOND));
+            s.tick(t * SECOND, 10, &KernelCounts::default(), labels);
+        }
+        let (inexact, suspect_bytes, suspect) = leaker_at(&mut s, 10 * SECOND);
+        assert!(inexact, "lost records stay counted");
+        assert!(
+            suspect && suspect_bytes > 0,
+            "a window later, growth is a leak again"
+        );
+        assert!(
+            s.tracker.process(99).is_none(),
+            "an untracked process is ignored"
+        );
     }
 
     #[test]
