@@ -8,7 +8,6 @@ use serde_json::json;
 use super::DaemonState;
 use crate::{
     api::{Reply, Request, authorize},
-    probes::KnownStacks,
     procinfo::{ProcessLabels, is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteReport},
     stacks::{SiteResolver, SymbolService},
@@ -18,8 +17,6 @@ use crate::{
 pub struct ApiSource {
     /// The daemon's state.
     pub state: Arc<Mutex<DaemonState>>,
-    /// The kernel's set of stacks sent.
-    pub known_stacks: Mutex<KnownStacks>,
     /// The symbolizer thread and its cache.
     pub symbols: SymbolService,
 }
@@ -56,14 +53,6 @@ impl ApiSource {
                 }
             }
         }
-    }
-
-    /// Makes the kernel forget stacks, so that it sends them again when next
-    /// seen. The caller holds the state's lock from the tick that found them
-    /// unused, so no event applied in between can start using one.
-    pub fn forget_stacks(&self, hashes: &[u64]) {
-        let mut known = self.known_stacks.lock().unwrap_or_else(|e| e.into_inner());
-        known.forget(hashes);
     }
 
     fn health(&self) -> Reply {

@@ -32,7 +32,7 @@ use crate::{
     config::{ConfigError, DEFAULT_CONFIG_PATH, DaemonConfig, Settings},
     leaks::LeakDetector,
     metrics::{Metrics, http},
-    probes::{Backlog, EventReader, ProbeConfig, ProbeError, Probes, Scope},
+    probes::{Backlog, EventReader, KnownStacks, ProbeConfig, ProbeError, Probes, Scope},
     procinfo::{ProcessLabels, monotonic_ns},
     scope::Selection,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
@@ -126,13 +126,13 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         return check(&probes, &config);
     }
     let reader = probes.reader()?;
+    let known_stacks = probes.known_stacks()?;
     let state = Arc::new(Mutex::new(DaemonState::new(
         Tracker::new(tracker_config(&config)),
         LeakDetector::new(config.leak),
     )));
     let api_source = Arc::new(api::ApiSource {
         state: Arc::clone(&state),
-        known_stacks: Mutex::new(probes.known_stacks()?),
         symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
     });
     let probes = Arc::new(Mutex::new(probes));
@@ -156,7 +156,14 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let result = runtime.block_on(serve(args, config, &state, &probes, api_source));
+    let result = runtime.block_on(serve(
+        args,
+        config,
+        &state,
+        &probes,
+        known_stacks,
+        api_source,
+    ));
     stop.store(true, Ordering::Relaxed);
     for thread in pipeline {
         let _ = thread.join();
@@ -265,6 +272,7 @@ async fn serve(
     mut config: DaemonConfig,
     state: &Mutex<DaemonState>,
     probes: &Mutex<Probes>,
+    mut known_stacks: KnownStacks,
     api_source: Arc<api::ApiSource>,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
@@ -288,7 +296,13 @@ async fn serve(
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
     let mut ticks = ticker(config.leak.tick);
     let mut watchdog = notify::watchdog_interval().map(ticker);
-    tick(&api_source, probes, &metrics, config.top_processes);
+    tick(
+        state,
+        probes,
+        &mut known_stacks,
+        &metrics,
+        config.top_processes,
+    );
     if let Err(err) = notify::notify("READY=1") {
         tracing::warn!(error = %err, "sd_notify READY failed");
     }
@@ -308,7 +322,7 @@ async fn serve(
     }
     loop {
         tokio::select! {
-            _ = ticks.tick() => tick(&api_source, probes, &metrics, config.top_processes),
+            _ = ticks.tick() => tick(state, probes, &mut known_stacks, &metrics, config.top_processes),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
@@ -370,8 +384,16 @@ fn reload(
     Some(new)
 }
 
-/// Samples every process, updates the metrics, and removes the stacks of processes gone.
-fn tick(api_source: &api::ApiSource, probes: &Mutex<Probes>, metrics: &Metrics, top: usize) {
+/// Samples every process, updates the metrics, and makes the kernel forget
+/// the stacks of processes gone (with the state still locked, so that no
+/// event applied in between starts using one).
+fn tick(
+    state: &Mutex<DaemonState>,
+    probes: &Mutex<Probes>,
+    known_stacks: &mut KnownStacks,
+    metrics: &Metrics,
+    top: usize,
+) {
     let (counters, lost) = {
         let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
         (probes.counters(), probes.take_lost())
@@ -392,11 +414,11 @@ fn tick(api_source: &api::ApiSource, probes: &Mutex<Probes>, metrics: &Metrics, 
         }
     };
     let (rows, own) = {
-        let mut state = api_source.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let now = monotonic_ns();
         state.note_lost(&lost, now);
         let figures = state.tick(now, top, &kernel, ProcessLabels::read);
-        api_source.forget_stacks(&state.take_unused_stacks());
+        known_stacks.forget(&state.take_unused_stacks());
         figures
     };
     metrics.update(&rows, &own);
