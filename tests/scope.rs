@@ -85,23 +85,21 @@ impl Gated {
     }
 }
 
-/// The first byte of the C library's malloc as process `pid` has it in memory.
-fn first_byte_of_malloc(pid: u32) -> u8 {
+/// The first byte of the C library's malloc as process `pid` has it in
+/// memory; `None` until the dynamic loader has mapped the C library.
+fn first_byte_of_malloc(pid: u32) -> Option<u8> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("read the maps");
-    let (base, libc) = maps
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (range, offset, path) = (fields[0], fields[2], *fields.get(5)?);
-            (path.contains("/libc.so") && u64::from_str_radix(offset, 16).ok()? == 0).then(|| {
-                let start = range.split('-').next().expect("range");
-                (
-                    u64::from_str_radix(start, 16).expect("hex"),
-                    path.to_owned(),
-                )
-            })
+    let (base, libc) = maps.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (range, offset, path) = (fields[0], fields[2], *fields.get(5)?);
+        (path.contains("/libc.so") && u64::from_str_radix(offset, 16).ok()? == 0).then(|| {
+            let start = range.split('-').next().expect("range");
+            (
+                u64::from_str_radix(start, 16).expect("hex"),
+                path.to_owned(),
+            )
         })
-        .expect("the C library is mapped");
+    })?;
     let data = fs::read(&libc).expect("read the C library");
     let file = object::File::parse(&*data).expect("parse the C library");
     let malloc = file
@@ -114,7 +112,7 @@ fn first_byte_of_malloc(pid: u32) -> u8 {
         .expect("seek to malloc");
     let mut byte = [0u8];
     mem.read_exact(&mut byte).expect("read malloc's first byte");
-    byte[0]
+    Some(byte[0])
 }
 
 /// Waits until `check` holds (or 10 s pass); returns whether it did.
@@ -163,7 +161,7 @@ fn only_selected_processes_get_breakpoints_and_they_are_traced_exactly() {
     let mut unselected = Gated::spawn(&other);
     for (gated, when) in [(&running_before, "before"), (&started_after, "after")] {
         assert!(
-            eventually(|| first_byte_of_malloc(gated.pid()) == INT3),
+            eventually(|| first_byte_of_malloc(gated.pid()) == Some(INT3)),
             "the selected process started {when} the daemon has no breakpoint at malloc"
         );
     }
@@ -172,8 +170,9 @@ fn only_selected_processes_get_breakpoints_and_they_are_traced_exactly() {
         gated.allocate();
     }
     unselected.allocate();
+    // It has allocated: the C library is mapped.
     assert_ne!(
-        first_byte_of_malloc(unselected.pid()),
+        first_byte_of_malloc(unselected.pid()).expect("the C library is mapped"),
         INT3,
         "the kernel put a breakpoint into a process no selector picks"
     );

@@ -74,7 +74,7 @@ impl ScopeKeeper {
     }
 
     /// Applies changes until the reader's side of `changes` hangs up; then
-    /// lets go of every process.
+    /// lets go of every process (dropping their probes detaches them).
     pub fn run(mut self, changes: &mpsc::Receiver<Change>) {
         for change in changes {
             match change {
@@ -82,8 +82,6 @@ impl ScopeKeeper {
                 Change::Ended(pid) => self.let_go(pid, false),
             }
         }
-        let all: Vec<ProcessProbes> = self.attached.drain().map(|(_, probes)| probes).collect();
-        drop(all);
     }
 
     /// Probes `pid` if the selection picks it, lets it go if it no longer
