@@ -332,10 +332,15 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
     }
     let socket = support::tempfile_path("api.sock");
     let socket_arg = socket.to_str().expect("utf-8 path");
-    // One page of ring buffer: two threads churning flat out overflow it.
+    // 64 KiB of ring buffer: two threads churning flat out overflow it
+    // (hundreds of thousands of records lost here); a quiet process fits.
     let mut daemon = Daemon::start(
         &config_file(""),
-        &[&FAST[..], &["--ring-kib", "4", "--socket", socket_arg]].concat(),
+        &[
+            &FAST[..],
+            &["--ring-kib", "64", "--top", "1000", "--socket", socket_arg],
+        ]
+        .concat(),
     );
     let churn = std::process::Command::new(fixture("churn"))
         .args(["2", "6"])
