@@ -87,8 +87,9 @@ impl Recording {
         };
         match event {
             HeapEvent::Alloc { task, site, .. } => {
-                let raw = self.stacks.get(site.stack).map(|raw| &**raw);
-                self.sites.observe(task.tgid, site, raw);
+                let stacks = &self.stacks;
+                self.sites
+                    .observe(task.tgid, site, || stacks.get(site.stack).map(|raw| &**raw));
             }
             HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
             HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),

@@ -138,14 +138,20 @@ impl SiteResolver {
         Self::default()
     }
 
-    /// The normalized stack of `site` of process `tgid` (`raw`: its stack as
-    /// the kernel sent it, if it arrived), normalized now if it is new. A
-    /// site whose stack has not arrived is not kept: a later call may bring it.
-    pub fn observe(&mut self, tgid: u32, site: RawSite, raw: Option<&RawStack>) -> Arc<Stack> {
+    /// The normalized stack of `site` of process `tgid`, normalized now if
+    /// it is new (`raw` finds its stack as the kernel sent it, if it
+    /// arrived). A site whose stack has not arrived is not kept: a later
+    /// call may bring it.
+    pub fn observe<'a>(
+        &mut self,
+        tgid: u32,
+        site: RawSite,
+        raw: impl FnOnce() -> Option<&'a RawStack>,
+    ) -> Arc<Stack> {
         if let Some(stack) = self.stacks.get(&(tgid, site)) {
             return Arc::clone(stack);
         }
-        let Some(raw) = raw else {
+        let Some(raw) = raw() else {
             return Arc::new(Stack {
                 frames: Vec::new(),
                 status: StackStatus::NotCaptured,
@@ -279,7 +285,7 @@ mod tests {
         let pid = std::process::id();
         let site = RawSite { stack: 7 };
         assert_eq!(
-            resolver.observe(pid, site, None).status,
+            resolver.observe(pid, site, || None).status,
             StackStatus::NotCaptured
         );
         assert!(resolver.stack(pid, site).is_none(), "not kept");
@@ -289,7 +295,7 @@ mod tests {
             frames: Box::new([address]),
             status: StackStatus::Full,
         };
-        let stack = resolver.observe(pid, site, Some(&raw));
+        let stack = resolver.observe(pid, site, || Some(&raw));
         assert_eq!(stack.status, StackStatus::Full);
         assert_eq!(stack.frames[0].address, address);
         assert!(

@@ -121,7 +121,7 @@ impl ApiSource {
         let stacks: Vec<_> = sites
             .iter()
             .zip(&raw_stacks)
-            .map(|(site, raw)| resolver.observe(pid, site.held.stats.site, raw.as_deref()))
+            .map(|(site, raw)| resolver.observe(pid, site.held.stats.site, || raw.as_deref()))
             .collect();
         let symbolized = self
             .symbols
