@@ -22,18 +22,6 @@ use support::{
 /// The leak rule's settings for tests: seconds, not minutes.
 const FAST: [&str; 6] = ["--tick", "1s", "--window", "6s", "--min-age", "3s"];
 
-/// Scrapes until `check` passes or `within` passes; returns the last scrape.
-fn scrape_until(daemon: &Daemon, within: Duration, check: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + within;
-    loop {
-        let metrics = daemon.scrape();
-        if check(&metrics) || Instant::now() > deadline {
-            return metrics;
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn live_bytes_and_leak_suspects_of_real_workloads() {
     if !have_root("live_bytes_and_leak_suspects_of_real_workloads") {
@@ -52,7 +40,7 @@ fn live_bytes_and_leak_suspects_of_real_workloads() {
     let execing = Workload::spawn(&workload, "exec");
 
     let live = |m: &Metrics, pid| m.process("heapwatch_process_live_bytes", pid);
-    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
         live(m, exiting.pid()).is_some()
     });
     assert_eq!(
@@ -65,9 +53,7 @@ fn live_bytes_and_leak_suspects_of_real_workloads() {
         m.process("heapwatch_process_leak_suspect_bytes", pid)
             .unwrap_or(0.0)
     };
-    let m = scrape_until(&daemon, Duration::from_secs(12), |m| {
-        suspect(m, leak.pid()) > 0.0
-    });
+    let m = daemon.scrape_until(Duration::from_secs(12), |m| suspect(m, leak.pid()) > 0.0);
     let detection = started.elapsed();
     assert!(
         suspect(&m, leak.pid()) > 0.0,
@@ -145,7 +131,7 @@ fn per_process_series_are_bounded() {
     // With --top 1, at most one of the three 1,000,000-byte workloads is
     // shown; the others are summed into pid="other".
     let other = |m: &Metrics| m.process_labelled("heapwatch_process_live_bytes", "other");
-    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
         other(m).is_some_and(|v| v >= 2_000_000.0)
     });
     let family = m.family("heapwatch_process_live_bytes");
@@ -308,9 +294,7 @@ fn two_threads_churning_lose_no_event() {
             .find(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
             .map_or(0.0, |s| s.value)
     };
-    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
-        family(m, "free") >= pairs
-    });
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| family(m, "free") >= pairs);
     assert!(
         family(&m, "alloc") >= pairs,
         "allocations counted: {} of {pairs}",
@@ -348,7 +332,7 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
         .spawn()
         .expect("start the churn");
     let pid = churn.id();
-    let m = scrape_until(&daemon, Duration::from_secs(5), |m| {
+    let m = daemon.scrape_until(Duration::from_secs(5), |m| {
         m.process("heapwatch_process_inexact", pid) == Some(1.0)
     });
     assert!(m.total("heapwatch_events_lost_total") > 0.0, "nothing lost");
@@ -373,7 +357,7 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
     );
     // Recovered, without a restart: a new process is tracked exactly.
     let constant = Workload::start(&fixture("workload"), "constant");
-    let m = scrape_until(&daemon, Duration::from_secs(10), |m| {
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
         m.process("heapwatch_process_live_bytes", constant.pid()) == Some(1_000_000.0)
     });
     assert_eq!(

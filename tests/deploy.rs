@@ -34,7 +34,8 @@ fn the_systemd_unit_verifies() {
     std::fs::create_dir_all(&dir).expect("create a unit directory");
     let unit = std::fs::read_to_string(deploy("heapwatch.service")).expect("read the unit");
     assert!(
-        unit.contains("Type=notify") && unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON")
+        unit.contains("Type=notify")
+            && unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN")
     );
     let unit = unit.replace("/usr/local/bin/heapwatch", env!("CARGO_BIN_EXE_heapwatch"));
     let path = dir.join("heapwatch.service");

@@ -199,6 +199,16 @@ fn blocks_freed_by_other_threads_match_valgrind() {
 }
 
 #[test]
+fn threads_exiting_while_others_allocate_match_valgrind() {
+    if !have_root("threads_exiting_while_others_allocate_match_valgrind") {
+        return;
+    }
+    let program = fixture("thread_storm");
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+    assert!(recorded.summaries()[0].allocs >= 20 * 16 * 501);
+}
+
+#[test]
 fn a_forked_child_that_leaks_matches_valgrind_per_process() {
     if !have_root("a_forked_child_that_leaks_matches_valgrind_per_process") {
         return;
@@ -439,7 +449,7 @@ fn an_unprivileged_user_is_told_what_is_missing() {
             .arg(env!("CARGO_BIN_EXE_heapwatch"))
             .args(["record", "--", "true"]),
         1,
-        &["CAP_BPF, CAP_PERFMON", "run it with sudo"],
+        &["CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN", "run it with sudo"],
     );
 }
 

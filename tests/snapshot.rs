@@ -12,13 +12,17 @@ use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{Workload, daemon::Daemon, fixture, functions, have_root, heapwatch, tempfile_path};
+use support::{
+    Workload,
+    daemon::{Daemon, api_reply},
+    fixture, functions, have_root, heapwatch, tempfile_path,
+};
 
 /// A daemon with fast leak settings and its API socket under /tmp.
 fn start_daemon() -> (Daemon, PathBuf) {
@@ -215,15 +219,6 @@ fn snapshot_errors_are_clear() {
     assert!(daemon.stop().success());
 }
 
-/// Sends one request line to the API socket and returns the reply's bytes.
-fn raw_reply(socket: &Path, request: &[u8]) -> Vec<u8> {
-    let mut stream = UnixStream::connect(socket).expect("connect to the API");
-    stream.write_all(request).expect("send the request");
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).expect("read the reply");
-    reply
-}
-
 /// Sends raw bytes to the API socket and returns the reply.
 fn raw_request(socket: &Path, bytes: &[u8], close_write: bool) -> Value {
     let mut stream = UnixStream::connect(socket).expect("connect to the API");
@@ -274,75 +269,12 @@ fn malformed_oversized_slow_and_half_closed_requests_get_error_replies() {
     assert!(daemon.stop().success());
 }
 
-/// A system user (and the heapwatch group, if missing) for the test, removed after.
-struct TestUser {
-    name: &'static str,
-    created_group: bool,
-}
-
-impl TestUser {
-    fn create() -> Self {
-        let name = "hwtest";
-        let _ = Command::new("userdel").arg(name).output();
-        let created_group = Command::new("getent")
-            .args(["group", "heapwatch"])
-            .output()
-            .is_ok_and(|o| !o.status.success());
-        if created_group {
-            run(Command::new("groupadd").args(["--system", "heapwatch"]));
-        }
-        run(Command::new("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            "--groups",
-            "heapwatch",
-            name,
-        ]));
-        Self {
-            name,
-            created_group,
-        }
-    }
-
-    /// `program args` run as this user (with the user's groups).
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            &format!("--reuid={}", self.name),
-            &format!("--regid={}", self.name),
-            "--init-groups",
-        ])
-        .arg(program);
-        cmd
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(self.name).output();
-        if self.created_group {
-            let _ = Command::new("groupdel").arg("heapwatch").output();
-        }
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let output = cmd.output().expect("run a user-management command");
-    assert!(
-        output.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn a_user_may_snapshot_only_their_own_processes() {
     if !have_root("a_user_may_snapshot_only_their_own_processes") {
         return;
     }
-    let user = TestUser::create();
+    let user = support::user::TestUser::create();
     let (mut daemon, socket) = start_daemon();
     let workload = fixture("workload");
     let mut own = user.command(&workload);
@@ -527,23 +459,13 @@ fn without_a_daemon_a_snapshot_needs_a_live_process_and_a_positive_duration() {
     }
 }
 
-/// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
     if !have_root("a_million_live_allocations_over_a_thousand_sites_are_snapshotted") {
         return;
     }
     let (mut daemon, socket) = start_daemon();
-    let rss_before = rss_kib(daemon.pid());
+    let rss_before = support::process::status_kib(daemon.pid(), "VmRSS");
     let holder = Workload::start(&fixture("many_sites"), "hold");
     let request = format!(
         "{{\"op\":\"snapshot\",\"pid\":{},\"top\":2000}}\n",
@@ -553,7 +475,7 @@ fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
     let (json, latency) = loop {
         // Timed without parsing: this test's own allocations are traced too.
         let started = Instant::now();
-        let reply = raw_reply(&socket, request.as_bytes());
+        let reply = api_reply(&socket, request.as_bytes());
         let latency = started.elapsed();
         let reply: Value = serde_json::from_slice(&reply).expect("JSON reply");
         if reply["data"]["in_use_blocks"] == 1_000_000 {
@@ -602,7 +524,7 @@ fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
     let top = snapshot(&socket, holder.pid(), &[]);
     let cli_latency = started.elapsed();
     assert!(top.status.success());
-    let rss_after = rss_kib(daemon.pid());
+    let rss_after = support::process::status_kib(daemon.pid(), "VmRSS");
     eprintln!(
         "1,000,000 live blocks over {} sites ({} with full stacks): API snapshot of every site {latency:?}; `heapwatch snapshot` (top 10, itself traced) {cli_latency:?}; daemon RSS {rss_before} KiB before, {rss_after} KiB after",
         sites.len(),

@@ -356,7 +356,34 @@ impl Model {
     }
 }
 
+#[test]
+fn a_live_block_entry_takes_20_bytes() {
+    assert_eq!(size_of::<(BlockKey, LiveBlock)>(), 20);
+}
+
+#[test]
+fn aligned_addresses_spread_over_the_low_bits_of_their_hashes() {
+    let hash = |ptr: u64| {
+        let mut hasher = AddressHasher::default();
+        BlockKey::new(ptr).hash(&mut hasher);
+        hasher.finish()
+    };
+    let buckets: std::collections::HashSet<u64> = (0..4096u64)
+        .map(|i| hash(0x5555_0000_0000 + i * 16) & 4095)
+        .collect();
+    assert!(
+        buckets.len() > 2048,
+        "{} of 4096 buckets used",
+        buckets.len()
+    );
+}
+
 proptest! {
+    #[test]
+    fn a_block_key_keeps_its_address(ptr in any::<u64>()) {
+        prop_assert_eq!(BlockKey::new(ptr).ptr(), ptr);
+    }
+
     #[test]
     fn tracker_matches_the_reference_model(calls in proptest::collection::vec(call(), 0..300)) {
         let mut model = Model::default();

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    os::unix::net::UnixDatagram,
+    os::unix::net::{UnixDatagram, UnixStream},
     path::Path,
     process::{Child, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -42,16 +42,66 @@ impl Daemon {
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
+        let listen = ["daemon", "--listen", &address];
+        Self::launch(
+            heapwatch(),
+            &[&listen[..], args].concat(),
+            config,
+            env,
+            address.clone(),
+        )
+    }
+
+    /// As [`Daemon::start`], through `program PROGRAM_ARGS` (capsh, for one),
+    /// which is to exec heapwatch with the arguments that follow.
+    pub fn start_program(
+        program: &str,
+        program_args: &[String],
+        config: &Path,
+        args: &[&str],
+    ) -> Self {
+        let address = format!("127.0.0.1:{}", free_port());
+        let listen = ["daemon", "--listen", &address];
+        let mut command = std::process::Command::new(program);
+        command.args(program_args);
+        Self::launch(
+            command,
+            &[&listen[..], args].concat(),
+            config,
+            &[],
+            address.clone(),
+        )
+    }
+
+    /// As [`Daemon::start`], without `--listen`: /metrics where the default puts it.
+    pub fn start_default_listen(config: &Path, args: &[&str]) -> Self {
+        let daemon = [&["daemon"][..], args].concat();
+        Self::launch(
+            heapwatch(),
+            &daemon,
+            config,
+            &[],
+            "127.0.0.1:9465".to_owned(),
+        )
+    }
+
+    /// Runs `command ARGS --config CONFIG` with a notify socket and waits for READY=1.
+    fn launch(
+        mut command: std::process::Command,
+        args: &[&str],
+        config: &Path,
+        env: &[(&str, &str)],
+        address: String,
+    ) -> Self {
         let socket_path = tempfile_path("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
         socket
-            .set_read_timeout(Some(Duration::from_secs(90)))
+            .set_read_timeout(Some(Duration::from_secs(1)))
             .expect("socket timeout");
-        let mut child = heapwatch()
-            .arg("daemon")
-            .args(["--listen", &address, "--config"])
-            .arg(config)
+        let mut child = command
             .args(args)
+            .arg("--config")
+            .arg(config)
             .env("NOTIFY_SOCKET", &socket_path)
             .env("HEAPWATCH_LOG", "info")
             .envs(env.iter().copied())
@@ -83,20 +133,29 @@ impl Daemon {
 
     /// Waits for a datagram to the notify socket containing `state`.
     pub fn wait_for_notification(&self, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut buf = [0u8; 256];
         loop {
-            let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
+            match self.notify.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains(state) => return,
+                Ok(_) => {}
+                Err(e) => assert!(
+                    Instant::now() < deadline && !self.exited(),
                     "no {state} from the daemon ({e}); it logged:\n{}",
                     self.log()
-                )
-            });
-            if String::from_utf8_lossy(&buf[..n]).contains(state) {
-                return;
+                ),
             }
         }
     }
 
+    /// Whether the daemon has exited (is a zombie or gone).
+    fn exited(&self) -> bool {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    }
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -151,6 +210,18 @@ impl Daemon {
     pub fn scrape(&self) -> Metrics {
         let body = http_get(&self.address, "/metrics");
         Metrics::parse(&body)
+    }
+
+    /// Scrapes until `check` passes or `within` passes; returns the last scrape.
+    pub fn scrape_until(&self, within: Duration, check: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + within;
+        loop {
+            let metrics = self.scrape();
+            if check(&metrics) || Instant::now() > deadline {
+                return metrics;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 
@@ -250,4 +321,14 @@ fn parse_labels(text: &str) -> HashMap<String, String> {
             ))
         })
         .collect()
+}
+
+/// Sends one request line to the API socket at `socket` and returns the
+/// reply's bytes.
+pub fn api_reply(socket: &Path, request: &[u8]) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API");
+    stream.write_all(request).expect("send the request");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("read the reply");
+    reply
 }

@@ -12,6 +12,8 @@ use serde_json::Value;
 
 pub mod daemon;
 pub mod pprof;
+pub mod process;
+pub mod user;
 
 /// Names (as the kernel keeps them, cut to 15 bytes) of heapwatch's programs.
 const PROGRAM_NAMES: [&str; 14] = [
@@ -402,8 +404,13 @@ pub struct Workload(KillOnDrop);
 impl Workload {
     /// Starts `workload MODE` and waits for its "ready" line.
     pub fn start(binary: &Path, mode: &str) -> Self {
+        Self::start_with(binary, &[mode])
+    }
+
+    /// Starts `binary ARGS` and waits for its "ready" line.
+    pub fn start_with(binary: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(binary)
-            .arg(mode)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the workload");
@@ -412,7 +419,12 @@ impl Workload {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ready");
-        assert_eq!(line, "ready\n", "workload {mode} did not start");
+        assert_eq!(
+            line,
+            "ready\n",
+            "{} {args:?} did not start",
+            binary.display()
+        );
         Self(KillOnDrop::new(child))
     }
 

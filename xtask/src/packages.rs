@@ -22,6 +22,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "passwd",
     "util-linux",
+    "libcap2-bin",
 ];
 
 /// Installs the packages not yet installed (apt-get update first, once).

@@ -22,7 +22,7 @@ pub fn build() -> Result<()> {
 pub fn heapwatch(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
-            "heapwatch loads eBPF programs and needs root (or CAP_BPF and CAP_PERFMON): run as root"
+            "heapwatch loads eBPF programs and needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run as root"
         );
     }
     let binary = workspace_root().join("target/release/heapwatch");

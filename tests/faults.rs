@@ -1,0 +1,278 @@
+//! Faults around a running daemon: killed with SIGKILL and restarted, PIDs
+//! reused, a process exec'ing while its threads allocate, processes killed
+//! inside the allocator, and live blocks past the memory caps.
+
+#[allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
+mod support;
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use support::{
+    BpfBaseline, KillOnDrop, Workload, config_file,
+    daemon::{Daemon, Metrics},
+    fixture, have_root,
+    process::{
+        Gated, INT3, eventually, first_byte_of_malloc, snapshot_json, status_kib, workload_named,
+    },
+    tempfile_path,
+};
+
+const LIVE: &str = "heapwatch_process_live_bytes";
+const BLOCKS: &str = "heapwatch_process_live_allocations";
+const ALLOCS: &str = "heapwatch_process_allocations_total";
+const INEXACT: &str = "heapwatch_process_inexact";
+
+/// The value of `metric{reason=...}` (0 when absent).
+fn drops(m: &Metrics, reason: &str) -> f64 {
+    m.family("heapwatch_kernel_drops_total")
+        .iter()
+        .find(|s| s.labels.get("reason").map(String::as_str) == Some(reason))
+        .map_or(0.0, |s| s.value)
+}
+
+/// Whether `pid` is a live process (not a zombie).
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched() {
+    if !have_root("a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched") {
+        return;
+    }
+    let baseline = BpfBaseline::take();
+    let daemon = Daemon::start(&config_file(""), &[]);
+    let churn = Command::new(fixture("churn"))
+        .args(["2", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the churn");
+    let _churn_guard = KillOnDrop::pid_only(churn.id() as i32);
+    let constant = Workload::start(&fixture("workload"), "constant");
+    assert!(
+        eventually(|| first_byte_of_malloc(constant.pid()) == Some(INT3)),
+        "the daemon put no breakpoint into a running process"
+    );
+    thread::sleep(Duration::from_millis(500));
+    daemon.signal(libc::SIGKILL);
+    drop(daemon);
+    baseline.assert_nothing_left();
+    assert_ne!(
+        first_byte_of_malloc(constant.pid()),
+        Some(INT3),
+        "a breakpoint outlived the daemon"
+    );
+    assert!(running(constant.pid()), "the traced process died");
+    let output = churn.wait_with_output().expect("wait for the churn");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(" pairs in "),
+        "the churn did not finish as it would alone: {stdout}"
+    );
+}
+
+#[test]
+fn a_restarted_daemon_counts_frees_of_blocks_it_never_saw_as_unmatched() {
+    if !have_root("a_restarted_daemon_counts_frees_of_blocks_it_never_saw_as_unmatched") {
+        return;
+    }
+    let config = config_file("");
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let args = ["--tick", "1s", "--socket", socket_arg];
+    let first = Daemon::start(&config, &args);
+    let mut holder = Gated::spawn(&fixture("workload"), "release");
+    holder.read_line("ready\n");
+    let pid = holder.pid();
+    let m = first.scrape_until(Duration::from_secs(10), |m| {
+        m.process(LIVE, pid) == Some(1_000_000.0)
+    });
+    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
+    first.signal(libc::SIGKILL);
+    drop(first);
+
+    let mut second = Daemon::start(&config, &args);
+    // The 100 blocks the first daemon saw are freed, 10 of 1,000 bytes made.
+    holder.step("released\n");
+    let m = second.scrape_until(Duration::from_secs(10), |m| {
+        m.process(BLOCKS, pid) == Some(10.0)
+    });
+    assert_eq!(m.process(LIVE, pid), Some(10_000.0), "never negative");
+    assert_eq!(m.process(BLOCKS, pid), Some(10.0));
+    assert_eq!(m.process("heapwatch_process_frees_total", pid), Some(0.0));
+    assert_eq!(m.process(INEXACT, pid), Some(1.0));
+    assert!(m.total("heapwatch_unmatched_frees_total") >= 100.0);
+    let json = snapshot_json(&socket, pid).expect("a snapshot");
+    assert_eq!(json["unmatched_frees"], 100, "{json}");
+    assert_eq!(json["in_use_bytes"], 10_000, "{json}");
+    assert_eq!(json["inexact"], true, "{json}");
+    assert!(second.stop().success());
+}
+
+/// Starts `workload constant` from `binary` as process `pid`, freed by its
+/// previous owner: the kernel hands out the PID after `ns_last_pid` next.
+fn constant_at_pid(binary: &std::path::Path, pid: u32) -> Workload {
+    for _ in 0..100 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("write /proc/sys/kernel/ns_last_pid");
+        let workload = Workload::start(binary, "constant");
+        if workload.pid() == pid {
+            return workload;
+        }
+    }
+    panic!("PID {pid} was not handed out again");
+}
+
+#[test]
+fn a_reused_pid_starts_with_nothing_of_the_process_before_it() {
+    if !have_root("a_reused_pid_starts_with_nothing_of_the_process_before_it") {
+        return;
+    }
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
+    let old = Workload::start(&workload_named("hw_old"), "constant");
+    let pid = old.pid();
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        m.process(LIVE, pid) == Some(1_000_000.0)
+    });
+    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
+    drop(old);
+    let new = constant_at_pid(&workload_named("hw_new"), pid);
+    let comm = |m: &Metrics| {
+        m.family(LIVE)
+            .into_iter()
+            .find(|s| s.labels.get("pid") == Some(&pid.to_string()))
+            .and_then(|s| s.labels.get("comm").cloned())
+    };
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        comm(m).as_deref() == Some("hw_new") && m.process(ALLOCS, pid) == Some(100.0)
+    });
+    assert_eq!(comm(&m).as_deref(), Some("hw_new"));
+    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
+    assert_eq!(m.process(ALLOCS, pid), Some(100.0));
+    assert_eq!(m.process(INEXACT, pid), Some(0.0));
+    drop(new);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_process_exec_ing_while_its_threads_allocate_starts_afresh() {
+    if !have_root("a_process_exec_ing_while_its_threads_allocate_starts_afresh") {
+        return;
+    }
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
+    let busy = Workload::spawn(&fixture("workload"), "exec_busy");
+    let pid = busy.pid();
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        m.process(ALLOCS, pid) == Some(100.0)
+    });
+    // Only the new image's 100 blocks: none of the old threads' churn and
+    // leaks, and nothing lost or unpaired on the way.
+    assert_eq!(m.process(ALLOCS, pid), Some(100.0));
+    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
+    assert_eq!(m.process(BLOCKS, pid), Some(100.0));
+    assert_eq!(m.process(INEXACT, pid), Some(0.0));
+    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    drop(busy);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn processes_killed_inside_the_allocator_leave_no_state_behind() {
+    if !have_root("processes_killed_inside_the_allocator_leave_no_state_behind") {
+        return;
+    }
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
+    let before = daemon.scrape();
+    // Two threads churning under the probes spend most of their time in the
+    // probes' traps, and a signal is taken on the way out of a trap: most
+    // of these kills land between an allocator call's entry and its return.
+    let mut killed = Vec::new();
+    for round in 0..20u64 {
+        let mut churn = KillOnDrop::new(
+            Command::new(fixture("churn"))
+                .args(["2", "10"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start the churn"),
+        );
+        thread::sleep(Duration::from_millis(100 + 7 * round));
+        churn.kill_now();
+        killed.push(churn.pid());
+    }
+    let constant = Workload::start(&fixture("workload"), "constant");
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        m.process(LIVE, constant.pid()) == Some(1_000_000.0)
+            && killed.iter().all(|&pid| m.process(LIVE, pid).is_none())
+    });
+    for pid in &killed {
+        assert_eq!(m.process(LIVE, *pid), None, "killed {pid} still has state");
+    }
+    assert_eq!(m.process(LIVE, constant.pid()), Some(1_000_000.0));
+    assert_eq!(m.process(ALLOCS, constant.pid()), Some(100.0));
+    assert_eq!(m.process(INEXACT, constant.pid()), Some(0.0));
+    assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
+    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    drop(constant);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn past_the_caps_blocks_are_refused_counted_and_cost_no_memory() {
+    if !have_root("past_the_caps_blocks_are_refused_counted_and_cost_no_memory") {
+        return;
+    }
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &[
+            "--tick",
+            "1s",
+            "--max-allocations",
+            "2000000",
+            "--max-allocations-per-process",
+            "1000000",
+        ],
+    );
+    let idle_kib = status_kib(daemon.pid(), "VmRSS");
+    let before = daemon.scrape();
+    // 10,000,000 live blocks of 32 bytes over 1,000 sites.
+    let holder = Workload::start_with(&fixture("many_sites"), &["hold", "10000"]);
+    let pid = holder.pid();
+    let refused_before = before.total("heapwatch_refused_allocations_total");
+    let m = daemon.scrape_until(Duration::from_secs(60), |m| {
+        m.total("heapwatch_refused_allocations_total") - refused_before >= 9_000_000.0
+    });
+    let peak_kib = status_kib(daemon.pid(), "VmHWM");
+    let refused = m.total("heapwatch_refused_allocations_total") - refused_before;
+    let tracker_bytes = m.total("heapwatch_tracker_memory_bytes");
+    eprintln!(
+        "caps 1,000,000 per process, 2,000,000 in all; 10,000,000 live blocks made: {} tracked, {refused} refused, {} lost; tracker {tracker_bytes} bytes; daemon RSS {idle_kib} KiB idle, peak {peak_kib} KiB",
+        m.process(BLOCKS, pid).unwrap_or(0.0),
+        m.total("heapwatch_events_lost_total"),
+    );
+    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(refused, 9_000_000.0);
+    assert_eq!(m.process(BLOCKS, pid), Some(1_000_000.0));
+    assert_eq!(m.process(LIVE, pid), Some(32_000_000.0));
+    assert_eq!(m.process(ALLOCS, pid), Some(10_000_000.0));
+    assert_eq!(m.process(INEXACT, pid), Some(1.0));
+    // A million blocks take about 20 MiB of tables; ten million, uncapped,
+    // took 470 MB of RSS.
+    assert!(tracker_bytes < 64.0 * 1024.0 * 1024.0, "{tracker_bytes}");
+    assert!(
+        peak_kib - idle_kib < 150 * 1024,
+        "the daemon grew from {idle_kib} KiB to {peak_kib} KiB"
+    );
+    drop(holder);
+    assert!(daemon.stop().success());
+}

@@ -1,0 +1,163 @@
+//! The daemon under load: /metrics scraped 50 times a second and snapshots
+//! asked for in a loop while two threads churn flat out.
+
+#[allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{
+    config_file,
+    daemon::{Daemon, Metrics, api_reply, http_get},
+    fixture, have_root,
+    process::status_kib,
+    tempfile_path,
+};
+
+/// How long the churn runs.
+const CHURN_SECS: u64 = 20;
+/// One scrape every this long: 50 a second.
+const SCRAPE_EVERY: Duration = Duration::from_millis(20);
+
+/// Scrapes `address` every [`SCRAPE_EVERY`] until `done`; returns each
+/// scrape's latency (a scrape running late starts the next at once, never two).
+fn scrape_at_50_per_second(address: &str, done: &AtomicBool) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let mut next = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let body = http_get(address, "/metrics");
+        latencies.push(started.elapsed());
+        assert!(body.contains("heapwatch_events_total"), "{body}");
+        next += SCRAPE_EVERY;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        } else {
+            next = Instant::now();
+        }
+    }
+    latencies
+}
+
+/// Asks the API for snapshots of `pid` one after another until `done`;
+/// returns how many were answered with a report. Until the daemon has seen
+/// the process allocate, the reply is an error; after, only once it is gone.
+fn snapshot_in_a_loop(socket: &std::path::Path, pid: u32, done: &AtomicBool) -> u64 {
+    let request = format!("{{\"op\":\"snapshot\",\"pid\":{pid},\"top\":10}}\n");
+    let mut answered = 0;
+    while !done.load(Ordering::Relaxed) {
+        let reply: Value =
+            serde_json::from_slice(&api_reply(socket, request.as_bytes())).expect("JSON reply");
+        if reply["ok"] == true {
+            answered += 1;
+        } else if answered > 0 {
+            // The churn has ended.
+            assert_eq!(reply["error"], format!("no such process: {pid}"), "{reply}");
+            break;
+        } else {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    answered
+}
+
+fn events(m: &Metrics, kind: &str) -> f64 {
+    m.family("heapwatch_events_total")
+        .iter()
+        .find(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
+        .map_or(0.0, |s| s.value)
+}
+
+/// The `q`-quantile of sorted `values`.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn scrapes_at_50_per_second_and_snapshots_in_a_loop_while_two_threads_churn() {
+    if !have_root("scrapes_at_50_per_second_and_snapshots_in_a_loop_while_two_threads_churn") {
+        return;
+    }
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--socket", socket_arg]);
+    let before = daemon.scrape();
+    let churn = Command::new(fixture("churn"))
+        .args(["2", &CHURN_SECS.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the churn");
+    let churn_pid = churn.id();
+    let _guard = support::KillOnDrop::pid_only(churn_pid as i32);
+    let done = AtomicBool::new(false);
+    let (latencies, snapshots, rss, output) = thread::scope(|s| {
+        let scraper = s.spawn(|| scrape_at_50_per_second(&daemon.address, &done));
+        let snapshotter = s.spawn(|| snapshot_in_a_loop(&socket, churn_pid, &done));
+        let mut rss = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(CHURN_SECS - 1) {
+            thread::sleep(Duration::from_secs(1));
+            rss.push(status_kib(daemon.pid(), "VmRSS"));
+        }
+        let output = churn.wait_with_output().expect("wait for the churn");
+        done.store(true, Ordering::Relaxed);
+        let latencies = scraper.join().expect("the scraper");
+        let snapshots = snapshotter.join().expect("the snapshot loop");
+        (latencies, snapshots, rss, output)
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pairs: f64 = stdout
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("churn printed no count: {stdout}"));
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        events(m, "free") - events(&before, "free") >= pairs
+    });
+    let counted = events(&m, "alloc") + events(&m, "free")
+        - events(&before, "alloc")
+        - events(&before, "free");
+    let lost = m.total("heapwatch_events_lost_total");
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    // The first seconds fill the daemon's tables; flat means no growth after.
+    let settled = &rss[3..];
+    let growth_kib = settled.iter().max().unwrap() - settled.iter().min().unwrap();
+    eprintln!(
+        "load: {} scrapes in {CHURN_SECS} s (p50 {:?}, p99 {:?}, max {:?}), {snapshots} snapshots; churn {pairs} pairs, {} events generated, {counted} counted (the machine's), {lost} lost; daemon RSS {:?} KiB, {growth_kib} KiB of growth after 3 s",
+        latencies.len(),
+        quantile(&sorted, 0.5),
+        quantile(&sorted, 0.99),
+        sorted.last().unwrap(),
+        2.0 * pairs,
+        rss,
+    );
+    assert_eq!(lost, 0.0, "the daemon fell behind");
+    assert!(
+        counted >= 2.0 * pairs,
+        "{counted} of {} counted",
+        2.0 * pairs
+    );
+    assert!(
+        latencies.len() as u64 >= 45 * (CHURN_SECS - 1),
+        "only {} scrapes",
+        latencies.len()
+    );
+    assert!(snapshots >= CHURN_SECS, "only {snapshots} snapshots");
+    assert!(quantile(&sorted, 0.99) < Duration::from_millis(250));
+    assert!(*sorted.last().unwrap() < Duration::from_secs(2));
+    assert!(
+        growth_kib < 16 * 1024,
+        "RSS grew by {growth_kib} KiB: {rss:?}"
+    );
+    assert!(daemon.stop().success());
+}
