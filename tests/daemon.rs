@@ -288,22 +288,16 @@ fn two_threads_churning_lose_no_event() {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("churn printed no count: {stdout}"));
-    let family = |m: &Metrics, kind: &str| {
-        m.family("heapwatch_events_total")
-            .iter()
-            .find(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
-            .map_or(0.0, |s| s.value)
-    };
-    let m = daemon.scrape_until(Duration::from_secs(10), |m| family(m, "free") >= pairs);
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| m.events("free") >= pairs);
     assert!(
-        family(&m, "alloc") >= pairs,
+        m.events("alloc") >= pairs,
         "allocations counted: {} of {pairs}",
-        family(&m, "alloc")
+        m.events("alloc")
     );
     assert!(
-        family(&m, "free") >= pairs,
+        m.events("free") >= pairs,
         "frees counted: {} of {pairs}",
-        family(&m, "free")
+        m.events("free")
     );
     assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
     assert!(daemon.stop().success());
@@ -326,6 +320,9 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
         ]
         .concat(),
     );
+    let before = daemon.scrape();
+    let counted_before = before.events("alloc") + before.events("free");
+    let lost_before = before.total("heapwatch_events_lost_total");
     let churn = std::process::Command::new(fixture("churn"))
         .args(["2", "6"])
         .stdout(std::process::Stdio::piped())
@@ -354,6 +351,23 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
     assert!(
         output.status.success() && stdout.contains(" pairs in "),
         "the churn's own result: {stdout}"
+    );
+    let generated = 2.0
+        * stdout
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let counted = |m: &Metrics| m.events("alloc") + m.events("free") - counted_before;
+    let lost = |m: &Metrics| m.total("heapwatch_events_lost_total") - lost_before;
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        counted(m) + lost(m) >= generated
+    });
+    eprintln!(
+        "overload: 64 KiB ring, churn {}: {generated} events generated, {} counted and {} lost (the machine's)",
+        stdout.trim(),
+        counted(&m),
+        lost(&m),
     );
     // Recovered, without a restart: a new process is tracked exactly.
     let constant = Workload::start(&fixture("workload"), "constant");

@@ -30,12 +30,9 @@ const BLOCKS: &str = "heapwatch_process_live_allocations";
 const ALLOCS: &str = "heapwatch_process_allocations_total";
 const INEXACT: &str = "heapwatch_process_inexact";
 
-/// The value of `metric{reason=...}` (0 when absent).
+/// `heapwatch_kernel_drops_total{reason}`.
 fn drops(m: &Metrics, reason: &str) -> f64 {
-    m.family("heapwatch_kernel_drops_total")
-        .iter()
-        .find(|s| s.labels.get("reason").map(String::as_str) == Some(reason))
-        .map_or(0.0, |s| s.value)
+    m.labelled("heapwatch_kernel_drops_total", "reason", reason)
 }
 
 /// Whether `pid` is a live process (not a zombie).

@@ -70,13 +70,6 @@ fn snapshot_in_a_loop(socket: &std::path::Path, pid: u32, done: &AtomicBool) -> 
     answered
 }
 
-fn events(m: &Metrics, kind: &str) -> f64 {
-    m.family("heapwatch_events_total")
-        .iter()
-        .find(|s| s.labels.get("kind").map(String::as_str) == Some(kind))
-        .map_or(0.0, |s| s.value)
-}
-
 /// The `q`-quantile of sorted `values`.
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -121,11 +114,10 @@ fn scrapes_at_50_per_second_and_snapshots_in_a_loop_while_two_threads_churn() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("churn printed no count: {stdout}"));
     let m = daemon.scrape_until(Duration::from_secs(10), |m| {
-        events(m, "free") - events(&before, "free") >= pairs
+        m.events("free") - before.events("free") >= pairs
     });
-    let counted = events(&m, "alloc") + events(&m, "free")
-        - events(&before, "alloc")
-        - events(&before, "free");
+    let counted =
+        m.events("alloc") + m.events("free") - before.events("alloc") - before.events("free");
     let lost = m.total("heapwatch_events_lost_total");
     let mut sorted = latencies.clone();
     sorted.sort();

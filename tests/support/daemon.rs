@@ -305,6 +305,19 @@ impl Metrics {
             .map(|s| s.value)
     }
 
+    /// The value of the series of `name` whose label `key` is `value` (0 when absent).
+    pub fn labelled(&self, name: &str, key: &str, value: &str) -> f64 {
+        self.family(name)
+            .iter()
+            .find(|s| s.labels.get(key).map(String::as_str) == Some(value))
+            .map_or(0.0, |s| s.value)
+    }
+
+    /// `heapwatch_events_total{kind}`.
+    pub fn events(&self, kind: &str) -> f64 {
+        self.labelled("heapwatch_events_total", "kind", kind)
+    }
+
     /// The value of an unlabelled metric, or the sum of a labelled one.
     pub fn total(&self, name: &str) -> f64 {
         self.family(name).iter().map(|s| s.value).sum()
