@@ -273,3 +273,73 @@ fn past_the_caps_blocks_are_refused_counted_and_cost_no_memory() {
     drop(holder);
     assert!(daemon.stop().success());
 }
+
+/// The C library this test process maps (the one the daemon probes).
+fn libc_path() -> String {
+    fs::read_to_string("/proc/self/maps")
+        .expect("read the maps")
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .expect("the C library is mapped")
+        .to_owned()
+}
+
+/// bpftrace programs attached by process `pid`, as `bpftool perf show` lists them.
+fn attached_by(pid: u32) -> bool {
+    let output = Command::new("bpftool")
+        .args(["-j", "perf", "show"])
+        .output()
+        .expect("run bpftool");
+    let listing: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    listing
+        .as_array()
+        .is_some_and(|entries| entries.iter().any(|e| e["pid"] == pid))
+}
+
+#[test]
+fn a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid() {
+    if !have_root("a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid") {
+        return;
+    }
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
+    let workload = fixture("workload");
+    let mut doomed = Gated::spawn(&workload, "doomed");
+    doomed.read_line("ready\n");
+    let pid = doomed.pid();
+    // A second program on malloc's breakpoint kills the process at the entry
+    // of its malloc(777777): heapwatch's entry program has run, its return
+    // program never will.
+    let script = format!(
+        "uprobe:{}:malloc /pid == {pid} && arg0 == 777777/ {{ signal(\"KILL\"); }}",
+        libc_path()
+    );
+    let bpftrace = KillOnDrop::new(
+        Command::new("bpftrace")
+            .args(["--unsafe", "-e", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start bpftrace"),
+    );
+    assert!(
+        eventually(|| attached_by(bpftrace.pid())),
+        "bpftrace did not attach"
+    );
+    let before = daemon.scrape();
+    doomed.poke();
+    assert_eq!(doomed.killing_signal(), Some(libc::SIGKILL));
+    drop(bpftrace);
+    // Its PID, and so its main thread's id, goes to a new process: a call
+    // state kept by thread id would pair that process's first malloc with
+    // the dead one's 777,777 bytes.
+    let reborn = constant_at_pid(&workload, pid);
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        m.process(ALLOCS, pid) == Some(100.0)
+    });
+    assert_eq!(m.process(ALLOCS, pid), Some(100.0));
+    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
+    assert_eq!(m.process(INEXACT, pid), Some(0.0));
+    assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
+    drop(reborn);
+    assert!(daemon.stop().success());
+}

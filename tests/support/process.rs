@@ -63,12 +63,17 @@ impl Gated {
 
     /// Sends it a byte and waits for the line `expected`.
     pub fn step(&mut self, expected: &str) {
+        self.poke();
+        self.read_line(expected);
+    }
+
+    /// Sends it a byte: it goes on.
+    pub fn poke(&mut self) {
         self.stdin
             .as_mut()
             .expect("stdin open")
             .write_all(b"g")
             .expect("tell the workload to go on");
-        self.read_line(expected);
     }
 
     /// Waits for the line `expected` on its stdout.
@@ -84,6 +89,12 @@ impl Gated {
     pub fn finish(mut self) {
         drop(self.stdin.take());
         assert!(self.child.wait().expect("wait for the workload").success());
+    }
+
+    /// Waits for its end; returns the signal that killed it, if one did.
+    pub fn killing_signal(mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.child.wait().expect("wait for the workload").signal()
     }
 }
 

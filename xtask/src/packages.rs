@@ -23,6 +23,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "passwd",
     "util-linux",
     "libcap2-bin",
+    "bpftrace",
 ];
 
 /// Installs the packages not yet installed (apt-get update first, once).
