@@ -17,7 +17,7 @@ use std::{
 use serde_json::Value;
 use support::{
     config_file,
-    daemon::{Daemon, Metrics, api_reply, http_get},
+    daemon::{Daemon, api_reply, http_get},
     fixture, have_root,
     process::status_kib,
     tempfile_path,

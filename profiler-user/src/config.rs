@@ -16,6 +16,20 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
 
 /// The sparsest stack sampling accepted: one allocation in a million.
 pub const MAX_STACK_SAMPLE: u32 = 1_000_000;
+/// What `stack_sample` (and `--stack-sample`) accepts.
+pub const STACK_SAMPLE_RULE: &str = "must be a whole number from 1 (every allocation) to 1000000";
+/// The largest ring buffer accepted, in KiB: 1 GiB.
+pub const MAX_RING_KIB: u32 = 1 << 20;
+/// What `ring_kib` (and `--ring-kib`) accepts.
+pub const RING_KIB_RULE: &str = "must be a power of two from 4 to 1048576 (KiB)";
+/// The most ticks a window spans: the leak rule keeps that many samples of
+/// every site and compares each pair of them at every tick.
+pub const MAX_WINDOW_TICKS: u128 = 1000;
+/// The longest duration accepted: nanoseconds must fit 64 bits (584 years),
+/// as the kernel's clock and the API count them.
+const MAX_DURATION: Duration = Duration::from_nanos(u64::MAX);
+/// How a duration is written, for error messages.
+const DURATION_SYNTAX: &str = "a duration is a whole number and a unit, ms, s, m or h, as in 20s";
 
 /// A configuration error, naming the key and what is wrong.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -68,11 +82,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Parses a TOML file's text; `path` names it in errors.
+    /// Parses a TOML file's text; `path` names it in errors, which give the
+    /// line at fault (and so its key).
     pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message: match e.span() {
+                Some(span) => format!("{}: {}", line_at(text, span.start), e.message()),
+                None => e.message().to_owned(),
+            },
         })
     }
 
@@ -126,31 +144,17 @@ impl TryFrom<&Settings> for DaemonConfig {
         let listen_text = s.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = listen_text.parse().map_err(|_| ConfigError::Value {
             key: "listen",
-            message: format!("`{listen_text}` is not ADDR:PORT (for example 127.0.0.1:9465)"),
+            message: format!(
+                "`{listen_text}` is not IP:PORT (for example 127.0.0.1:9465 or [::1]:9465; host names are not looked up)"
+            ),
         })?;
-        let defaults = LeakConfig::default();
-        let leak = LeakConfig {
-            tick: duration_key("tick", s.tick.as_deref(), defaults.tick)?,
-            window: duration_key("window", s.window.as_deref(), defaults.window)?,
-            min_age: duration_key("min_age", s.min_age.as_deref(), defaults.min_age)?,
-        };
-        if leak.tick.is_zero() {
-            return Err(value_error("tick", "must be longer than 0"));
-        }
-        if leak.window < leak.tick * 3 {
-            return Err(value_error("window", "must span at least 3 ticks"));
-        }
+        let leak = leak_config(s)?;
         let top_processes = s.top_processes.unwrap_or(20);
         if top_processes == 0 {
             return Err(value_error("top_processes", "must be at least 1"));
         }
-        let ring_kib = s.ring_kib.unwrap_or(4096);
-        if ring_kib < 4 || !ring_kib.is_power_of_two() || ring_kib > 1024 * 1024 {
-            return Err(value_error(
-                "ring_kib",
-                "must be a power of two from 4 to 1048576",
-            ));
-        }
+        let ring_kib =
+            ring_kib(s.ring_kib.unwrap_or(4096)).map_err(|rule| value_error("ring_kib", rule))?;
         let max_allocations = positive("max_allocations", s.max_allocations, 50_000_000)?;
         let max_allocations_per_process = positive(
             "max_allocations_per_process",
@@ -164,7 +168,8 @@ impl TryFrom<&Settings> for DaemonConfig {
             max_allocations,
             max_allocations_per_process,
             ring_kib,
-            stack_sample: stack_sample("stack_sample", s.stack_sample.unwrap_or(1))?,
+            stack_sample: stack_sample(s.stack_sample.unwrap_or(1))
+                .map_err(|rule| value_error("stack_sample", rule))?,
             libc: s.libc.clone(),
             scope: Selection::parse(s.scope.as_deref().unwrap_or_default())
                 .map_err(|e| value_error("scope", &e.to_string()))?,
@@ -172,15 +177,46 @@ impl TryFrom<&Settings> for DaemonConfig {
     }
 }
 
+/// The leak rule's durations: a tick longer than 0, a window of 3 to
+/// [`MAX_WINDOW_TICKS`] ticks.
+fn leak_config(s: &Settings) -> Result<LeakConfig, ConfigError> {
+    let defaults = LeakConfig::default();
+    let leak = LeakConfig {
+        tick: duration_key("tick", s.tick.as_deref(), defaults.tick)?,
+        window: duration_key("window", s.window.as_deref(), defaults.window)?,
+        min_age: duration_key("min_age", s.min_age.as_deref(), defaults.min_age)?,
+    };
+    if leak.tick.is_zero() {
+        return Err(value_error("tick", "must be longer than 0"));
+    }
+    let ticks = leak.window.as_nanos() / leak.tick.as_nanos();
+    if !(3..=MAX_WINDOW_TICKS).contains(&ticks) {
+        return Err(value_error(
+            "window",
+            &format!(
+                "must span from 3 to {MAX_WINDOW_TICKS} ticks, not {ticks} ({:?} over ticks of {:?}): change tick or window",
+                leak.window, leak.tick
+            ),
+        ));
+    }
+    Ok(leak)
+}
+
 /// Checks a stack sampling rate: one allocation in 1 to 1,000,000.
-pub fn stack_sample(key: &'static str, every: u32) -> Result<u32, ConfigError> {
+pub fn stack_sample(every: u32) -> Result<u32, &'static str> {
     if (1..=MAX_STACK_SAMPLE).contains(&every) {
         Ok(every)
     } else {
-        Err(value_error(
-            key,
-            &format!("must be from 1 (every allocation) to {MAX_STACK_SAMPLE}"),
-        ))
+        Err(STACK_SAMPLE_RULE)
+    }
+}
+
+/// Checks a ring-buffer size in KiB: a power of two from 4 to [`MAX_RING_KIB`].
+pub fn ring_kib(kib: u32) -> Result<u32, &'static str> {
+    if (4..=MAX_RING_KIB).contains(&kib) && kib.is_power_of_two() {
+        Ok(kib)
+    } else {
+        Err(RING_KIB_RULE)
     }
 }
 
@@ -208,29 +244,48 @@ fn duration_key(
     })
 }
 
-/// Parses `250ms`, `1s`, `20s`, `5m`, `1h`: a whole number and a unit.
+/// Parses `250ms`, `1s`, `20s`, `5m`, `1h`: a whole number and a unit, at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h, as in 20s)"))?;
+        .ok_or_else(|| format!("`{text}` has no unit ({DURATION_SYNTAX})"))?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let seconds = |factor: u64| {
-        n.checked_mul(factor)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{text}` is too long"))
+    if number.is_empty() {
+        return Err(format!(
+            "`{text}` does not start with a whole number ({DURATION_SYNTAX})"
+        ));
+    }
+    let too_long = || format!("`{text}` is too long (at most 5124095h, 584 years)");
+    let n: u64 = number.parse().map_err(|_| too_long())?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` ({DURATION_SYNTAX})"
+            ));
+        }
     };
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3600),
-        _ => Err(format!(
-            "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
-        )),
+    millis
+        .map(Duration::from_millis)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(too_long)
+}
+
+/// "line N, `the line`" for the byte `offset` of `text`, the line cut short
+/// when long.
+fn line_at(text: &str, offset: usize) -> String {
+    const SHOWN: usize = 60;
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let number = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or("").trim();
+    match line.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("line {number}, `{}...`", &line[..cut]),
+        None => format!("line {number}, `{line}`"),
     }
 }
 
@@ -255,6 +310,82 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn bad_durations_are_told_what_a_duration_is() {
+        for (bad, says) in [
+            ("5", "has no unit (a duration is a whole number and a unit"),
+            ("-5s", "does not start with a whole number"),
+            ("5x", "unknown unit `x`"),
+            ("99999999999999999999h", "is too long (at most 5124095h"),
+            ("18446744073709551615s", "is too long"),
+            ("5124096h", "is too long"),
+        ] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert_eq!(
+            parse_duration("5124095h"),
+            Ok(Duration::from_secs(5_124_095 * 3600))
+        );
+    }
+
+    #[test]
+    fn the_window_spans_3_to_1000_ticks() {
+        let config = |tick: &str, window: &str| {
+            DaemonConfig::try_from(&Settings {
+                tick: Some(tick.to_owned()),
+                window: Some(window.to_owned()),
+                ..Settings::default()
+            })
+        };
+        assert!(config("1s", "3s").is_ok());
+        assert!(config("1s", "1000s").is_ok());
+        let err = config("1s", "1001s").expect_err("1001 ticks");
+        assert!(err.to_string().contains("from 3 to 1000 ticks"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not 1001 (1001s over ticks of 1s)"),
+            "{err}"
+        );
+        assert!(config("1ms", "24h").is_err());
+        assert!(
+            config("5124095h", "10m").is_err(),
+            "a huge tick is not a panic"
+        );
+    }
+
+    #[test]
+    fn the_limits_and_their_rules_agree() {
+        assert_eq!(stack_sample(MAX_STACK_SAMPLE), Ok(MAX_STACK_SAMPLE));
+        assert_eq!(stack_sample(MAX_STACK_SAMPLE + 1), Err(STACK_SAMPLE_RULE));
+        assert_eq!(stack_sample(0), Err(STACK_SAMPLE_RULE));
+        assert!(STACK_SAMPLE_RULE.contains(&MAX_STACK_SAMPLE.to_string()));
+        assert_eq!(ring_kib(4), Ok(4));
+        assert_eq!(ring_kib(MAX_RING_KIB), Ok(MAX_RING_KIB));
+        for bad in [0, 2, 1000, MAX_RING_KIB * 2] {
+            assert_eq!(ring_kib(bad), Err(RING_KIB_RULE), "{bad}");
+        }
+        assert!(RING_KIB_RULE.contains(&MAX_RING_KIB.to_string()));
+    }
+
+    #[test]
+    fn file_errors_name_the_line_and_so_the_key() {
+        let text = "tick = \"5s\"\ntop_processes = -1\n";
+        let err = Settings::from_toml(text, "c.toml").expect_err("negative");
+        assert!(
+            err.to_string()
+                .starts_with("c.toml: line 2, `top_processes = -1`: "),
+            "{err}"
+        );
+        let long = format!("scope = [{}]", "\"comm:x\", ".repeat(20) + "5]");
+        let err = Settings::from_toml(&long, "c.toml").expect_err("a number in the scope");
+        assert!(
+            err.to_string().contains("line 1, `scope = [\"comm:x\""),
+            "{err}"
+        );
+        assert!(err.to_string().contains("...`"), "the line is cut: {err}");
     }
 
     #[test]

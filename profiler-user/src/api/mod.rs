@@ -8,7 +8,10 @@ pub mod protocol;
 use std::{
     ffi::CString,
     io,
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{FileTypeExt, PermissionsExt},
+    },
     path::Path,
     sync::Arc,
     time::Duration,
@@ -26,19 +29,62 @@ pub use protocol::{MAX_REQUEST_BYTES, Reply, Request, RequestError, authorize, p
 pub const DEFAULT_SOCKET: &str = "/run/heapwatch/api.sock";
 /// The group whose members may connect.
 pub const SOCKET_GROUP: &str = "heapwatch";
+/// The longest socket path the kernel takes (`sun_path` holds 108 bytes with
+/// the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers a request from the caller with this uid.
 pub type Handler = Arc<dyn Fn(Request, u32) -> Reply + Send + Sync>;
 
-/// Binds the socket: a stale one is replaced; mode 0660, group `heapwatch`
-/// when that group exists.
+/// What is at the socket's path before the daemon binds it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Vacancy {
+    /// Nothing.
+    Empty,
+    /// A socket nothing answers at, left by a daemon that was killed: replaced.
+    StaleSocket,
+}
+
+/// Whether the daemon may bind `path`. Anything there but a stale socket is
+/// an error: heapwatch deletes no file but its own socket, and takes no
+/// socket from a daemon that answers at it.
+pub fn check_vacant(path: &Path) -> io::Result<Vacancy> {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a socket's path is at most {MAX_SOCKET_PATH} bytes: name a shorter one with --socket PATH"
+            ),
+        ));
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vacancy::Empty),
+        result => result?,
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "it exists and is not a socket (heapwatch replaces only a socket nothing answers at): name another path with --socket PATH",
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "a heapwatch daemon already answers there: stop it, or name another path with --socket PATH",
+        ));
+    }
+    Ok(Vacancy::StaleSocket)
+}
+
+/// Binds the socket: a stale one is replaced, anything else refused (see
+/// [`check_vacant`]); mode 0660, group `heapwatch` when that group exists.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
+    if check_vacant(path)? == Vacancy::StaleSocket {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
@@ -130,4 +176,41 @@ pub fn call(path: &Path, request: &Request) -> io::Result<Reply> {
     let mut reply = String::new();
     std::io::BufReader::new(stream).read_line(&mut reply)?;
     serde_json::from_str(&reply).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::net::UnixListener as StdUnixListener, path::PathBuf};
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("heapwatch-api-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn only_nothing_or_a_stale_socket_is_vacant() {
+        assert_eq!(
+            check_vacant(&scratch("none")).expect("vacant"),
+            Vacancy::Empty
+        );
+        let too_long = std::env::temp_dir().join("x".repeat(MAX_SOCKET_PATH));
+        let err = check_vacant(&too_long).expect_err("too long");
+        assert!(err.to_string().contains("at most 107 bytes"), "{err}");
+
+        let file = scratch("file");
+        std::fs::write(&file, "keep me").expect("write");
+        let err = check_vacant(&file).expect_err("a file is not vacant");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
+        std::fs::remove_file(&file).expect("remove");
+
+        let socket = scratch("live.sock");
+        let listener = StdUnixListener::bind(&socket).expect("bind");
+        let err = check_vacant(&socket).expect_err("a daemon answers");
+        assert!(err.to_string().contains("already answers"), "{err}");
+        drop(listener);
+        assert_eq!(check_vacant(&socket).expect("stale"), Vacancy::StaleSocket);
+        std::fs::remove_file(&socket).expect("remove");
+    }
 }

@@ -10,6 +10,9 @@ use thiserror::Error;
 /// Why a command cannot be run.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CommandError {
+    /// The command's name is an empty string.
+    #[error("the command is an empty string: give the program to run after --")]
+    Empty,
     /// Not found on PATH or at the path given.
     #[error("{0}: command not found")]
     NotFound(String),
@@ -22,7 +25,7 @@ pub enum CommandError {
 /// executable match in `path_var` (PATH's value).
 pub fn resolve_command(name: &str, path_var: &str) -> Result<PathBuf, CommandError> {
     if name.is_empty() {
-        return Err(CommandError::NotFound(String::new()));
+        return Err(CommandError::Empty);
     }
     if name.contains('/') {
         let path = PathBuf::from(name);
@@ -75,6 +78,6 @@ mod tests {
             resolve_command("/", "/bin"),
             Err(CommandError::NotExecutable(PathBuf::from("/")))
         );
-        assert!(resolve_command("", "/bin").is_err());
+        assert_eq!(resolve_command("", "/bin"), Err(CommandError::Empty));
     }
 }

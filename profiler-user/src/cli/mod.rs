@@ -4,6 +4,7 @@ mod command;
 mod daemon;
 mod floor;
 mod notify;
+mod output;
 mod query;
 mod record;
 mod recording;
@@ -72,29 +73,29 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
     /// How often live bytes are sampled, e.g. 10s [default: 10s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub tick: Option<String>,
     /// Over how long growth is judged, e.g. 10m [default: 10m].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub window: Option<String>,
     /// How old live blocks must be to count as leaked, e.g. 5m [default: 5m].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub min_age: Option<String>,
     /// Processes exported one by one, by live bytes; the rest are summed [default: 20].
-    #[arg(long, value_name = "K")]
-    pub top: Option<usize>,
+    #[arg(long, value_name = "K", value_parser = parse_top, allow_negative_numbers = true)]
+    pub top: Option<u32>,
     /// Cap on live allocations tracked in all [default: 50000000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_cap, allow_negative_numbers = true)]
     pub max_allocations: Option<u64>,
     /// Cap on live allocations tracked per process [default: 10000000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_cap, allow_negative_numbers = true)]
     pub max_allocations_per_process: Option<u64>,
     /// Ring-buffer size in KiB, a power of two [default: 4096].
-    #[arg(long, value_name = "KIB")]
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib, allow_negative_numbers = true)]
     pub ring_kib: Option<u32>,
     /// Capture the full stack of one allocation in N, chosen at random; the
     /// others keep their immediate caller. Byte counts stay exact [default: 1].
-    #[arg(long, value_name = "N", value_parser = parse_stack_sample)]
+    #[arg(long, value_name = "N", value_parser = parse_stack_sample, allow_negative_numbers = true)]
     pub stack_sample: Option<u32>,
     /// The allocator library to probe (default: the C library heapwatch itself uses).
     #[arg(long, value_name = "PATH")]
@@ -118,17 +119,17 @@ pub struct DaemonArgs {
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// The process.
-    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: u32,
     /// Show at most K sites, largest first.
-    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = parse_top, allow_negative_numbers = true)]
     pub top: u32,
     /// Count only blocks allocated at least this long ago, e.g. 5m.
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration, allow_hyphen_values = true)]
     pub min_age: Option<std::time::Duration>,
     /// Without the daemon: trace the process for this long, e.g. 30s (as
     /// root); allocations made before tracing began are unseen.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub duration: Option<std::time::Duration>,
     /// Rendering (pprof and flamegraph need -o).
     #[arg(long, value_enum, default_value_t = crate::report::Format::Text)]
@@ -157,7 +158,7 @@ impl DaemonArgs {
             tick: self.tick.clone(),
             window: self.window.clone(),
             min_age: self.min_age.clone(),
-            top_processes: self.top,
+            top_processes: self.top.map(|k| k as usize),
             max_allocations: self.max_allocations,
             max_allocations_per_process: self.max_allocations_per_process,
             ring_kib: self.ring_kib,
@@ -184,17 +185,17 @@ pub struct RecordArgs {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Show at most K sites per process.
-    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = parse_top, allow_negative_numbers = true)]
     pub top: u32,
     /// The allocator library to probe (default: the C library heapwatch itself uses).
     #[arg(long, value_name = "PATH")]
     pub libc: Option<PathBuf>,
     /// Ring-buffer size in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib, allow_negative_numbers = true)]
     pub ring_kib: u32,
     /// Capture the full stack of one allocation in N, chosen at random; the
     /// others keep their immediate caller. Byte counts stay exact.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_stack_sample)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_stack_sample, allow_negative_numbers = true)]
     pub stack_sample: u32,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
@@ -208,23 +209,40 @@ fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-fn parse_stack_sample(text: &str) -> Result<u32, String> {
-    let every = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number"))?;
-    crate::config::stack_sample("--stack-sample", every).map_err(|e| e.to_string())
+/// A whole number from `min` to `max`; anything else (a sign, a fraction,
+/// a number too large for `T`) is refused with the range.
+fn whole_number<T>(text: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match text.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
+    }
 }
 
-fn parse_ring_kib(text: &str) -> Result<u32, String> {
-    let kib: u32 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number of KiB"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
-        return Err(format!(
-            "{kib} KiB is not a power of two between 4 and 1048576"
-        ));
-    }
-    Ok(kib)
+fn parse_pid(text: &str) -> Result<u32, String> {
+    whole_number(text, 1, u32::MAX)
+}
+
+fn parse_top(text: &str) -> Result<u32, String> {
+    whole_number(text, 1, u32::MAX)
+}
+
+fn parse_cap(text: &str) -> Result<u64, String> {
+    whole_number(text, 1, u64::MAX)
+}
+
+fn parse_stack_sample(text: &str) -> Result<u32, &'static str> {
+    text.parse()
+        .map_err(|_| crate::config::STACK_SAMPLE_RULE)
+        .and_then(crate::config::stack_sample)
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, &'static str> {
+    text.parse()
+        .map_err(|_| crate::config::RING_KIB_RULE)
+        .and_then(crate::config::ring_kib)
 }
 
 #[cfg(test)]
@@ -253,26 +271,71 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_are_refused() {
-        for argv in [
-            vec!["heapwatch", "record"],
-            vec!["heapwatch", "record", "--top", "0", "--", "ls"],
-            vec!["heapwatch", "record", "--top", "x", "--", "ls"],
-            vec!["heapwatch", "record", "--ring-kib", "1000", "--", "ls"],
-            vec!["heapwatch", "record", "--ring-kib", "-4", "--", "ls"],
-            vec!["heapwatch", "record", "--format", "svg", "--", "ls"],
-            vec!["heapwatch", "record", "--stack-sample", "0", "--", "ls"],
-            vec![
-                "heapwatch",
-                "record",
-                "--stack-sample",
-                "1000001",
-                "--",
-                "ls",
-            ],
-            vec!["heapwatch", "daemon", "--stack-sample", "x"],
+    fn bad_values_are_refused_with_the_flag_and_what_is_valid() {
+        for (args, expected) in [
+            ("record", "<CMD>"),
+            ("record --top 0 -- ls", "from 1 to 4294967295"),
+            ("record --top x -- ls", "from 1 to 4294967295"),
+            (
+                "record --ring-kib 1000 -- ls",
+                "power of two from 4 to 1048576",
+            ),
+            (
+                "record --ring-kib -4 -- ls",
+                "power of two from 4 to 1048576",
+            ),
+            ("record --format svg -- ls", "possible values"),
+            (
+                "record --stack-sample 0 -- ls",
+                "from 1 (every allocation) to 1000000",
+            ),
+            ("record --stack-sample 1000001 -- ls", "to 1000000"),
+            ("daemon --stack-sample x", "from 1 (every allocation)"),
+            ("daemon --top -1", "from 1 to 4294967295"),
+            ("daemon --ring-kib 8589934592", "power of two"),
+            (
+                "daemon --max-allocations 0",
+                "from 1 to 18446744073709551615",
+            ),
+            ("daemon --max-allocations-per-process -1", "from 1 to"),
+            ("snapshot --pid 0", "from 1 to 4294967295"),
+            ("snapshot --pid -1", "from 1 to 4294967295"),
+            ("snapshot --pid 4294967296", "from 1 to 4294967295"),
+            (
+                "snapshot --pid 1 --duration -1s",
+                "does not start with a whole number",
+            ),
+            ("snapshot --pid 1 --min-age 5x", "unknown unit `x`"),
         ] {
-            assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?} accepted");
+            let argv = std::iter::once("heapwatch").chain(args.split(' '));
+            let err = Cli::try_parse_from(argv).expect_err(args).to_string();
+            let flag = args
+                .split(' ')
+                .rfind(|a| a.starts_with("--") && a.len() > 2)
+                .unwrap_or("");
+            assert!(err.contains(flag), "{args}: the flag is not named: {err}");
+            assert!(err.contains(expected), "{args}: {expected} not said: {err}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_bounded_by_their_range_and_type() {
+        assert_eq!(whole_number("7", 1u32, 9), Ok(7));
+        for bad in [
+            "0",
+            "10",
+            "-1",
+            "+",
+            "1.5",
+            "",
+            " 3",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                whole_number(bad, 1u32, 9),
+                Err("must be a whole number from 1 to 9".to_owned()),
+                "{bad:?}"
+            );
         }
     }
 }

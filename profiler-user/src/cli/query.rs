@@ -10,10 +10,12 @@ use thiserror::Error;
 
 use super::{
     PsArgs, SnapshotArgs,
+    output::check_writable,
     standalone::{TraceError, trace_snapshot},
 };
 use crate::{
     api::{Reply, Request, call},
+    procinfo::{is_kernel_thread, owner},
     report::{Format, ProcessReport, render_snapshot},
 };
 
@@ -31,6 +33,12 @@ pub enum QueryError {
         #[source]
         source: std::io::Error,
     },
+    /// The process does not exist.
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    /// The process is a kernel thread.
+    #[error("process {0} is a kernel thread: it has no heap")]
+    KernelThread(u32),
     /// Tracing the process without the daemon failed.
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -43,6 +51,15 @@ pub enum QueryError {
     /// Writing the answer failed.
     #[error("write the answer: {0}")]
     Write(#[source] std::io::Error),
+    /// The output file cannot be written.
+    #[error("write to {path}: {source}")]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn ask(path: &Path, request: &Request) -> Result<serde_json::Value, QueryError> {
@@ -60,10 +77,16 @@ fn ask(path: &Path, request: &Request) -> Result<serde_json::Value, QueryError> 
     }
 }
 
-/// Prints the snapshot of one process in the chosen format.
+/// Prints the snapshot of one process in the chosen format. The process and
+/// the output file are checked first, before the daemon is asked or
+/// tracing begins.
 pub fn snapshot(args: &SnapshotArgs) -> Result<(), QueryError> {
     if matches!(args.format, Format::Pprof | Format::Flamegraph) && args.output.is_none() {
         return Err(QueryError::NeedsOutput(args.format));
+    }
+    check_process(args.pid)?;
+    if let Some(path) = &args.output {
+        check_writable(path).map_err(|source| output_error(path, source))?;
     }
     let process = match args.duration {
         Some(duration) => trace_snapshot(args, duration)?,
@@ -72,11 +95,29 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<(), QueryError> {
     let bytes =
         render_snapshot(&process, args.format, args.top as usize).map_err(QueryError::Write)?;
     match &args.output {
-        Some(path) => std::fs::write(path, bytes).map_err(QueryError::Write),
+        Some(path) => std::fs::write(path, bytes).map_err(|source| output_error(path, source)),
         None => std::io::stdout()
             .write_all(&bytes)
             .map_err(QueryError::Write),
     }
+}
+
+fn output_error(path: &Path, source: std::io::Error) -> QueryError {
+    QueryError::Output {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Refuses a PID that names no process, or a kernel thread (which has no heap).
+fn check_process(pid: u32) -> Result<(), QueryError> {
+    if owner(pid).is_none() {
+        return Err(QueryError::NoSuchProcess(pid));
+    }
+    if is_kernel_thread(pid) {
+        return Err(QueryError::KernelThread(pid));
+    }
+    Ok(())
 }
 
 /// The daemon's snapshot of the process.

@@ -9,6 +9,7 @@ use thiserror::Error;
 use super::{
     RecordArgs,
     command::{CommandError, resolve_command},
+    output::check_writable,
     recording::{Recording, SiteSelection},
     session::{HeldChild, delegate_signals},
 };
@@ -73,9 +74,16 @@ impl RecordError {
 }
 
 /// Records the command; prints its summary to stderr and returns its status.
+/// The report files are checked before the command runs.
 pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
     if args.format != Format::Text && args.output.is_none() {
         return Err(RecordError::NeedsOutput(args.format));
+    }
+    for path in args.output.iter().chain(&args.json) {
+        check_writable(path).map_err(|source| RecordError::WriteReport {
+            path: path.clone(),
+            source,
+        })?;
     }
     let name = args.command[0].clone();
     let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;

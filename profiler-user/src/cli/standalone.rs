@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     probes::{ProbeConfig, ProbeError, Probes, Scope, libc_in_maps},
-    procinfo::{is_kernel_thread, monotonic_ns},
+    procinfo::monotonic_ns,
     report::ProcessReport,
     stacks::Symbols,
     tracker::ProcessState,
@@ -30,12 +30,9 @@ const RING_BYTES: u32 = 4 << 20;
 /// Why tracing a process for a snapshot failed.
 #[derive(Debug, Error)]
 pub enum TraceError {
-    /// The process does not exist.
+    /// The process does not exist (any more).
     #[error("no such process: {0}")]
     NoSuchProcess(u32),
-    /// The process is a kernel thread.
-    #[error("process {0} is a kernel thread: it has no heap")]
-    KernelThread(u32),
     /// The process maps no C library.
     #[error(
         "process {0} maps no C library (statically linked?): heapwatch traces the C library's malloc family"
@@ -123,9 +120,6 @@ pub fn trace_snapshot(
 fn allocator_of(pid: u32) -> Result<PathBuf, TraceError> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|_| TraceError::NoSuchProcess(pid))?;
-    if is_kernel_thread(pid) {
-        return Err(TraceError::KernelThread(pid));
-    }
     let libc = libc_in_maps(&maps).ok_or(TraceError::NoLibc(pid))?;
     let relative = libc.strip_prefix("/").unwrap_or(&libc);
     Ok(PathBuf::from(format!("/proc/{pid}/root")).join(relative))

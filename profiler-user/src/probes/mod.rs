@@ -190,8 +190,15 @@ pub enum ProbeError {
         "allocator library {0} does not exist: name the C library the program uses with --libc PATH"
     )]
     LibcMissing(PathBuf),
+    /// The named allocator library is a directory or a device, not a file.
+    #[error(
+        "allocator library {0} is not a file: name the C library the program uses with --libc PATH"
+    )]
+    LibcNotAFile(PathBuf),
     /// The allocator library's symbols could not be read.
-    #[error("read the symbols of {library}: {source}")]
+    #[error(
+        "read the symbols of {library}: {source} (the allocator library is an ELF shared object, as the C library: name it with --libc PATH)"
+    )]
     Symbols {
         /// The library.
         library: PathBuf,
@@ -554,10 +561,11 @@ fn resolve_libc(requested: Option<&Path>) -> Result<PathBuf, ProbeError> {
             libc_in_maps(&maps).ok_or(ProbeError::LibcNotFound)?
         }
     };
-    if !path.is_file() {
-        return Err(ProbeError::LibcMissing(path));
+    match path.metadata() {
+        Err(_) => Err(ProbeError::LibcMissing(path)),
+        Ok(meta) if !meta.is_file() => Err(ProbeError::LibcNotAFile(path)),
+        Ok(_) => Ok(path),
     }
-    Ok(path)
 }
 
 fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {

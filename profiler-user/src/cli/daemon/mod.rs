@@ -8,6 +8,7 @@ mod state;
 
 use std::{
     fs, io,
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -110,9 +111,17 @@ pub fn load_settings(args: &DaemonArgs) -> Result<Settings, DaemonError> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; with `--check`, attaches,
-/// reports what works, and exits.
+/// reports what works, and exits. The configuration, the /metrics address
+/// and the API socket's path are checked before any probe is loaded.
 pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     let config = DaemonConfig::try_from(&load_settings(args)?)?;
+    let metrics_listener = bind_metrics(config.listen)?;
+    if !args.check {
+        crate::api::check_vacant(&args.socket).map_err(|source| DaemonError::Api {
+            path: args.socket.clone(),
+            source,
+        })?;
+    }
     let mut probes = Probes::attach(&ProbeConfig {
         libc: config.libc.clone(),
         scope: match config.scope {
@@ -159,6 +168,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     let result = runtime.block_on(serve(
         args,
         config,
+        metrics_listener,
         &state,
         &probes,
         known_stacks,
@@ -194,14 +204,14 @@ fn check(probes: &Probes, config: &DaemonConfig) -> Result<(), DaemonError> {
     for function in probes.skipped() {
         println!("  absent  {function} (not in {})", probes.libc().display());
     }
-    let listener =
-        std::net::TcpListener::bind(config.listen).map_err(|source| DaemonError::Listen {
-            address: config.listen,
-            source,
-        })?;
-    drop(listener);
     println!("  ok      /metrics can listen on {}", config.listen);
     Ok(())
+}
+
+/// Binds the /metrics address, before any probe is loaded: a port in use or
+/// an address of no interface here is refused with nothing attached.
+fn bind_metrics(address: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+    std::net::TcpListener::bind(address).map_err(|source| DaemonError::Listen { address, source })
 }
 
 fn tracker_config(config: &DaemonConfig) -> TrackerConfig {
@@ -270,19 +280,20 @@ fn spawn_pipeline(
 async fn serve(
     args: &DaemonArgs,
     mut config: DaemonConfig,
+    metrics_listener: std::net::TcpListener,
     state: &Mutex<DaemonState>,
     probes: &Mutex<Probes>,
     mut known_stacks: KnownStacks,
     api_source: Arc<api::ApiSource>,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                address: config.listen,
-                source,
-            })?;
+    let listener = metrics_listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(metrics_listener))
+        .map_err(|source| DaemonError::Listen {
+            address: config.listen,
+            source,
+        })?;
     tokio::spawn(http::serve(listener, Arc::clone(&metrics)));
     let socket = crate::api::bind(&args.socket).map_err(|source| DaemonError::Api {
         path: args.socket.clone(),
