@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, so that nothing is installed by hand.
 
 mod bench;
+mod fuzz;
 mod install;
 mod packages;
 mod run;
@@ -48,7 +49,20 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Run every test, the root-only eBPF tests included (as root; none is skipped).
+    /// Fuzz the record decoder, the config and the API request parsers
+    /// (cargo-fuzz, nightly), seeded from fuzz/corpus; fails on a crash.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+        /// Afterwards, merge the new inputs that add coverage into fuzz/corpus.
+        #[arg(long)]
+        grow: bool,
+        /// The targets to run (default: all).
+        targets: Vec<String>,
+    },
+    /// Run every test, the root-only eBPF tests included (as root; none is
+    /// skipped), then, with no ARGS, each fuzz target for a few seconds.
     Test {
         /// Extra arguments for `cargo test` (a test name filter, for example).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -80,9 +94,23 @@ fn main() -> Result<()> {
             install::install(&root)
         }
         Task::Bench { pairs, runs } => bench::bench(&bench::BenchOptions { pairs, runs }),
+        Task::Fuzz {
+            seconds,
+            grow,
+            targets,
+        } => fuzz::fuzz(&fuzz::FuzzOptions {
+            seconds,
+            targets,
+            grow,
+        }),
         Task::Test { args } => {
             setup()?;
-            run::test(&args)
+            run::test(&args)?;
+            // Only a full run (CI's): a filtered one is a quick check.
+            if args.is_empty() {
+                fuzz::fuzz(&fuzz::FuzzOptions::quick())?;
+            }
+            Ok(())
         }
     }
 }
