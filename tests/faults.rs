@@ -20,7 +20,8 @@ use support::{
     daemon::{Daemon, Metrics},
     fixture, have_root,
     process::{
-        Gated, INT3, eventually, first_byte_of_malloc, snapshot_json, status_kib, workload_named,
+        Gated, INT3, eventually, first_byte_of_malloc, is_running, snapshot_json, status_kib,
+        workload_named,
     },
     tempfile_path,
 };
@@ -33,14 +34,6 @@ const INEXACT: &str = "heapwatch_process_inexact";
 /// `heapwatch_kernel_drops_total{reason}`.
 fn drops(m: &Metrics, reason: &str) -> f64 {
     m.labelled("heapwatch_kernel_drops_total", "reason", reason)
-}
-
-/// Whether `pid` is a live process (not a zombie).
-fn running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
 }
 
 #[test]
@@ -70,7 +63,7 @@ fn a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched() {
         Some(INT3),
         "a breakpoint outlived the daemon"
     );
-    assert!(running(constant.pid()), "the traced process died");
+    assert!(is_running(constant.pid()), "the traced process died");
     let output = churn.wait_with_output().expect("wait for the churn");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(

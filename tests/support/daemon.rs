@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{heapwatch, tempfile_path};
+use super::{heapwatch, process::is_running, tempfile_path};
 
 /// A running daemon; killed if the test ends without stopping it.
 pub struct Daemon {
@@ -140,7 +140,7 @@ impl Daemon {
                 Ok(n) if String::from_utf8_lossy(&buf[..n]).contains(state) => return,
                 Ok(_) => {}
                 Err(e) => assert!(
-                    Instant::now() < deadline && !self.exited(),
+                    Instant::now() < deadline && is_running(self.pid()),
                     "no {state} from the daemon ({e}); it logged:\n{}",
                     self.log()
                 ),
@@ -148,14 +148,6 @@ impl Daemon {
         }
     }
 
-    /// Whether the daemon has exited (is a zombie or gone).
-    fn exited(&self) -> bool {
-        let pid = self.child.as_ref().map_or(0, Child::id);
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'))
-        })
-    }
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()

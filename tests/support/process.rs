@@ -164,3 +164,11 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in the status of {pid}"))
 }
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn is_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(!stat.rsplit_once(") ")?.1.starts_with('Z')))
+        .unwrap_or(false)
+}
