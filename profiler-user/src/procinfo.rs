@@ -35,10 +35,32 @@ pub fn owner(pid: u32) -> Option<u32> {
         .and_then(|uid| uid.parse().ok())
 }
 
-/// True for a kernel thread: it has no memory map of its own.
+/// `PF_KTHREAD` in the flags of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// True for a kernel thread (`PF_KTHREAD` in its flags). A process on its
+/// way out has no memory map either, but is not one.
 pub fn is_kernel_thread(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.is_empty())
-        && fs::read_link(format!("/proc/{pid}/exe")).is_err()
+    read_stat(pid).is_some_and(|(_, flags)| flags & PF_KTHREAD != 0)
+}
+
+/// True for a process that has exited and awaits its parent (a zombie).
+pub fn has_exited(pid: u32) -> bool {
+    read_stat(pid).is_some_and(|(state, _)| matches!(state, 'Z' | 'X'))
+}
+
+/// The state and flags of process `pid`.
+fn read_stat(pid: u32) -> Option<(char, u64)> {
+    stat_state_and_flags(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The state (3rd field) and flags (9th) of a /proc/PID/stat line; the
+/// command name before them may hold spaces and parentheses.
+fn stat_state_and_flags(stat: &str) -> Option<(char, u64)> {
+    let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some((state, flags))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -94,6 +116,24 @@ mod tests {
     use super::*;
 
     const ID: &str = "4f1c8a3b2d9e0f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
+
+    #[test]
+    fn kernel_threads_and_exited_processes_by_their_stat() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0";
+        assert_eq!(stat_state_and_flags(kthreadd), Some(('S', 2_129_984)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        let exiting = "4242 (a) b (c)) Z 1 4242 4242 0 -1 4227340 10 0 0 0 0 0 0 0 20 0 1 0 9 0";
+        let (state, flags) = stat_state_and_flags(exiting).expect("parsed");
+        assert_eq!(state, 'Z');
+        assert_eq!(flags & PF_KTHREAD, 0);
+        assert_eq!(stat_state_and_flags("4242 (x"), None);
+    }
+
+    #[test]
+    fn this_process_is_neither_a_kernel_thread_nor_exited() {
+        assert!(!is_kernel_thread(std::process::id()));
+        assert!(!has_exited(std::process::id()));
+    }
 
     #[test]
     fn systemd_units() {

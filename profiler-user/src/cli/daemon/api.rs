@@ -8,7 +8,7 @@ use serde_json::json;
 use super::DaemonState;
 use crate::{
     api::{Reply, Request, authorize},
-    procinfo::{ProcessLabels, is_kernel_thread, monotonic_ns, owner},
+    procinfo::{ProcessLabels, has_exited, is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteReport},
     stacks::{SiteResolver, SymbolService},
 };
@@ -96,6 +96,9 @@ impl ApiSource {
         let (mut report, sites, raw_stacks) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let not_seen = || {
+                if has_exited(pid) {
+                    return format!("process {pid} has exited");
+                }
                 format!(
                     "process {pid} has made no allocation heapwatch saw (it traces the C library's malloc family)"
                 )
