@@ -7,6 +7,8 @@
 )]
 mod support;
 
+use std::{thread, time::Duration};
+
 use support::{
     BpfBaseline, config_file,
     daemon::Daemon,
@@ -64,6 +66,13 @@ fn only_selected_processes_get_breakpoints_and_they_are_traced_exactly() {
         gated.finish();
     }
     unselected.finish();
+    // Processes ending, selected or not, are let go without a complaint.
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !daemon.log().contains("WARN"),
+        "the daemon warned:\n{}",
+        daemon.log()
+    );
     assert!(daemon.stop().success());
     baseline.assert_nothing_left();
 }

@@ -80,7 +80,8 @@ pub struct Counters {
     pub bytes_allocated: u64,
     /// Bytes of the blocks freed.
     pub bytes_freed: u64,
-    /// Frees of blocks never seen allocated (allocated before tracing began).
+    /// Frees of blocks never seen allocated: allocated before tracing began,
+    /// or glibc's per-thread cache of freed blocks freed again at thread exit.
     pub unmatched_frees: u64,
     /// Allocations returned at an address already live: a free was missed.
     pub replaced_blocks: u64,

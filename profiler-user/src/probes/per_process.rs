@@ -48,7 +48,12 @@ impl Probes {
     /// Stops tracing process `pid` (drop its [`ProcessProbes`] too).
     pub fn release_process(&mut self, pid: u32) -> Result<(), ProbeError> {
         match tgid_map::<u8>(&mut self.ebpf, "TARGETS")?.remove(&pid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(map_error("TARGETS", source)),
         }
     }

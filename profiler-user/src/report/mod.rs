@@ -286,7 +286,7 @@ fn render_process(out: &mut String, p: &ProcessReport, top: usize, when: &str) {
     if p.unmatched_frees > 0 {
         let _ = writeln!(
             out,
-            "{tag}   {} frees of blocks allocated before tracing began",
+            "{tag}   {} frees of blocks not seen allocated (made before tracing began, or cached by the C library and freed again as a thread exits)",
             thousands(p.unmatched_frees)
         );
     }
