@@ -17,6 +17,7 @@ use support::{
     BpfBaseline, Workload, config_file,
     daemon::{Daemon, Metrics},
     fixture, have_root, heapwatch,
+    process::churn_pairs,
 };
 
 /// The leak rule's settings for tests: seconds, not minutes.
@@ -282,12 +283,7 @@ fn two_threads_churning_lose_no_event() {
         .args(["2", "5"])
         .output()
         .expect("run the churn");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let pairs: f64 = stdout
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("churn printed no count: {stdout}"));
+    let pairs = churn_pairs(&output.stdout);
     let m = daemon.scrape_until(Duration::from_secs(10), |m| m.events("free") >= pairs);
     assert!(
         m.events("alloc") >= pairs,
@@ -352,12 +348,7 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
         output.status.success() && stdout.contains(" pairs in "),
         "the churn's own result: {stdout}"
     );
-    let generated = 2.0
-        * stdout
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    let generated = 2.0 * churn_pairs(&output.stdout);
     let counted = |m: &Metrics| m.events("alloc") + m.events("free") - counted_before;
     let lost = |m: &Metrics| m.total("heapwatch_events_lost_total") - lost_before;
     let m = daemon.scrape_until(Duration::from_secs(10), |m| {

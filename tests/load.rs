@@ -19,7 +19,7 @@ use support::{
     config_file,
     daemon::{Daemon, api_reply, http_get},
     fixture, have_root,
-    process::{is_running, status_kib},
+    process::{churn_pairs, is_running, status_kib},
     tempfile_path,
 };
 
@@ -107,12 +107,7 @@ fn scrapes_at_50_per_second_and_snapshots_in_a_loop_while_two_threads_churn() {
         let snapshots = snapshotter.join().expect("the snapshot loop");
         (latencies, snapshots, rss, output)
     });
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let pairs: f64 = stdout
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("churn printed no count: {stdout}"));
+    let pairs = churn_pairs(&output.stdout);
     let m = daemon.scrape_until(Duration::from_secs(10), |m| {
         m.events("free") - before.events("free") >= pairs
     });

@@ -172,3 +172,12 @@ pub fn is_running(pid: u32) -> bool {
         .and_then(|stat| Some(!stat.rsplit_once(") ")?.1.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// The pairs a `churn` fixture reports having made ("N pairs in T ns").
+pub fn churn_pairs(stdout: &[u8]) -> f64 {
+    let text = String::from_utf8_lossy(stdout);
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("churn printed no count: {text}"))
+}
