@@ -36,6 +36,18 @@ fn drops(m: &Metrics, reason: &str) -> f64 {
     m.labelled("heapwatch_kernel_drops_total", "reason", reason)
 }
 
+/// Asserts that process `pid` holds what `workload constant` makes, exactly:
+/// 100 allocations, 1,000,000 live bytes, nothing inexact.
+fn assert_constant_exactly(m: &Metrics, pid: u32) {
+    assert_eq!(m.process(ALLOCS, pid), Some(100.0), "allocations of {pid}");
+    assert_eq!(
+        m.process(LIVE, pid),
+        Some(1_000_000.0),
+        "live bytes of {pid}"
+    );
+    assert_eq!(m.process(INEXACT, pid), Some(0.0), "{pid} inexact");
+}
+
 #[test]
 fn a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched() {
     if !have_root("a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched") {
@@ -148,9 +160,7 @@ fn a_reused_pid_starts_with_nothing_of_the_process_before_it() {
         comm(m).as_deref() == Some("hw_new") && m.process(ALLOCS, pid) == Some(100.0)
     });
     assert_eq!(comm(&m).as_deref(), Some("hw_new"));
-    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
-    assert_eq!(m.process(ALLOCS, pid), Some(100.0));
-    assert_eq!(m.process(INEXACT, pid), Some(0.0));
+    assert_constant_exactly(&m, pid);
     drop(new);
     assert!(daemon.stop().success());
 }
@@ -168,10 +178,8 @@ fn a_process_exec_ing_while_its_threads_allocate_starts_afresh() {
     });
     // Only the new image's 100 blocks: none of the old threads' churn and
     // leaks, and nothing lost or unpaired on the way.
-    assert_eq!(m.process(ALLOCS, pid), Some(100.0));
-    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
+    assert_constant_exactly(&m, pid);
     assert_eq!(m.process(BLOCKS, pid), Some(100.0));
-    assert_eq!(m.process(INEXACT, pid), Some(0.0));
     assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
     drop(busy);
     assert!(daemon.stop().success());
@@ -208,9 +216,7 @@ fn processes_killed_inside_the_allocator_leave_no_state_behind() {
     for pid in &killed {
         assert_eq!(m.process(LIVE, *pid), None, "killed {pid} still has state");
     }
-    assert_eq!(m.process(LIVE, constant.pid()), Some(1_000_000.0));
-    assert_eq!(m.process(ALLOCS, constant.pid()), Some(100.0));
-    assert_eq!(m.process(INEXACT, constant.pid()), Some(0.0));
+    assert_constant_exactly(&m, constant.pid());
     assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
     assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
     drop(constant);
@@ -329,9 +335,7 @@ fn a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid(
     let m = daemon.scrape_until(Duration::from_secs(10), |m| {
         m.process(ALLOCS, pid) == Some(100.0)
     });
-    assert_eq!(m.process(ALLOCS, pid), Some(100.0));
-    assert_eq!(m.process(LIVE, pid), Some(1_000_000.0));
-    assert_eq!(m.process(INEXACT, pid), Some(0.0));
+    assert_constant_exactly(&m, pid);
     assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
     drop(reborn);
     assert!(daemon.stop().success());
