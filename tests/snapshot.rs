@@ -539,7 +539,7 @@ fn the_documented_schema_accepts_a_snapshot_and_refuses_what_heapwatch_never_wri
     let valid = serde_json::json!({
         "pid": 42, "exited": false, "in_use_bytes": 1024, "in_use_blocks": 1,
         "allocs": 2, "frees": 1, "bytes_allocated": 2048, "unmatched_frees": 0,
-        "inexact": false, "traced_secs": 1.0,
+        "thread_cache_frees": 0, "inexact": false, "traced_secs": 1.0,
         "sites": [{
             "live_bytes": 1024, "live_blocks": 1, "allocs": 2, "bytes_allocated": 2048,
             "stack": [{"address": 4096, "module": "/bin/x", "build_id": "ab12",

@@ -24,6 +24,10 @@ pub mod kind {
     pub const FORK: u32 = 7;
     /// A user stack seen for the first time: a [`StackEvent`].
     pub const STACK: u32 = 8;
+    /// A block was freed by a thread that has begun to exit (glibc's
+    /// `__call_tls_dtors` ran): a block not live is then one glibc's
+    /// per-thread cache held, freed again, not one allocated unseen.
+    pub const EXITING_FREE: u32 = 9;
 }
 
 /// A ring-buffer record about a block freed or a process: every kind but
@@ -161,7 +165,9 @@ pub struct ThreadState {
     /// The thread's pending C++ `operator new`; `sp` 0 when none is.
     pub outer: OuterCall,
     /// Non-zero once an allocation of this thread woke the reader in this image.
-    pub woke: u64,
+    pub woke: u32,
+    /// Non-zero once the thread has begun to exit (see [`kind::EXITING_FREE`]).
+    pub exiting: u32,
 }
 const _: () = assert!(size_of::<ThreadState>() == 56);
 

@@ -78,7 +78,8 @@ pub fn posix_memalign_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Entry of free(p): free(NULL) and frees made by the allocator itself count nothing.
+/// Entry of free(p): free(NULL) and frees made by the allocator itself count
+/// nothing; a free by an exiting thread is told apart.
 #[uprobe]
 pub fn free_entry(ctx: ProbeContext) -> u32 {
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
@@ -86,10 +87,31 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     if ptr == 0 || !probe_wanted(tgid_of(pid_tgid)) {
         return 0;
     }
-    if in_allocator() {
+    let kind = match THREADS.current(false) {
+        // SAFETY: the thread's own storage, read only.
+        Some(thread) => match unsafe { ((*thread).call.func, (*thread).exiting) } {
+            (0, 0) => kind::FREE,
+            (0, _) => kind::EXITING_FREE,
+            _ => return 0,
+        },
+        None => kind::FREE,
+    };
+    emit(kind, pid_tgid, ptr);
+    0
+}
+
+/// Entry of glibc's `__call_tls_dtors`, the first step of a thread's exit
+/// (and of `exit`): the thread's later frees of blocks not live are glibc
+/// releasing its per-thread cache of freed blocks.
+#[uprobe]
+pub fn thread_exit_entry(_ctx: ProbeContext) -> u32 {
+    if !probe_wanted(tgid_of(bpf_get_current_pid_tgid())) {
         return 0;
     }
-    emit(kind::FREE, pid_tgid, ptr);
+    if let Some(thread) = THREADS.current(true) {
+        // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
+        unsafe { (*thread).exiting = 1 };
+    }
     0
 }
 
@@ -155,14 +177,6 @@ unsafe fn first_allocation(thread: *mut ThreadState) -> bool {
         (*thread).woke = 1;
         first
     }
-}
-
-/// True inside an allocator call of this thread (glibc freeing for itself).
-fn in_allocator() -> bool {
-    // SAFETY: the thread's own storage, read only.
-    THREADS
-        .current(false)
-        .is_some_and(|thread| unsafe { (*thread).call.func != 0 })
 }
 
 fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending, first: bool) {

@@ -38,6 +38,14 @@ pub enum HeapEvent {
         /// Address of the block.
         ptr: u64,
     },
+    /// The block at `ptr` was freed by a thread that has begun to exit; a
+    /// block not live is one glibc's per-thread cache held, freed again.
+    ExitingFree {
+        /// Caller's process and thread.
+        task: Task,
+        /// Address of the block.
+        ptr: u64,
+    },
     /// realloc freed its old block `ptr` at entry (undone by [`HeapEvent::ReallocFail`]).
     ReallocFree {
         /// Caller's process and thread.
@@ -171,6 +179,7 @@ fn decode_event(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
     };
     Ok(match raw.kind {
         kind::FREE => HeapEvent::Free { task, ptr: raw.ptr },
+        kind::EXITING_FREE => HeapEvent::ExitingFree { task, ptr: raw.ptr },
         kind::REALLOC_FREE => HeapEvent::ReallocFree { task, ptr: raw.ptr },
         kind::REALLOC_FAIL => HeapEvent::ReallocFail { task, ptr: raw.ptr },
         kind::EXEC => HeapEvent::Exec { tgid: raw.tgid },

@@ -44,6 +44,14 @@ fn decodes_frees_and_lifecycle_records() {
         decode(&bytes_of(&free)),
         Ok(Record::Heap(HeapEvent::Free { task, ptr: 0x2000 }))
     );
+    let exiting_free = Event {
+        kind: kind::EXITING_FREE,
+        ..free
+    };
+    assert_eq!(
+        decode(&bytes_of(&exiting_free)),
+        Ok(Record::Heap(HeapEvent::ExitingFree { task, ptr: 0x2000 }))
+    );
     let fork = Event {
         kind: kind::FORK,
         tgid: 20,

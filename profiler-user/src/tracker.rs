@@ -80,9 +80,11 @@ pub struct Counters {
     pub bytes_allocated: u64,
     /// Bytes of the blocks freed.
     pub bytes_freed: u64,
-    /// Frees of blocks never seen allocated: allocated before tracing began,
-    /// or glibc's per-thread cache of freed blocks freed again at thread exit.
+    /// Frees of blocks never seen allocated (allocated before tracing began).
     pub unmatched_frees: u64,
+    /// Frees, by exiting threads, of blocks not live: glibc emptying its
+    /// per-thread cache of blocks the program had freed already. Not a miss.
+    pub thread_cache_frees: u64,
     /// Allocations returned at an address already live: a free was missed.
     pub replaced_blocks: u64,
     /// Live blocks not kept because a cap was reached (counted, not tracked).
@@ -349,13 +351,30 @@ impl ProcessState {
         self.live_bytes += size;
     }
 
-    /// Frees `ptr`; returns the block and its size when it was live.
+    /// Frees `ptr`; returns the block and its size when it was live, else
+    /// counts the free unmatched.
     fn free(&mut self, tid: u32, ptr: u64) -> Option<(LiveBlock, u64)> {
-        self.realloc_pending.remove(&tid);
-        let Some((block, size)) = self.take(ptr) else {
+        let freed = self.free_live(tid, ptr);
+        if freed.is_none() {
             self.counters.unmatched_frees += 1;
-            return None;
-        };
+        }
+        freed
+    }
+
+    /// Frees `ptr` for a thread that has begun to exit: a block not live is
+    /// glibc emptying the thread's cache. Returns true when it was live.
+    fn exiting_free(&mut self, tid: u32, ptr: u64) -> bool {
+        let freed = self.free_live(tid, ptr).is_some();
+        if !freed {
+            self.counters.thread_cache_frees += 1;
+        }
+        freed
+    }
+
+    /// Frees `ptr` if it is live; returns the block and its size.
+    fn free_live(&mut self, tid: u32, ptr: u64) -> Option<(LiveBlock, u64)> {
+        self.realloc_pending.remove(&tid);
+        let (block, size) = self.take(ptr)?;
         self.unlink(&block, size);
         self.counters.frees += 1;
         self.counters.bytes_freed += size;
@@ -514,6 +533,11 @@ impl Tracker {
             }
             HeapEvent::Free { task, ptr } => {
                 if self.state(task).free(task.tid, ptr).is_some() {
+                    self.live_total -= 1;
+                }
+            }
+            HeapEvent::ExitingFree { task, ptr } => {
+                if self.state(task).exiting_free(task.tid, ptr) {
                     self.live_total -= 1;
                 }
             }

@@ -69,6 +69,29 @@ fn unmatched_free_never_goes_negative() {
 }
 
 #[test]
+fn an_exiting_threads_frees_of_blocks_not_live_are_its_cache_not_unmatched() {
+    let exiting_free = |ptr| HeapEvent::ExitingFree { task: task(2), ptr };
+    let t = run(&[
+        alloc(1, 0x10, 8),
+        alloc(1, 0x20, 16),
+        HeapEvent::Free {
+            task: task(1),
+            ptr: 0x20,
+        },
+        exiting_free(0x10),
+        exiting_free(0x20),
+        exiting_free(0x30),
+    ]);
+    let p = t.process(TGID).expect("process tracked");
+    assert_eq!((p.live_bytes(), p.live_blocks()), (0, 0));
+    let c = p.counters();
+    assert_eq!((c.frees, c.bytes_freed), (2, 24), "a live block is freed");
+    assert_eq!((c.thread_cache_frees, c.unmatched_frees), (2, 0));
+    assert!(!p.inexact());
+    assert_eq!(t.live_blocks(), 0);
+}
+
+#[test]
 fn failed_realloc_restores_the_old_block() {
     let t = run(&[
         alloc(1, 0x10, 8),

@@ -85,8 +85,10 @@ const fn allocator(
     }
 }
 
-/// The malloc family. The optional ones are absent from some C libraries.
-const ALLOCATOR_FNS: [AllocatorFn; 10] = [
+/// The malloc family, and glibc's first step of a thread's exit (after
+/// which a free of a block not live is glibc emptying its per-thread cache).
+/// The optional ones are absent from some C libraries.
+const ALLOCATOR_FNS: [AllocatorFn; 11] = [
     allocator("malloc", "size_arg0_entry", true, true),
     allocator("calloc", "calloc_entry", true, true),
     allocator("realloc", "realloc_entry", true, true),
@@ -97,6 +99,7 @@ const ALLOCATOR_FNS: [AllocatorFn; 10] = [
     allocator("memalign", "size_arg1_entry", true, false),
     allocator("valloc", "size_arg0_entry", true, false),
     allocator("pvalloc", "size_arg0_entry", true, false),
+    allocator("__call_tls_dtors", "thread_exit_entry", false, false),
 ];
 
 const RETURN_PROGRAM: &str = "alloc_return";

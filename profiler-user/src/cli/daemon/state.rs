@@ -299,7 +299,7 @@ fn row(tgid: u32, state: &ProcessState, leak_suspect_bytes: u64, growth_rate: f6
 fn kind_index(event: &HeapEvent) -> usize {
     match event {
         HeapEvent::Alloc { .. } => 0,
-        HeapEvent::Free { .. } => 1,
+        HeapEvent::Free { .. } | HeapEvent::ExitingFree { .. } => 1,
         HeapEvent::ReallocFree { .. } => 2,
         HeapEvent::ReallocFail { .. } => 3,
         HeapEvent::Exec { .. } => 4,
