@@ -26,8 +26,12 @@ use crate::{
     filter::probe_wanted,
     maps::{THREADS, count},
     record::{emit, emit_alloc},
-    site::site,
+    site::{CallSite, site},
 };
+
+/// [`Pending::stack`] of a call whose site is found at its return. (A stack
+/// hashing to 0 would be attributed to the malloc's own site: a 2^-64 chance.)
+const NO_SITE_YET: u64 = 0;
 
 /// Entry of malloc, valloc and pvalloc: `size` is the first argument.
 #[uprobe]
@@ -133,7 +137,7 @@ pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
             return 0;
         }
         (*thread).outer = OuterCall {
-            stack: site(&ctx),
+            stack: site(CallSite::at_entry(ctx.regs)),
             sp,
         };
     }
@@ -190,7 +194,11 @@ fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending, first: bool) {
         _ => ret,
     };
     if ptr != 0 {
-        emit_alloc(pid_tgid, ptr, p.size, p.stack, first);
+        let stack = match p.stack {
+            NO_SITE_YET => site(CallSite::at_return(ctx.regs)),
+            stack => stack,
+        };
+        emit_alloc(pid_tgid, ptr, p.size, stack, first);
     } else if p.func == func::REALLOC && p.aux != 0 && p.size != 0 {
         emit(kind::REALLOC_FAIL, pid_tgid, p.aux);
     }
@@ -222,7 +230,8 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
             (*thread).call.depth += 1;
             return None;
         }
-        let stack = outer_site(ctx, thread).unwrap_or_else(|| site(ctx));
+        // The site is found at return, where the caller costs no user read.
+        let stack = outer_site(ctx, thread).unwrap_or(NO_SITE_YET);
         (*thread).call = Pending {
             size,
             aux,
