@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use profiler_common::{MAX_STACK_DEPTH, STACK_UNSAMPLED, stack_hash};
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Ok(Record::Stack(stack)) = decode(bytes) {
+    if let Ok(Record::Stack(stack)) = decode(bytes, 0) {
         let frames: Vec<u64> = stack.frames().collect();
         assert!((1..=MAX_STACK_DEPTH).contains(&frames.len()));
         let flags = if stack.sampled { 0 } else { STACK_UNSAMPLED };

@@ -1,6 +1,5 @@
 //! Writing records to the ring buffer.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use profiler_common::{AllocEvent, Event, kind};
 
 use crate::{
@@ -44,8 +43,6 @@ pub fn emit_alloc(pid_tgid: u64, ptr: u64, size: u64, stack: u64, urgent: bool) 
         ptr,
         size,
         stack,
-        // SAFETY: helper without preconditions.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
     });
     entry.submit(wakeup_flag(urgent));
 }

@@ -12,7 +12,7 @@ use profiler_common::{
 };
 
 use crate::{
-    maps::{EVENTS, KNOWN_STACKS, STACK_SAMPLE_EVERY, count_lost},
+    maps::{EVENTS, STACK_SAMPLE_EVERY, count_lost, remember_stack, stack_known},
     tgid_of,
 };
 
@@ -57,8 +57,7 @@ pub fn site(call: CallSite) -> u64 {
         (1, STACK_UNSAMPLED)
     };
     let (hash, _) = walk(call, limit, flags, |_, _| {});
-    // SAFETY: a lookup only; the value is not dereferenced.
-    if unsafe { KNOWN_STACKS.get(&hash) }.is_none() {
+    if !stack_known(hash) {
         send(call, limit, flags);
     }
     hash
@@ -94,7 +93,7 @@ fn send(call: CallSite, limit: usize, flags: u16) {
         (*record).hash = hash;
     }
     entry.submit(0);
-    let _ = KNOWN_STACKS.insert(&hash, &1, 0);
+    remember_stack(hash);
 }
 
 /// Walks the user stack of `call`, at most `limit` frames: the immediate

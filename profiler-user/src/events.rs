@@ -28,7 +28,8 @@ pub enum HeapEvent {
         size: u64,
         /// Where it was allocated.
         site: RawSite,
-        /// Nanoseconds since boot.
+        /// When the record was read, CLOCK_MONOTONIC nanoseconds (since
+        /// boot): its allocation time, to within the reader's poll interval.
         time_ns: u64,
     },
     /// The block at `ptr` was freed.
@@ -141,8 +142,9 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+/// Decodes one ring-buffer record, read from the ring at `read_ns`
+/// (CLOCK_MONOTONIC nanoseconds), which an allocation takes as its time.
+pub fn decode(bytes: &[u8], read_ns: u64) -> Result<Record<'_>, DecodeError> {
     let kind = bytes
         .get(..4)
         .map(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default()))
@@ -151,13 +153,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             expected: size_of::<Event>(),
         })?;
     match kind {
-        kind::ALLOC => decode_alloc(bytes).map(Record::Heap),
+        kind::ALLOC => decode_alloc(bytes, read_ns).map(Record::Heap),
         kind::STACK => decode_stack(bytes).map(Record::Stack),
         _ => decode_event(bytes).map(Record::Heap),
     }
 }
 
-fn decode_alloc(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
+fn decode_alloc(bytes: &[u8], read_ns: u64) -> Result<HeapEvent, DecodeError> {
     let raw: AllocEvent = read(bytes)?;
     Ok(HeapEvent::Alloc {
         task: Task {
@@ -167,7 +169,7 @@ fn decode_alloc(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
         ptr: raw.ptr,
         size: raw.size,
         site: RawSite { stack: raw.stack },
-        time_ns: raw.ktime_ns,
+        time_ns: read_ns,
     })
 }
 

@@ -7,6 +7,7 @@ use std::{collections::HashMap, io, time::Duration};
 use crate::{
     events::{HeapEvent, Record, decode},
     probes::EventReader,
+    procinfo::monotonic_ns,
     report::{ProcessReport, SiteReport},
     stacks::{SiteResolver, StackStatus, StackTable, Symbols},
     tracker::{EndReason, HeldSite, ProcessState, Tracker, TrackerConfig},
@@ -70,11 +71,12 @@ impl Recording {
 
     /// Applies every record waiting in the ring buffer.
     pub fn drain(&mut self, reader: &mut EventReader) {
-        reader.drain(|bytes| self.apply(bytes));
+        let read_ns = monotonic_ns();
+        reader.drain(|bytes| self.apply(bytes, read_ns));
     }
 
-    fn apply(&mut self, bytes: &[u8]) {
-        let event = match decode(bytes) {
+    fn apply(&mut self, bytes: &[u8], read_ns: u64) {
+        let event = match decode(bytes, read_ns) {
             Ok(Record::Heap(event)) => event,
             Ok(Record::Stack(stack)) => {
                 self.stacks.insert(&stack);

@@ -22,7 +22,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use profiler_common::{Counter, filter_mode};
+use profiler_common::{Counter, filter_mode, known_stack_slots};
 use thiserror::Error;
 
 pub use caps::missing_capabilities;
@@ -338,9 +338,9 @@ impl Probes {
     /// Takes the kernel's set of stacks sent (once).
     pub fn known_stacks(&mut self) -> Result<KnownStacks, ProbeError> {
         let map = take_map(&mut self.ebpf, "KNOWN_STACKS")?;
-        let hashes = aya::maps::HashMap::try_from(map)
-            .map_err(|source| map_error("KNOWN_STACKS", source))?;
-        Ok(KnownStacks { hashes })
+        let slots =
+            aya::maps::Array::try_from(map).map_err(|source| map_error("KNOWN_STACKS", source))?;
+        Ok(KnownStacks { slots })
     }
 
     /// The records the kernel lost per process (tgid, count) since the last
@@ -613,15 +613,21 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
 /// The hashes of the stacks the kernel has sent: it sends a stack whose hash
 /// is not here (and adds it).
 pub struct KnownStacks {
-    hashes: aya::maps::HashMap<MapData, u64, u8>,
+    slots: aya::maps::Array<MapData, u64>,
 }
 
 impl KnownStacks {
-    /// Makes the kernel send these stacks again when next seen.
+    /// Makes the kernel send these stacks again when next seen. (A race
+    /// with the kernel can only clear a slot it has just filled: that stack
+    /// is sent once more.)
     pub fn forget(&mut self, hashes: &[u64]) {
-        for hash in hashes {
-            // A hash the kernel no longer holds (evicted) is forgotten already.
-            let _ = self.hashes.remove(hash);
+        for &hash in hashes {
+            for slot in known_stack_slots(hash) {
+                if self.slots.get(&slot, 0).is_ok_and(|held| held == hash) {
+                    // An index below the map's size cannot fail.
+                    let _ = self.slots.set(slot, 0, 0);
+                }
+            }
         }
     }
 }

@@ -53,14 +53,16 @@ impl EventReader {
     }
 }
 
-/// Records drained from the ring buffer but not yet applied: the reader
-/// keeps draining while whoever applies them is busy (a tick scanning
-/// millions of live blocks), so the ring never fills for that. One buffer,
-/// reused; no allocation per record.
+/// Records drained from the ring buffer but not yet applied, with when
+/// they were read: the reader keeps draining while whoever applies them is
+/// busy (a tick scanning millions of live blocks), so the ring never fills
+/// for that. One buffer, reused; no allocation per record.
 #[derive(Debug, Default)]
 pub struct Backlog {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// (index of the first record read at a time, that time), in order.
+    reads: Vec<(usize, u64)>,
 }
 
 /// Capacity a backlog keeps once applied; a burst's larger buffer is given back.
@@ -72,8 +74,11 @@ impl Backlog {
         Self::default()
     }
 
-    /// Keeps a copy of one record.
-    pub fn push(&mut self, record: &[u8]) {
+    /// Keeps a copy of one record, read at `read_ns`.
+    pub fn push(&mut self, record: &[u8], read_ns: u64) {
+        if self.reads.last().map(|&(_, at)| at) != Some(read_ns) {
+            self.reads.push((self.ends.len(), read_ns));
+        }
         self.bytes.extend_from_slice(record);
         self.ends.push(self.bytes.len());
     }
@@ -83,15 +88,22 @@ impl Backlog {
         self.bytes.len()
     }
 
-    /// Hands every record to `apply`, oldest first, and empties the backlog.
-    pub fn apply_all(&mut self, mut apply: impl FnMut(&[u8])) {
+    /// Hands every record and its read time to `apply`, oldest first, and
+    /// empties the backlog.
+    pub fn apply_all(&mut self, mut apply: impl FnMut(&[u8], u64)) {
         let mut start = 0;
-        for &end in &self.ends {
-            apply(&self.bytes[start..end]);
+        let mut reads = self.reads.iter().peekable();
+        let mut read_ns = 0;
+        for (index, &end) in self.ends.iter().enumerate() {
+            if let Some(&(_, at)) = reads.next_if(|&&(first, _)| first == index) {
+                read_ns = at;
+            }
+            apply(&self.bytes[start..end], read_ns);
             start = end;
         }
         self.bytes.clear();
         self.ends.clear();
+        self.reads.clear();
         self.bytes.shrink_to(BACKLOG_KEPT_BYTES);
         self.ends.shrink_to(BACKLOG_KEPT_BYTES / 24);
     }
@@ -104,15 +116,22 @@ mod tests {
     #[test]
     fn records_come_back_whole_and_in_order_then_the_backlog_is_empty() {
         let mut backlog = Backlog::new();
-        let records: [&[u8]; 3] = [&[1; 24], &[2; 48], &[3; 1032]];
-        for record in records {
-            backlog.push(record);
+        let records: [(&[u8], u64); 4] = [
+            (&[1; 24], 7),
+            (&[2; 40], 7),
+            (&[3; 1032], 9),
+            (&[4; 24], 12),
+        ];
+        for (record, read_ns) in records {
+            backlog.push(record, read_ns);
         }
-        assert_eq!(backlog.bytes(), 24 + 48 + 1032);
+        assert_eq!(backlog.bytes(), 24 + 40 + 1032 + 24);
         let mut seen = Vec::new();
-        backlog.apply_all(|r| seen.push(r.to_vec()));
-        assert_eq!(seen, records.map(<[u8]>::to_vec));
+        backlog.apply_all(|r, read_ns| seen.push((r.to_vec(), read_ns)));
+        assert_eq!(seen, records.map(|(r, read_ns)| (r.to_vec(), read_ns)));
         assert_eq!(backlog.bytes(), 0);
-        backlog.apply_all(|_| panic!("nothing left"));
+        backlog.apply_all(|_, _| panic!("nothing left"));
+        backlog.push(&[5; 24], 20);
+        backlog.apply_all(|r, read_ns| assert_eq!((r, read_ns), (&[5; 24][..], 20)));
     }
 }

@@ -234,7 +234,7 @@ mod tests {
     /// A stack record as the kernel writes it, decoded.
     fn with_record(frames: &[u64], flags: u16, use_it: impl FnOnce(&StackRecord<'_>)) {
         let bytes = stack_record_bytes(frames, flags);
-        let Ok(Record::Stack(record)) = decode(&bytes) else {
+        let Ok(Record::Stack(record)) = decode(&bytes, 0) else {
             panic!("not a stack record");
         };
         use_it(&record);

@@ -243,7 +243,8 @@ fn spawn_pipeline(
                 tracing::error!(error = %err, "polling the ring buffer failed");
                 thread::sleep(READER_POLL);
             }
-            reader.drain(|bytes| batch.push(bytes));
+            let read_ns = monotonic_ns();
+            reader.drain(|bytes| batch.push(bytes, read_ns));
             if batch.bytes() == 0 {
                 continue;
             }
@@ -261,9 +262,9 @@ fn spawn_pipeline(
     let applying = thread::spawn(move || {
         for mut batch in to_apply {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            batch.apply_all(|bytes| {
+            batch.apply_all(|bytes, read_ns| {
                 let change = state
-                    .apply_record(bytes)
+                    .apply_record(bytes, read_ns)
                     .as_ref()
                     .and_then(scope::Change::of);
                 if let (Some(change), Some(changes)) = (change, &changes) {

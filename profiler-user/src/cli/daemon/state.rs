@@ -59,10 +59,10 @@ impl DaemonState {
         }
     }
 
-    /// Decodes and applies one ring-buffer record; returns the heap or
-    /// process event it held.
-    pub fn apply_record(&mut self, bytes: &[u8]) -> Option<HeapEvent> {
-        match decode(bytes) {
+    /// Decodes and applies one ring-buffer record, read at `read_ns`;
+    /// returns the heap or process event it held.
+    pub fn apply_record(&mut self, bytes: &[u8], read_ns: u64) -> Option<HeapEvent> {
+        match decode(bytes, read_ns) {
             Ok(Record::Heap(event)) => {
                 self.apply(&event);
                 return Some(event);
@@ -480,7 +480,7 @@ mod tests {
         };
         let stack = |frame: u64| profiler_common::stack_hash(0, &[frame]);
         for frame in [7, 8, 9] {
-            s.apply_record(&stack_record_bytes(&[frame], 0));
+            s.apply_record(&stack_record_bytes(&[frame], 0), 0);
         }
         s.apply(&alloc_with(10, 0x10, stack(7)));
         s.apply(&alloc_with(10, 0x20, stack(8)));
@@ -524,7 +524,7 @@ mod tests {
             ptr: 0x55,
         });
         s.apply(&HeapEvent::Exit { tgid: 10 });
-        s.apply_record(&[1, 2, 3]);
+        s.apply_record(&[1, 2, 3], 0);
         let kernel = KernelCounts {
             ringbuf_full: 7,
             ..KernelCounts::default()
