@@ -328,7 +328,7 @@ fn snapshot_cases(s: &Scratch) -> Vec<Case> {
             case(&["snapshot", "--pid", &absent_pid, "--duration", "1s"], 1, &[&no_such_process]),
             case(&["snapshot", "--pid", &kthread], 1, &[&format!("process {kthread} is a kernel thread: it has no heap")]),
             case(&["snapshot", "--pid", &kthread, "--duration", "1s"], 1, &["is a kernel thread: it has no heap"]),
-            case(&["snapshot", "--pid", "1", "--format", "pprof"], 1, &["--format pprof needs -o FILE"]),
+            case(&["snapshot", "--pid", "1", "--format", "pprof"], 2, &["--format pprof needs -o FILE"]),
             case(&["snapshot", "--pid", "1", "-o", &no_dir], 1, &[&format!("write to {no_dir}"), "No such file or directory"]),
             case(&["snapshot", "--pid", "1", "-o", &dir], 1, &["it is a directory: name a file"]),
             case(&["snapshot", "--pid", "1", "--socket", &absent], 1, &[&absent, NOT_RUNNING[0], NOT_RUNNING[1]]),

@@ -24,7 +24,12 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        Command::Snapshot(args) => exit_on_error(snapshot(&args)),
+        Command::Snapshot(args) => {
+            if let Err(err) = snapshot(&args) {
+                eprintln!("heapwatch: {}", error_chain(&err));
+                std::process::exit(err.exit_code());
+            }
+        }
         Command::Ps(args) => exit_on_error(ps(&args)),
         Command::Record(args) => exit_like_the_command(record(&args)),
         Command::Floor(args) => exit_like_the_command(floor(&args)),

@@ -62,6 +62,17 @@ pub enum QueryError {
     },
 }
 
+impl QueryError {
+    /// heapwatch's exit code for this error: 2 for a usage mistake (as for
+    /// clap's own), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::NeedsOutput(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 fn ask(path: &Path, request: &Request) -> Result<serde_json::Value, QueryError> {
     let reply: Reply = call(path, request).map_err(|source| QueryError::NoDaemon {
         path: path.to_path_buf(),
