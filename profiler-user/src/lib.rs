@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod events;
+mod hashing;
 pub mod leaks;
 pub mod metrics;
 pub mod probes;

@@ -7,10 +7,13 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasherDefault, Hash, Hasher},
+    hash::{Hash, Hasher},
 };
 
-use crate::events::{HeapEvent, RawSite, Task};
+use crate::{
+    events::{HeapEvent, RawSite, Task},
+    hashing::FastMap,
+};
 
 /// Tracker options.
 #[derive(Clone, Copy, Debug)]
@@ -151,31 +154,8 @@ impl Hash for BlockKey {
     }
 }
 
-/// Hashes one address with a folded 128-bit multiply: fast, and every bit of
-/// the address (alignment zeros included) spreads into the low bits the table
-/// indexes by and the high bits it tags entries with.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        let product = u128::from(self.0 ^ value) * 0x9E37_79B9_7F4A_7C15;
-        self.0 = (product as u64) ^ (product >> 64) as u64;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// One shard of live blocks.
-type BlockTable = HashMap<BlockKey, LiveBlock, BuildHasherDefault<AddressHasher>>;
+type BlockTable = FastMap<BlockKey, LiveBlock>;
 
 /// Shards of a process's live blocks (a power of two).
 const SHARDS: usize = 16;
@@ -237,15 +217,15 @@ pub struct ProcessState {
     live: LiveBlocks,
     live_bytes: u64,
     counters: Counters,
-    site_index: HashMap<RawSite, u32>,
+    site_index: FastMap<RawSite, u32>,
     sites: Vec<SiteStats>,
     /// Sizes of the live blocks of 4 GiB and more, by address.
-    huge: HashMap<u64, u64>,
+    huge: FastMap<u64, u64>,
     /// When records of this process were last found lost (0: never).
     last_loss_ns: u64,
     /// realloc's old block per thread (address, block, size), freed at
     /// entry, restored if the call fails.
-    realloc_pending: HashMap<u32, (u64, LiveBlock, u64)>,
+    realloc_pending: FastMap<u32, (u64, LiveBlock, u64)>,
 }
 
 impl ProcessState {
@@ -330,7 +310,7 @@ impl ProcessState {
 
     /// Counts the allocation; keeps the block only when `keep` (else counts it refused).
     fn alloc(&mut self, tid: u32, ptr: u64, size: u64, site: RawSite, time_ns: u64, keep: bool) {
-        self.realloc_pending.remove(&tid);
+        self.forget_realloc(tid);
         if let Some((old, old_size)) = self.take(ptr) {
             self.counters.replaced_blocks += 1;
             self.unlink(&old, old_size);
@@ -373,7 +353,7 @@ impl ProcessState {
 
     /// Frees `ptr` if it is live; returns the block and its size.
     fn free_live(&mut self, tid: u32, ptr: u64) -> Option<(LiveBlock, u64)> {
-        self.realloc_pending.remove(&tid);
+        self.forget_realloc(tid);
         let (block, size) = self.take(ptr)?;
         self.unlink(&block, size);
         self.counters.frees += 1;
@@ -401,6 +381,14 @@ impl ProcessState {
         self.counters.frees -= 1;
         self.counters.bytes_freed -= size;
         self.keep(ptr, block, size);
+    }
+
+    /// Forgets thread `tid`'s pending realloc: its call has ended. (Most
+    /// records find none: the empty check spares them a hash.)
+    fn forget_realloc(&mut self, tid: u32) {
+        if !self.realloc_pending.is_empty() {
+            self.realloc_pending.remove(&tid);
+        }
     }
 
     /// Stores a live block (a huge one's size aside).
@@ -477,7 +465,7 @@ pub struct Finished {
 #[derive(Debug, Default)]
 pub struct Tracker {
     config: TrackerConfig,
-    processes: HashMap<u32, ProcessState>,
+    processes: FastMap<u32, ProcessState>,
     live_total: u64,
 }
 
@@ -486,7 +474,7 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Self {
             config,
-            processes: HashMap::new(),
+            processes: FastMap::default(),
             live_total: 0,
         }
     }

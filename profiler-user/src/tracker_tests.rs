@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
+use crate::hashing::FoldHasher;
 
 const TGID: u32 = 100;
 
@@ -387,7 +388,7 @@ fn a_live_block_entry_takes_20_bytes() {
 #[test]
 fn aligned_addresses_spread_over_the_low_bits_of_their_hashes() {
     let hash = |ptr: u64| {
-        let mut hasher = AddressHasher::default();
+        let mut hasher = FoldHasher::default();
         BlockKey::new(ptr).hash(&mut hasher);
         hasher.finish()
     };

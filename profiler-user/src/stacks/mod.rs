@@ -19,7 +19,10 @@ pub use maps::{Location, Mapping, normalize, parse_maps};
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
 
-use crate::events::{RawSite, StackRecord};
+use crate::{
+    events::{RawSite, StackRecord},
+    hashing::FastMap,
+};
 
 /// One frame of an allocation stack, normalized while its process lived.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +131,7 @@ type FileVersion = (Arc<Path>, u64);
 #[derive(Default)]
 pub struct SiteResolver {
     maps: HashMap<u32, Vec<Mapping>>,
-    stacks: HashMap<(u32, RawSite), Arc<Stack>>,
+    stacks: FastMap<(u32, RawSite), Arc<Stack>>,
     build_ids: HashMap<FileVersion, Option<Arc<[u8]>>>,
 }
 
