@@ -144,7 +144,8 @@ pub struct Pending {
     pub size: u64,
     /// realloc: the old block; posix_memalign: the `memptr` address.
     pub aux: u64,
-    /// Hash of the call's user stack.
+    /// Hash of the call's user stack when known at entry (the site of the
+    /// C++ `operator new` it serves); 0 when its return finds it.
     pub stack: u64,
     /// One of the [`func`] codes.
     pub func: u32,
