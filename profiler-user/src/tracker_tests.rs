@@ -27,6 +27,13 @@ fn alloc(tid: u32, ptr: u64, size: u64) -> HeapEvent {
     }
 }
 
+fn free(tid: u32, ptr: u64) -> HeapEvent {
+    HeapEvent::Free {
+        task: task(tid),
+        ptr,
+    }
+}
+
 fn run(events: &[HeapEvent]) -> Tracker {
     let mut tracker = Tracker::new(TrackerConfig::default());
     for event in events {
@@ -37,14 +44,7 @@ fn run(events: &[HeapEvent]) -> Tracker {
 
 #[test]
 fn malloc_and_free_balance() {
-    let t = run(&[
-        alloc(1, 0x10, 100),
-        alloc(1, 0x20, 50),
-        HeapEvent::Free {
-            task: task(1),
-            ptr: 0x10,
-        },
-    ]);
+    let t = run(&[alloc(1, 0x10, 100), alloc(1, 0x20, 50), free(1, 0x10)]);
     let p = t.process(TGID).expect("process tracked");
     assert_eq!((p.live_bytes(), p.live_blocks()), (50, 1));
     let c = p.counters();
@@ -56,13 +56,7 @@ fn malloc_and_free_balance() {
 
 #[test]
 fn unmatched_free_never_goes_negative() {
-    let t = run(&[
-        alloc(1, 0x10, 8),
-        HeapEvent::Free {
-            task: task(1),
-            ptr: 0x99,
-        },
-    ]);
+    let t = run(&[alloc(1, 0x10, 8), free(1, 0x99)]);
     let p = t.process(TGID).expect("process tracked");
     assert_eq!(p.live_bytes(), 8);
     assert_eq!(p.counters().frees, 0);
@@ -75,10 +69,7 @@ fn an_exiting_threads_frees_of_blocks_not_live_are_its_cache_not_unmatched() {
     let t = run(&[
         alloc(1, 0x10, 8),
         alloc(1, 0x20, 16),
-        HeapEvent::Free {
-            task: task(1),
-            ptr: 0x20,
-        },
+        free(1, 0x20),
         exiting_free(0x10),
         exiting_free(0x20),
         exiting_free(0x30),
@@ -325,19 +316,13 @@ impl Model {
             Call::Free { tid, pick } => match self.pick(pick) {
                 Some(ptr) => {
                     self.release(ptr);
-                    vec![HeapEvent::Free {
-                        task: task(tid),
-                        ptr,
-                    }]
+                    vec![free(tid, ptr)]
                 }
                 None => vec![],
             },
             Call::FreeUnknown { tid } => {
                 self.unmatched += 1;
-                vec![HeapEvent::Free {
-                    task: task(tid),
-                    ptr: u64::MAX - 15,
-                }]
+                vec![free(tid, u64::MAX - 15)]
             }
             Call::Realloc {
                 tid,
@@ -481,10 +466,7 @@ fn blocks_of_4_gib_and_more_keep_their_exact_size() {
         task: task(1),
         ptr: 0x10,
     });
-    t.apply(&HeapEvent::Free {
-        task: task(1),
-        ptr: 0x20,
-    });
+    t.apply(&free(1, 0x20));
     let p = t.process(TGID).expect("process tracked");
     assert_eq!(
         p.live_bytes(),
@@ -492,10 +474,7 @@ fn blocks_of_4_gib_and_more_keep_their_exact_size() {
         "the failed realloc's block is back whole"
     );
     assert_eq!(p.counters().bytes_freed, u64::from(u32::MAX));
-    t.apply(&HeapEvent::Free {
-        task: task(1),
-        ptr: 0x10,
-    });
+    t.apply(&free(1, 0x10));
     let p = t.process(TGID).expect("process tracked");
     assert_eq!((p.live_bytes(), p.live_blocks()), (7, 1));
     assert_eq!(p.sites()[0].live_bytes, 7);
