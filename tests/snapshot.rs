@@ -21,7 +21,9 @@ use serde_json::Value;
 use support::{
     Workload,
     daemon::{Daemon, api_reply},
-    fixture, functions, have_root, heapwatch, tempfile_path,
+    fixture, functions, have_root, heapwatch,
+    process::Gated,
+    tempfile_path,
 };
 
 /// A daemon with fast leak settings and its API socket under /tmp.
@@ -183,6 +185,39 @@ fn a_snapshot_names_the_leaking_function_in_every_format() {
     );
     let _ = std::fs::remove_file(svg_path);
     let _ = std::fs::remove_file(pprof_path);
+    assert!(daemon.stop().success());
+}
+
+/// The blocks and bytes a snapshot over the API shows live in `pid`.
+fn live_now(socket: &Path, pid: u32) -> (Value, Value) {
+    let request = format!("{{\"op\":\"snapshot\",\"pid\":{pid},\"top\":10}}\n");
+    let reply: Value =
+        serde_json::from_slice(&api_reply(socket, request.as_bytes())).expect("JSON reply");
+    assert_eq!(reply["ok"], true, "{reply}");
+    (
+        reply["data"]["in_use_blocks"].clone(),
+        reply["data"]["in_use_bytes"].clone(),
+    )
+}
+
+#[test]
+fn a_snapshot_shows_every_call_made_before_it_was_asked() {
+    if !have_root("a_snapshot_shows_every_call_made_before_it_was_asked") {
+        return;
+    }
+    let (mut daemon, socket) = start_daemon();
+    // Asked the moment each process says it is done, long before the
+    // reader's own poll would have drained its records.
+    for _ in 0..10 {
+        let mut process = Gated::spawn(&fixture("workload"), "release");
+        process.read_line("ready\n");
+        assert_eq!(
+            live_now(&socket, process.pid()),
+            (100.into(), 1_000_000.into())
+        );
+        process.step("released\n");
+        assert_eq!(live_now(&socket, process.pid()), (10.into(), 10_000.into()));
+    }
     assert!(daemon.stop().success());
 }
 

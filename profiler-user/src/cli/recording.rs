@@ -64,7 +64,7 @@ impl Recording {
 
     /// Waits for the kernel's wakeup (or the poll interval) and applies every record.
     pub fn pump(&mut self, reader: &mut EventReader) -> io::Result<()> {
-        reader.wait(POLL_INTERVAL)?;
+        reader.wait(POLL_INTERVAL, None)?;
         self.drain(reader);
         Ok(())
     }

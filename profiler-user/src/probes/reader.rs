@@ -2,7 +2,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     time::Duration,
 };
 
@@ -21,18 +21,23 @@ impl EventReader {
         Ok(Self { ring })
     }
 
-    /// Waits until the kernel wakes the reader or `timeout` passes.
-    /// The programs wake it only past a fill threshold, so callers drain after
-    /// a timeout too.
-    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
-        let mut fd = libc::pollfd {
-            fd: self.ring.as_fd().as_raw_fd(),
+    /// Waits until the kernel wakes the reader, `also` becomes readable, or
+    /// `timeout` passes. The programs wake it only past a fill threshold, so
+    /// callers drain after a timeout too.
+    pub fn wait(&self, timeout: Duration, also: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let watch = |fd: BorrowedFd<'_>| libc::pollfd {
+            fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
+        let mut fds = [
+            watch(self.ring.as_fd()),
+            watch(also.unwrap_or(self.ring.as_fd())),
+        ];
+        let watched = if also.is_some() { 2 } else { 1 };
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd, count 1.
-        let ret = unsafe { libc::poll(&mut fd, 1, millis) };
+        // SAFETY: the first `watched` entries of `fds` are valid pollfds.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), watched, millis) };
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {

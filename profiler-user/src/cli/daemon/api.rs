@@ -1,11 +1,14 @@
 //! The daemon's answers to API requests: health, the process list, and
 //! snapshots of one process's live sites with symbolized stacks.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::json;
 
-use super::DaemonState;
+use super::{DaemonState, pipeline::Progress};
 use crate::{
     api::{Reply, Request, authorize},
     procinfo::{ProcessLabels, has_exited, is_kernel_thread, monotonic_ns, owner},
@@ -17,9 +20,14 @@ use crate::{
 pub struct ApiSource {
     /// The daemon's state.
     pub state: Arc<Mutex<DaemonState>>,
+    /// How far the reader and applier have got.
+    pub progress: Arc<Progress>,
     /// The symbolizer thread and its cache.
     pub symbols: SymbolService,
 }
+
+/// How long a query waits for the records written before it to be applied.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 
 /// What a snapshot request asks for.
 struct SnapshotQuery {
@@ -29,8 +37,12 @@ struct SnapshotQuery {
 }
 
 impl ApiSource {
-    /// Answers `request` from the caller with `uid`.
+    /// Answers `request` from the caller with `uid`. The list and snapshots
+    /// first wait for every record written before the request to be applied.
     pub fn answer(&self, request: Request, uid: u32) -> Reply {
+        if !matches!(request, Request::Health {}) {
+            self.catch_up();
+        }
         match request {
             Request::Health {} => self.health(),
             Request::List {} => self.list(uid),
@@ -52,6 +64,15 @@ impl ApiSource {
                     Err(message) => Reply::error(message),
                 }
             }
+        }
+    }
+
+    fn catch_up(&self) {
+        if !self.progress.wait_applied(monotonic_ns(), CATCH_UP_LIMIT) {
+            tracing::warn!(
+                limit = ?CATCH_UP_LIMIT,
+                "the event pipeline is behind: answering before the latest records are applied"
+            );
         }
     }
 

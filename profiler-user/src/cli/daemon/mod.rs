@@ -3,6 +3,7 @@
 //! detach and exit 0; SIGHUP reloads the configuration.
 
 mod api;
+mod pipeline;
 mod scope;
 mod state;
 
@@ -33,19 +34,13 @@ use crate::{
     config::{ConfigError, DEFAULT_CONFIG_PATH, DaemonConfig, Settings},
     leaks::LeakDetector,
     metrics::{Metrics, http},
-    probes::{Backlog, EventReader, KnownStacks, ProbeConfig, ProbeError, Probes, Scope},
+    probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Scope},
     procinfo::{ProcessLabels, monotonic_ns},
     scope::Selection,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
     tracker::{Tracker, TrackerConfig},
 };
 use profiler_common::Counter;
-
-/// How long the reader waits for a wakeup before draining anyway.
-const READER_POLL: Duration = Duration::from_millis(50);
-/// Records the reader holds while the applier is busy before it waits for
-/// it (then the ring buffer fills, and what it cannot take is counted lost).
-const MAX_BACKLOG_BYTES: usize = 32 << 20;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, Error)]
@@ -140,8 +135,10 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         Tracker::new(tracker_config(&config)),
         LeakDetector::new(config.leak),
     )));
+    let progress = Arc::new(pipeline::Progress::new().map_err(DaemonError::Runtime)?);
     let api_source = Arc::new(api::ApiSource {
         state: Arc::clone(&state),
+        progress: Arc::clone(&progress),
         symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
     });
     let probes = Arc::new(Mutex::new(probes));
@@ -160,7 +157,13 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let pipeline = spawn_pipeline(reader, Arc::clone(&state), Arc::clone(&stop), changes);
+    let pipeline = pipeline::spawn(
+        reader,
+        Arc::clone(&state),
+        progress,
+        Arc::clone(&stop),
+        changes,
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -220,62 +223,6 @@ fn tracker_config(config: &DaemonConfig) -> TrackerConfig {
         max_live_total: config.max_allocations,
         max_live_per_process: config.max_allocations_per_process,
     }
-}
-
-/// The reader and the applier: the reader only drains the ring buffer into
-/// batches, so that it keeps up whatever the state costs (a tick holding it,
-/// a table growing under a burst); the applier applies each batch to the
-/// state and, with a scope, tells the scope keeper of every process that
-/// appears or ends. The reader stops at `stop`; the applier when the reader
-/// is gone.
-fn spawn_pipeline(
-    mut reader: EventReader,
-    state: Arc<Mutex<DaemonState>>,
-    stop: Arc<AtomicBool>,
-    changes: Option<mpsc::Sender<scope::Change>>,
-) -> [thread::JoinHandle<()>; 2] {
-    let (full, to_apply) = mpsc::sync_channel::<Backlog>(1);
-    let (recycle, recycled) = mpsc::channel::<Backlog>();
-    let reading = thread::spawn(move || {
-        let mut batch = Backlog::new();
-        while !stop.load(Ordering::Relaxed) {
-            if let Err(err) = reader.wait(READER_POLL) {
-                tracing::error!(error = %err, "polling the ring buffer failed");
-                thread::sleep(READER_POLL);
-            }
-            let read_ns = monotonic_ns();
-            reader.drain(|bytes| batch.push(bytes, read_ns));
-            if batch.bytes() == 0 {
-                continue;
-            }
-            batch = match full.try_send(batch) {
-                Ok(()) => recycled.try_recv().unwrap_or_default(),
-                Err(mpsc::TrySendError::Full(held)) if held.bytes() < MAX_BACKLOG_BYTES => held,
-                Err(mpsc::TrySendError::Full(held)) => match full.send(held) {
-                    Ok(()) => recycled.try_recv().unwrap_or_default(),
-                    Err(_) => return,
-                },
-                Err(mpsc::TrySendError::Disconnected(_)) => return,
-            };
-        }
-    });
-    let applying = thread::spawn(move || {
-        for mut batch in to_apply {
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            batch.apply_all(|bytes, read_ns| {
-                let change = state
-                    .apply_record(bytes, read_ns)
-                    .as_ref()
-                    .and_then(scope::Change::of);
-                if let (Some(change), Some(changes)) = (change, &changes) {
-                    let _ = changes.send(change);
-                }
-            });
-            drop(state);
-            let _ = recycle.send(batch);
-        }
-    });
-    [reading, applying]
 }
 
 async fn serve(
