@@ -37,11 +37,44 @@ impl Hasher for FoldHasher {
 /// A hash map of integer keys, hashed by [`FoldHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FoldHasher>>;
 
+/// Bytes a map of `capacity` with `entry_bytes` entries takes: the table
+/// has a power-of-two number of buckets, 8 for every 7 entries it may hold
+/// (fewer below 8), each an entry and a control byte, and 16 control bytes
+/// more. An empty map has no table.
+pub fn table_bytes(capacity: usize, entry_bytes: usize) -> u64 {
+    let buckets = match capacity {
+        0 => return 0,
+        1..7 => capacity + 1,
+        _ => capacity / 7 * 8,
+    };
+    (buckets * (entry_bytes + 1) + 16) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use std::hash::Hash;
 
     use super::*;
+
+    #[test]
+    fn table_bytes_counts_every_bucket_of_the_table() {
+        for entries in [1, 3, 7, 8, 100, 917_505, 1_000_000] {
+            let mut map = FastMap::<u64, u64>::default();
+            map.extend((0..entries).map(|k| (k, k)));
+            let capacity = map.capacity();
+            let buckets = (table_bytes(capacity, 16) - 16) / 17;
+            assert!(buckets.is_power_of_two(), "{entries}: {buckets} buckets");
+            assert!(
+                buckets as usize > capacity,
+                "{entries}: {buckets} <= {capacity}"
+            );
+            assert!(
+                buckets as usize <= 2 * capacity.max(2),
+                "{entries}: {buckets}"
+            );
+        }
+        assert_eq!(table_bytes(0, 16), 0);
+    }
 
     #[test]
     fn consecutive_process_ids_spread_over_the_low_bits_of_their_hashes() {

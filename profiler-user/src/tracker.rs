@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     events::{HeapEvent, RawSite, Task},
-    hashing::FastMap,
+    hashing::{FastMap, table_bytes},
 };
 
 /// Tracker options.
@@ -200,8 +200,12 @@ impl LiveBlocks {
         self.len
     }
 
-    fn capacity(&self) -> usize {
-        self.shards.iter().map(BlockTable::capacity).sum()
+    fn memory_bytes(&self) -> u64 {
+        let entry = size_of::<(BlockKey, LiveBlock)>();
+        self.shards
+            .iter()
+            .map(|shard| table_bytes(shard.capacity(), entry))
+            .sum()
     }
 
     fn iter(&self) -> impl Iterator<Item = (u64, &LiveBlock)> {
@@ -263,9 +267,9 @@ impl ProcessState {
 
     /// Approximate bytes of memory this state takes.
     pub fn memory_bytes(&self) -> u64 {
-        let block = size_of::<(BlockKey, LiveBlock)>() + 1;
-        let site = size_of::<SiteStats>() + size_of::<RawSite>() + size_of::<u32>() + 1;
-        (self.live.capacity() * block + self.sites.capacity() * site) as u64
+        let sites = (self.sites.capacity() * size_of::<SiteStats>()) as u64;
+        let site_index = table_bytes(self.site_index.capacity(), size_of::<(RawSite, u32)>());
+        self.live.memory_bytes() + sites + site_index
     }
 
     /// Per site (by index), the live blocks allocated before `before_ns`:
@@ -491,13 +495,13 @@ impl Tracker {
 
     /// Approximate bytes of memory the tracker takes.
     pub fn memory_bytes(&self) -> u64 {
-        let per_process = size_of::<u32>() + size_of::<ProcessState>() + 1;
+        let per_process = size_of::<u32>() + size_of::<ProcessState>();
         let states: u64 = self
             .processes
             .values()
             .map(ProcessState::memory_bytes)
             .sum();
-        states + (self.processes.capacity() * per_process) as u64
+        states + table_bytes(self.processes.capacity(), per_process)
     }
 
     /// Applies one event; returns a process's final state when it exits or execs.

@@ -9,7 +9,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -304,13 +304,7 @@ impl Daemon {
             .split_whitespace()
             .collect();
         let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let hwm = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        Ok((ticks / 100.0, hwm))
+        Ok((ticks / 100.0, status_kib(pid, "VmHWM")?))
     }
 }
 
@@ -434,46 +428,88 @@ fn sustained_churn(tools: &Tools) -> Result<Value> {
 }
 
 /// Daemon memory per live allocation and snapshot latency with `blocks` live.
+///
+/// The memory is anonymous RSS (the daemon's own pages, not the files it has
+/// mapped to symbolize) over a warm baseline: the daemon tracking the same
+/// 1,000 sites, one block each, so stacks and mappings are not counted.
 fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
     let daemon = Daemon::start(tools, &[])?;
-    thread::sleep(Duration::from_secs(1));
-    let (_, idle) = daemon.usage()?;
-    let rss = |pid: u32| -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        Ok(status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0))
-    };
-    let idle_rss = rss(daemon.child.id())?;
-    let per_path = (blocks / 1000).to_string();
-    let mut holder = Command::new(&tools.many_sites)
-        .args(["hold", &per_path])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut ready = String::new();
-    BufReader::new(holder.stdout.take().context("stdout")?).read_line(&mut ready)?;
-    let pid = holder.id().to_string();
     let socket = tools.dir.join("api.sock");
-    let snapshot = |extra: &[&str]| -> Result<Duration> {
+    let (warm_blocks, warm_rss) = {
+        let warm = Holder::start(tools, 1)?;
+        let seen = settled_live_blocks(tools, &socket, warm.pid())?;
+        (seen, status_kib(daemon.child.id(), "RssAnon")?)
+    };
+    let holder = Holder::start(tools, blocks / 1000)?;
+    let pid = holder.pid().to_string();
+    let seen = settled_live_blocks(tools, &socket, holder.pid())?;
+    let held_rss = status_kib(daemon.child.id(), "RssAnon")?;
+    let lost = metric(&daemon.scrape()?, "heapwatch_events_lost_total", "");
+    let snapshot = || -> Result<f64> {
         let started = Instant::now();
         let output = Command::new(&tools.heapwatch)
             .args(["snapshot", "--pid", &pid, "--socket"])
             .arg(&socket)
-            .args(extra)
+            .args(["--top", "1000", "--format", "json", "-o", "/dev/null"])
             .output()?;
         if !output.status.success() {
             bail!("snapshot: {}", String::from_utf8_lossy(&output.stderr));
         }
-        Ok(started.elapsed())
+        Ok(started.elapsed().as_secs_f64() * 1e3)
     };
-    // The daemon has applied everything once the count stops moving (records
-    // the ring could not hold are lost, and counted).
+    let mut latencies: Vec<f64> = (0..5).map(|_| snapshot()).collect::<Result<_>>()?;
+    drop(holder);
+    let (_, peak) = daemon.usage()?;
+    let added = seen.saturating_sub(warm_blocks).max(1);
+    Ok(json!({
+        "live_blocks": blocks,
+        "live_blocks_tracked": seen,
+        "events_lost": lost,
+        "daemon_anon_rss_warm_kib": warm_rss,
+        "daemon_anon_rss_holding_kib": held_rss,
+        "daemon_peak_rss_kib": peak,
+        "bytes_per_live_allocation": (held_rss.saturating_sub(warm_rss) * 1024) as f64 / added as f64,
+        "snapshot_top_1000_json_ms_median": median(&mut latencies),
+    }))
+}
+
+/// `many_sites hold N`: N blocks on each of 1,000 paths, held until dropped.
+struct Holder(Child);
+
+impl Holder {
+    /// Starts it and waits until it has allocated every block.
+    fn start(tools: &Tools, per_path: u64) -> Result<Self> {
+        let mut child = Command::new(&tools.many_sites)
+            .args(["hold", &per_path.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("the holder's stdout")?;
+        let holder = Self(child);
+        let mut ready = String::new();
+        BufReader::new(stdout).read_line(&mut ready)?;
+        Ok(holder)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The live blocks `heapwatch ps` shows for `pid`, once that count stops
+/// moving (records the ring could not hold are lost, and counted).
+fn settled_live_blocks(tools: &Tools, socket: &Path, pid: u32) -> Result<u64> {
+    let pid = pid.to_string();
     let live_blocks = || -> Result<u64> {
         let output = Command::new(&tools.heapwatch)
             .args(["ps", "--socket"])
-            .arg(&socket)
+            .arg(socket)
             .output()?;
         Ok(String::from_utf8_lossy(&output.stdout)
             .lines()
@@ -486,32 +522,20 @@ fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
         thread::sleep(Duration::from_secs(2));
         let now = live_blocks()?;
         if now == seen && now > 0 {
-            break;
+            return Ok(seen);
         }
         seen = now;
     }
-    let lost = metric(&daemon.scrape()?, "heapwatch_events_lost_total", "");
-    let held_rss = rss(daemon.child.id())?;
-    let mut latencies: Vec<f64> = (0..5)
-        .map(|_| {
-            snapshot(&["--top", "1000", "--format", "json", "-o", "/dev/null"])
-                .map(|d| d.as_secs_f64() * 1e3)
-        })
-        .collect::<Result<_>>()?;
-    latencies.sort_by(f64::total_cmp);
-    let _ = holder.kill();
-    let _ = holder.wait();
-    let (_, peak) = daemon.usage()?;
-    Ok(json!({
-        "live_blocks": blocks,
-        "live_blocks_tracked": seen,
-        "events_lost": lost,
-        "daemon_rss_idle_kib": idle_rss,
-        "daemon_rss_holding_kib": held_rss,
-        "daemon_peak_rss_kib": peak.max(idle),
-        "bytes_per_live_allocation": (held_rss.saturating_sub(idle_rss) * 1024) as f64 / seen as f64,
-        "snapshot_top_1000_json_ms_median": latencies[latencies.len() / 2],
-    }))
+}
+
+/// A `/proc/PID/status` field given in kB, in KiB.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -633,18 +657,19 @@ fn print_table(report: &Value) {
         sustained["daemon_peak_rss_kib"].as_u64().unwrap_or(0) / 1024,
     );
     println!(
-        "\n| live blocks made | tracked | events lost | daemon RSS idle | holding | bytes per live allocation | snapshot (top 1000, JSON) |"
+        "\n| live blocks made | tracked | events lost | daemon anon RSS, 1,000 blocks | holding | bytes per live allocation | daemon peak RSS | snapshot (top 1000, JSON) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in report["live_allocations"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {} | {} | {} MB | {} MB | {:.0} | {:.1} ms |",
+            "| {} | {} | {} | {} MB | {} MB | {:.0} | {} MB | {:.1} ms |",
             row["live_blocks"],
             row["live_blocks_tracked"],
             row["events_lost"],
-            row["daemon_rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
-            row["daemon_rss_holding_kib"].as_u64().unwrap_or(0) / 1024,
+            row["daemon_anon_rss_warm_kib"].as_u64().unwrap_or(0) / 1024,
+            row["daemon_anon_rss_holding_kib"].as_u64().unwrap_or(0) / 1024,
             row["bytes_per_live_allocation"].as_f64().unwrap_or(0.0),
+            row["daemon_peak_rss_kib"].as_u64().unwrap_or(0) / 1024,
             row["snapshot_top_1000_json_ms_median"]
                 .as_f64()
                 .unwrap_or(0.0),
