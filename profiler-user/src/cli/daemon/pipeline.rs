@@ -6,7 +6,7 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -62,26 +62,18 @@ impl Progress {
         })
     }
 
-    /// Blocks until every record read at or after `since_ns` has been
+    /// Blocks until every record the kernel wrote before `since_ns` has been
     /// applied, waking the reader first. False if `timeout` passed first.
     pub fn wait_applied(&self, since_ns: u64, timeout: Duration) -> bool {
         self.wake_reader();
         let deadline = Instant::now() + timeout;
-        let mut marks = self.lock();
-        while marks.drained_ns < since_ns {
-            marks = match self.wait_until(marks, deadline) {
-                Some(marks) => marks,
-                None => return false,
-            };
-        }
+        let Some(marks) = self.wait_while(self.lock(), deadline, |m| m.drained_ns < since_ns)
+        else {
+            return false;
+        };
         let target = marks.handed_by_then;
-        while marks.applied < target {
-            marks = match self.wait_until(marks, deadline) {
-                Some(marks) => marks,
-                None => return false,
-            };
-        }
-        true
+        self.wait_while(marks, deadline, |m| m.applied < target)
+            .is_some()
     }
 
     /// The fd the reader polls beside the ring buffer.
@@ -119,21 +111,23 @@ impl Progress {
         self.advanced.notify_all();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Marks> {
+    fn lock(&self) -> MutexGuard<'_, Marks> {
         self.marks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait_until<'a>(
+    /// Waits while `blocked` holds, until `deadline`; `None` if it still held then.
+    fn wait_while<'a>(
         &self,
-        marks: std::sync::MutexGuard<'a, Marks>,
+        marks: MutexGuard<'a, Marks>,
         deadline: Instant,
-    ) -> Option<std::sync::MutexGuard<'a, Marks>> {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let (marks, _) = self
+        blocked: impl FnMut(&mut Marks) -> bool,
+    ) -> Option<MutexGuard<'a, Marks>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (marks, waited) = self
             .advanced
-            .wait_timeout(marks, left)
+            .wait_timeout_while(marks, left, blocked)
             .unwrap_or_else(|e| e.into_inner());
-        Some(marks)
+        (!waited.timed_out()).then_some(marks)
     }
 }
 
