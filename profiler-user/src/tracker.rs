@@ -157,12 +157,43 @@ impl Hash for BlockKey {
 /// One shard of live blocks.
 type BlockTable = FastMap<BlockKey, LiveBlock>;
 
-/// Shards of a process's live blocks (a power of two).
+/// Shards of a process's live blocks.
 const SHARDS: usize = 16;
+
+/// Where each shard's part of the 32-bit hash space ends. Shard `i` takes a
+/// part in proportion to 2^(i/16), so the shards' sizes spread evenly over
+/// one doubling: they outgrow their tables (which double) at different
+/// counts, and the tables are on average 1/ln 2 ≈ 1.44 times as large as
+/// they must be, at any count. Equal shards all double at the same counts:
+/// just past one, as at 1,000,000 blocks, the tables were twice as large.
+const SHARD_ENDS: [u64; SHARDS] = shard_ends();
+
+const fn shard_ends() -> [u64; SHARDS] {
+    /// 2^(1/16).
+    const STEP: f64 = 1.044_273_782_427_413_8;
+    let mut total = 0.0;
+    let mut weight = 1.0;
+    let mut i = 0;
+    while i < SHARDS {
+        total += weight;
+        weight *= STEP;
+        i += 1;
+    }
+    let mut ends = [0; SHARDS];
+    let (mut sum, mut weight, mut i) = (0.0, 1.0, 0);
+    while i < SHARDS {
+        sum += weight;
+        weight *= STEP;
+        ends[i] = (sum / total * (1u64 << 32) as f64) as u64;
+        i += 1;
+    }
+    ends[SHARDS - 1] = 1 << 32;
+    ends
+}
 
 /// A process's live blocks by address, split in [`SHARDS`] tables by a hash
 /// of the address. A table of millions of blocks then grows one shard at a
-/// time: each rehash moves a sixteenth of them, and the reader applying
+/// time: each rehash moves at most 9 % of them, and the reader applying
 /// records never stalls long enough for the ring buffer to overflow.
 #[derive(Clone, Debug, Default)]
 struct LiveBlocks {
@@ -173,7 +204,8 @@ struct LiveBlocks {
 impl LiveBlocks {
     fn shard(ptr: u64) -> usize {
         // Fibonacci hashing of the address without its alignment bits.
-        ((ptr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - SHARDS.ilog2())) as usize
+        let hash = (ptr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        SHARD_ENDS.partition_point(|&end| end <= hash)
     }
 
     fn insert(&mut self, ptr: u64, block: LiveBlock) -> Option<LiveBlock> {
