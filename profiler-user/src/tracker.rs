@@ -171,14 +171,8 @@ const SHARD_ENDS: [u64; SHARDS] = shard_ends();
 const fn shard_ends() -> [u64; SHARDS] {
     /// 2^(1/16).
     const STEP: f64 = 1.044_273_782_427_413_8;
-    let mut total = 0.0;
-    let mut weight = 1.0;
-    let mut i = 0;
-    while i < SHARDS {
-        total += weight;
-        weight *= STEP;
-        i += 1;
-    }
+    // The weights 1, STEP, ..., STEP^15 add up to (STEP^16 - 1) / (STEP - 1).
+    let total = 1.0 / (STEP - 1.0);
     let mut ends = [0; SHARDS];
     let (mut sum, mut weight, mut i) = (0.0, 1.0, 0);
     while i < SHARDS {
