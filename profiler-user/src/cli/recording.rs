@@ -7,7 +7,6 @@ use std::{collections::HashMap, io, time::Duration};
 use crate::{
     events::{HeapEvent, Record, decode},
     probes::EventReader,
-    procinfo::monotonic_ns,
     report::{ProcessReport, SiteReport},
     stacks::{SiteResolver, StackStatus, StackTable, Symbols},
     tracker::{EndReason, HeldSite, ProcessState, Tracker, TrackerConfig},
@@ -71,8 +70,7 @@ impl Recording {
 
     /// Applies every record waiting in the ring buffer.
     pub fn drain(&mut self, reader: &mut EventReader) {
-        let read_ns = monotonic_ns();
-        reader.drain(|bytes| self.apply(bytes, read_ns));
+        reader.drain(|bytes, read_ns| self.apply(bytes, read_ns));
     }
 
     fn apply(&mut self, bytes: &[u8], read_ns: u64) {

@@ -9,6 +9,7 @@ use std::{
 use aya::maps::{Map, MapData, RingBuf};
 
 use super::ProbeError;
+use crate::procinfo::monotonic_ns;
 
 /// Reads records from the kernel's ring buffer.
 pub struct EventReader {
@@ -47,14 +48,15 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands every pending record to `apply`; returns how many there were.
-    pub fn drain(&mut self, mut apply: impl FnMut(&[u8])) -> usize {
-        let mut count = 0;
+    /// Hands every pending record to `apply` with the time the drain began
+    /// (CLOCK_MONOTONIC nanoseconds: an allocation's time, since records
+    /// carry none); returns that time.
+    pub fn drain(&mut self, mut apply: impl FnMut(&[u8], u64)) -> u64 {
+        let read_ns = monotonic_ns();
         while let Some(item) = self.ring.next() {
-            apply(&item);
-            count += 1;
+            apply(&item, read_ns);
         }
-        count
+        read_ns
     }
 }
 

@@ -15,10 +15,7 @@ use std::{
 };
 
 use super::{DaemonState, scope};
-use crate::{
-    probes::{Backlog, EventReader},
-    procinfo::monotonic_ns,
-};
+use crate::probes::{Backlog, EventReader};
 
 /// How long the reader waits for a wakeup before draining anyway.
 const READER_POLL: Duration = Duration::from_millis(50);
@@ -177,8 +174,7 @@ fn read(
             thread::sleep(READER_POLL);
         }
         progress.clear_wakeups();
-        let read_ns = monotonic_ns();
-        reader.drain(|bytes| batch.push(bytes, read_ns));
+        let read_ns = reader.drain(|bytes, read_ns| batch.push(bytes, read_ns));
         if batch.bytes() > 0 {
             match full.try_send(batch) {
                 Ok(()) => {}
@@ -220,6 +216,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procinfo::monotonic_ns;
 
     const SHORT: Duration = Duration::from_millis(50);
 
