@@ -223,6 +223,29 @@ fn threads_exiting_while_others_allocate_match_valgrind() {
 }
 
 #[test]
+fn threads_sharing_a_state_slot_match_valgrind() {
+    if !have_root("threads_sharing_a_state_slot_match_valgrind") {
+        return;
+    }
+    let program = fixture("slot_collision");
+    let slots = profiler_common::THREAD_SLOTS_LEN.to_string();
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path"), &slots]);
+    let stdout = String::from_utf8_lossy(&recorded.output.stdout);
+    assert!(
+        stdout.contains("collided: thread"),
+        "two live threads shared a slot: {stdout}"
+    );
+    let leaked: Vec<u64> = live_sites(&recorded.processes()[0])
+        .iter()
+        .filter_map(|site| site["live_bytes"].as_u64())
+        .collect();
+    assert!(
+        leaked.contains(&77_770) && leaked.contains(&111_100),
+        "each thread's own blocks at its own site: {leaked:?}"
+    );
+}
+
+#[test]
 fn a_forked_child_that_leaks_matches_valgrind_per_process() {
     if !have_root("a_forked_child_that_leaks_matches_valgrind_per_process") {
         return;

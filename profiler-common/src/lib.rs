@@ -166,8 +166,8 @@ pub struct OuterCall {
 }
 const _: () = assert!(size_of::<OuterCall>() == 16);
 
-/// One thread's allocator state, kept in the kernel's task-local storage
-/// (freed with the thread; found without a hash lookup).
+/// One thread's allocator state, kept in the kernel between its allocator
+/// calls' entries and returns.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
@@ -181,6 +181,11 @@ pub struct ThreadState {
     pub exiting: u32,
 }
 const _: () = assert!(size_of::<ThreadState>() == 56);
+
+/// Slots of the kernel's array of thread states, indexed by thread id
+/// modulo this power of two. A thread whose slot another live thread holds
+/// keeps its state in task storage, exact but slower.
+pub const THREAD_SLOTS_LEN: u32 = 1 << 14;
 
 /// How far below `operator new`'s stack pointer its malloc call may start.
 pub const OUTER_CALL_MAX_FRAME: u64 = 512;

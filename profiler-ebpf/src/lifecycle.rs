@@ -9,7 +9,7 @@ use crate::{
     filter::traced,
     maps::{
         EVERY_LIFECYCLE, EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET,
-        NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, THREADS, count,
+        NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count, release_thread_slot, thread_state,
     },
     record::emit,
     tgid_of,
@@ -22,7 +22,7 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 #[tracepoint]
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(thread) = THREADS.current(false) {
+    if let Some(thread) = thread_state(pid_tgid as u32, false) {
         // SAFETY: the thread's own storage, valid for this run.
         unsafe { *thread = ThreadState::default() };
     }
@@ -32,11 +32,13 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sched_process_exit: reports the process's end (a thread's state goes with the thread).
+/// sched_process_exit, at every thread's exit: frees the thread's slot, and
+/// reports the process's end.
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
+    release_thread_slot(pid_tgid as u32);
     if !group_dead(&ctx, pid_tgid) {
         return 0;
     }
@@ -53,24 +55,26 @@ fn reported(tgid: u32) -> bool {
     traced(tgid) || (EVERY_LIFECYCLE.load() != 0 && tgid != SELF_TGID.load())
 }
 
-/// task_newtask: a traced process's new child process is traced too when following forks.
+/// task_newtask, at every new thread or process (before it first runs):
+/// frees a slot its id may have left held; a traced process's new child
+/// process is traced too when following forks.
 #[tracepoint]
 pub fn new_task(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let parent = tgid_of(pid_tgid);
-    if !traced(parent) {
-        return 0;
-    }
     // SAFETY: offsets come from the tracepoint's format file, read at load.
-    let flags: u64 = unsafe { ctx.read_at(NEWTASK_FLAGS_OFFSET.load() as usize) }.unwrap_or(0);
-    if flags & CLONE_THREAD != 0 {
-        return 0;
-    }
-    // SAFETY: as above.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID_OFFSET.load() as usize) }) else {
         return 0;
     };
     let child = child as u32;
+    release_thread_slot(child);
+    let parent = tgid_of(bpf_get_current_pid_tgid());
+    if !traced(parent) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let flags: u64 = unsafe { ctx.read_at(NEWTASK_FLAGS_OFFSET.load() as usize) }.unwrap_or(0);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
     if FOLLOW_FORKS.load() != 0 && TARGETS.insert(child, 1u8, 0).is_err() {
         count(Counter::TargetsFull);
     }

@@ -24,7 +24,7 @@ use profiler_common::{
 
 use crate::{
     filter::probe_wanted,
-    maps::{THREADS, count},
+    maps::{count, thread_state},
     record::{emit, emit_alloc},
     site::{CallSite, site},
 };
@@ -91,7 +91,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     if ptr == 0 || !probe_wanted(tgid_of(pid_tgid)) {
         return 0;
     }
-    let kind = match THREADS.current(false) {
+    let kind = match thread_state(pid_tgid as u32, false) {
         // SAFETY: the thread's own storage, read only.
         Some(thread) => match unsafe { ((*thread).call.func, (*thread).exiting) } {
             (0, 0) => kind::FREE,
@@ -109,10 +109,11 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 /// releasing its per-thread cache of freed blocks.
 #[uprobe]
 pub fn thread_exit_entry(_ctx: ProbeContext) -> u32 {
-    if !probe_wanted(tgid_of(bpf_get_current_pid_tgid())) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !probe_wanted(tgid_of(pid_tgid)) {
         return 0;
     }
-    if let Some(thread) = THREADS.current(true) {
+    if let Some(thread) = thread_state(pid_tgid as u32, true) {
         // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
         unsafe { (*thread).exiting = 1 };
     }
@@ -123,10 +124,11 @@ pub fn thread_exit_entry(_ctx: ProbeContext) -> u32 {
 /// malloc it makes. It is not counted itself; that malloc is.
 #[uprobe]
 pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
-    if !probe_wanted(tgid_of(bpf_get_current_pid_tgid())) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !probe_wanted(tgid_of(pid_tgid)) {
         return 0;
     }
-    let Some(thread) = THREADS.current(true) else {
+    let Some(thread) = thread_state(pid_tgid as u32, true) else {
         return 0;
     };
     let sp = stack_pointer(&ctx);
@@ -147,7 +149,8 @@ pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
 /// Return of every allocating function: emits the allocation of the outermost call.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let Some(thread) = THREADS.current(false) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(thread) = thread_state(pid_tgid as u32, false) else {
         return 0;
     };
     // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
@@ -164,7 +167,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         call.func = 0;
         (pending, first_allocation(thread))
     };
-    finish_call(&ctx, bpf_get_current_pid_tgid(), &pending, first);
+    finish_call(&ctx, pid_tgid, &pending, first);
     0
 }
 
@@ -220,7 +223,7 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
     if !probe_wanted(tgid_of(pid_tgid)) {
         return None;
     }
-    let Some(thread) = THREADS.current(true) else {
+    let Some(thread) = thread_state(pid_tgid as u32, true) else {
         count(Counter::Unpaired);
         return None;
     };
