@@ -91,7 +91,7 @@ pub struct ThreadSlot {
 
 /// Which slots of `THREAD_SLOTS` are held (key: slot index): inserting a
 /// key that must not exist is the kernel's atomic claim, made once in a
-/// thread's life (the BPF target has no compare-and-swap in Rust).
+/// thread's life (Rust's `core` gives the BPF target no compare-and-swap).
 #[map]
 pub static SLOT_CLAIMS: HashMap<u32, u8> = HashMap::with_max_entries(THREAD_SLOTS_LEN, 0);
 
