@@ -43,7 +43,7 @@ enum Task {
     /// probes' own cost (as root); prints a table and writes target/bench.json.
     Bench {
         /// malloc(64)+free pairs per thread and run (a multiple of 100).
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         pairs: u64,
         /// Runs of each configuration; the median is reported.
         #[arg(long, default_value_t = 3)]
