@@ -619,6 +619,30 @@ fn heapwatch_alone_shows_its_usage() {
     assert!(output.stdout.is_empty());
 }
 
+/// mimalloc commits arena memory as it is used (what it frees then leaves
+/// the resident set): the option is set, under its name, before mimalloc
+/// reserves its first arena.
+#[test]
+fn heapwatch_has_its_allocator_commit_memory_on_use() {
+    let output = heapwatch()
+        .arg("--version")
+        .env("MIMALLOC_VERBOSE", "1")
+        .output()
+        .expect("run heapwatch --version");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let option = stderr
+        .find("option 'arena_eager_commit': 0")
+        .unwrap_or_else(|| panic!("eager commit still on: {stderr}"));
+    let reserved = stderr
+        .find("mimalloc: reserved")
+        .unwrap_or_else(|| panic!("no arena reserved: {stderr}"));
+    assert!(
+        option < reserved,
+        "the option came after the first arena: {stderr}"
+    );
+}
+
 /// heapwatch's subcommands: those `--help` lists and the hidden ones.
 fn subcommands() -> Vec<String> {
     let help = help_text("");
