@@ -54,7 +54,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(THREAD_SLOTS_LEN, 0);
 
-/// The state of a thread whose slot another live thread holds, freed with the thread.
+/// The state of a thread without a slot (another live thread held it when
+/// the thread first needed one), freed with the thread.
 #[btf_map]
 pub static THREADS: TaskStorage<ThreadState> = TaskStorage::new();
 
