@@ -257,6 +257,7 @@ fn daemon_cases(s: &Scratch) -> Vec<Case> {
         each(["daemon", "--max-allocations-per-process"], &["0", "-5", "1e6"], &[], 2, &["'--max-allocations-per-process <N>'", "from 1 to"]),
         each(["daemon", "--ring-kib"], &["1000", "2", "0", "2097152", "4294967296", "-4", "x"], &[], 2, &["'--ring-kib <KIB>'", "power of two from 4 to 1048576"]),
         each(["daemon", "--stack-sample"], &["0", "1000001", "-1", "x", "4294967296"], &[], 2, &["'--stack-sample <N>'", "from 1 (every allocation) to 1000000"]),
+        each(["daemon", "--thread-slots"], &["0", "3", "131072", "-1", "x", "4294967296"], &[], 2, &["'--thread-slots <N>'", "power of two from 1 to 65536"]),
         each(["daemon", "--scope"], &["nginx", ""], &[], 1, &["scope: scope `", "is not `all`, `pid:N`, `comm:NAME`"]),
         each(["daemon", "--scope"], &["pid:0", "pid:x", "pid:-1", "pid:4294967296"], &[], 1, &["a PID is a whole number from 1"]),
         each(["daemon", "--scope"], &["comm:"], &[], 1, &["the command name is empty"]),
@@ -299,6 +300,8 @@ fn config_cases(s: &Scratch) -> Vec<Case> {
         ("ring_kib = 2097152", "ring_kib: must be a power of two from 4 to 1048576"),
         ("stack_sample = 0", "stack_sample: must be a whole number from 1 (every allocation) to 1000000"),
         ("stack_sample = 1000001", "stack_sample: must be a whole number from 1 (every allocation) to 1000000"),
+        ("thread_slots = 0", "thread_slots: must be a power of two from 1 to 65536"),
+        ("thread_slots = 100", "thread_slots: must be a power of two from 1 to 65536"),
         ("tick = \"0s\"", "tick: must be longer than 0"),
         ("tick = \"fast\"", "tick: `fast` does not start with a whole number"),
         ("window = \"99999999999999999999h\"", "window: `99999999999999999999h` is too long"),
@@ -384,6 +387,7 @@ fn record_cases(s: &Scratch) -> Vec<Case> {
         each(["record", "--top"], &["0", "-1", "x", "99999999999"], &run, 2, &["'--top <K>'", "must be a whole number from 1 to 4294967295"]),
         each(["record", "--ring-kib"], &["1000", "2", "2097152", "-4", "x", "4294967296"], &run, 2, &["'--ring-kib <KIB>'", "power of two from 4 to 1048576"]),
         each(["record", "--stack-sample"], &["0", "1000001", "-1", "x"], &run, 2, &["'--stack-sample <N>'", "from 1 (every allocation) to 1000000"]),
+        each(["record", "--thread-slots"], &["0", "6", "65537", "-2", "x"], &run, 2, &["'--thread-slots <N>'", "power of two from 1 to 65536"]),
     ]
     .concat()
 }

@@ -3,16 +3,17 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use profiler_common::{Counter, ThreadState, kind};
+use profiler_common::{Counter, kind};
 
 use crate::{
     filter::traced,
     maps::{
-        EVERY_LIFECYCLE, EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET,
-        NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count, release_thread_slot, thread_state,
+        EVERY_LIFECYCLE, EXEC_OLD_PID_OFFSET, EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS,
+        NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count,
     },
     record::emit,
     tgid_of,
+    thread::{release_slot, reset_for_exec},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -20,12 +21,12 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// sched_process_exec: the process's old image and heap are gone, and so is
 /// the state its one remaining thread kept for it.
 #[tracepoint]
-pub fn process_exec(_ctx: TracePointContext) -> u32 {
+pub fn process_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(thread) = thread_state(pid_tgid as u32, false) {
-        // SAFETY: the thread's own storage, valid for this run.
-        unsafe { *thread = ThreadState::default() };
-    }
+    // SAFETY: the offset comes from the tracepoint's format file, read at load.
+    let old_tid = unsafe { ctx.read_at::<i32>(EXEC_OLD_PID_OFFSET.load() as usize) }
+        .map_or(pid_tgid as u32, |tid| tid as u32);
+    reset_for_exec(old_tid, pid_tgid);
     if reported(tgid_of(pid_tgid)) {
         emit(kind::EXEC, pid_tgid, 0);
     }
@@ -38,7 +39,7 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
-    release_thread_slot(pid_tgid as u32);
+    release_slot(pid_tgid as u32);
     if !group_dead(&ctx, pid_tgid) {
         return 0;
     }
@@ -55,9 +56,8 @@ fn reported(tgid: u32) -> bool {
     traced(tgid) || (EVERY_LIFECYCLE.load() != 0 && tgid != SELF_TGID.load())
 }
 
-/// task_newtask, at every new thread or process (before it first runs):
-/// frees a slot its id may have left held; a traced process's new child
-/// process is traced too when following forks.
+/// task_newtask, at every new thread or process (before it first runs): a
+/// traced process's new child process is traced too when following forks.
 #[tracepoint]
 pub fn new_task(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets come from the tracepoint's format file, read at load.
@@ -65,7 +65,6 @@ pub fn new_task(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    release_thread_slot(child);
     let parent = tgid_of(bpf_get_current_pid_tgid());
     if !traced(parent) {
         return 0;

@@ -12,9 +12,10 @@ mod lifecycle;
 mod maps;
 mod record;
 mod site;
+mod thread;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::bpf_probe_read_user,
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -23,10 +24,10 @@ use profiler_common::{
 };
 
 use crate::{
-    filter::probe_wanted,
-    maps::{count, thread_state},
+    maps::count,
     record::{emit, emit_alloc},
     site::{CallSite, site},
+    thread::Thread,
 };
 
 /// [`Pending::stack`] of a call whose site is found at its return. (A stack
@@ -87,11 +88,13 @@ pub fn posix_memalign_entry(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn free_entry(ctx: ProbeContext) -> u32 {
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if ptr == 0 || !probe_wanted(tgid_of(pid_tgid)) {
+    if ptr == 0 {
         return 0;
     }
-    let kind = match thread_state(pid_tgid as u32, false) {
+    let Some(Thread { pid_tgid, state }) = Thread::current(ctx.regs, false) else {
+        return 0;
+    };
+    let kind = match state {
         // SAFETY: the thread's own storage, read only.
         Some(thread) => match unsafe { ((*thread).call.func, (*thread).exiting) } {
             (0, 0) => kind::FREE,
@@ -108,12 +111,8 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 /// (and of `exit`): the thread's later frees of blocks not live are glibc
 /// releasing its per-thread cache of freed blocks.
 #[uprobe]
-pub fn thread_exit_entry(_ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !probe_wanted(tgid_of(pid_tgid)) {
-        return 0;
-    }
-    if let Some(thread) = thread_state(pid_tgid as u32, true) {
+pub fn thread_exit_entry(ctx: ProbeContext) -> u32 {
+    if let Some(thread) = Thread::current(ctx.regs, true).and_then(|thread| thread.state) {
         // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
         unsafe { (*thread).exiting = 1 };
     }
@@ -124,11 +123,7 @@ pub fn thread_exit_entry(_ctx: ProbeContext) -> u32 {
 /// malloc it makes. It is not counted itself; that malloc is.
 #[uprobe]
 pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !probe_wanted(tgid_of(pid_tgid)) {
-        return 0;
-    }
-    let Some(thread) = thread_state(pid_tgid as u32, true) else {
+    let Some(thread) = Thread::current(ctx.regs, true).and_then(|thread| thread.state) else {
         return 0;
     };
     let sp = stack_pointer(&ctx);
@@ -149,8 +144,11 @@ pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
 /// Return of every allocating function: emits the allocation of the outermost call.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(thread) = thread_state(pid_tgid as u32, false) else {
+    let Some(Thread {
+        pid_tgid,
+        state: Some(thread),
+    }) = Thread::current(ctx.regs, false)
+    else {
         return 0;
     };
     // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
@@ -219,11 +217,8 @@ fn begin_realloc(ctx: &ProbeContext, size: u64) {
 /// Records the outermost allocator call of a thread; a nested call only
 /// deepens the guard. Returns the caller's pid_tgid when the call is recorded.
 fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !probe_wanted(tgid_of(pid_tgid)) {
-        return None;
-    }
-    let Some(thread) = thread_state(pid_tgid as u32, true) else {
+    let Thread { pid_tgid, state } = Thread::current(ctx.regs, true)?;
+    let Some(thread) = state else {
         count(Counter::Unpaired);
         return None;
     };

@@ -50,6 +50,7 @@ impl CallSite {
 /// The site of an allocator call: the hash of its stack (only the immediate
 /// caller's for an unsampled call). The stack is sent as a STACK record
 /// unless it was sent before.
+#[inline(always)]
 pub fn site(call: CallSite) -> u64 {
     let (limit, flags) = if sampled() {
         (MAX_STACK_DEPTH, 0)

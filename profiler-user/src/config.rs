@@ -14,10 +14,16 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
 /// The /metrics address by default: loopback only, in Prometheus's exporter port range.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
 
+/// Thread slots by default: 16,384, 1.2 MB of kernel memory.
+pub const DEFAULT_THREAD_SLOTS: u32 = profiler_common::THREAD_SLOTS_LEN;
 /// The sparsest stack sampling accepted: one allocation in a million.
 pub const MAX_STACK_SAMPLE: u32 = 1_000_000;
 /// What `stack_sample` (and `--stack-sample`) accepts.
 pub const STACK_SAMPLE_RULE: &str = "must be a whole number from 1 (every allocation) to 1000000";
+/// The most thread slots accepted: 65,536 (about 13 MB of kernel memory).
+pub const MAX_THREAD_SLOTS: u32 = 1 << 16;
+/// What `thread_slots` (and `--thread-slots`) accepts.
+pub const THREAD_SLOTS_RULE: &str = "must be a power of two from 1 to 65536";
 /// The largest ring buffer accepted, in KiB: 1 GiB.
 pub const MAX_RING_KIB: u32 = 1 << 20;
 /// What `ring_kib` (and `--ring-kib`) accepts.
@@ -74,6 +80,8 @@ pub struct Settings {
     pub ring_kib: Option<u32>,
     /// Capture the full stack of one allocation in this many.
     pub stack_sample: Option<u32>,
+    /// Threads whose allocator state the kernel keeps in its fast array (a power of two).
+    pub thread_slots: Option<u32>,
     /// The allocator library to probe.
     pub libc: Option<PathBuf>,
     /// The processes traced: `["all"]` or selectors (`pid:N`, `comm:NAME`,
@@ -108,6 +116,7 @@ impl Settings {
                 .or(self.max_allocations_per_process),
             ring_kib: over.ring_kib.or(self.ring_kib),
             stack_sample: over.stack_sample.or(self.stack_sample),
+            thread_slots: over.thread_slots.or(self.thread_slots),
             libc: over.libc.clone().or(self.libc),
             scope: over.scope.clone().or(self.scope),
         }
@@ -131,6 +140,8 @@ pub struct DaemonConfig {
     pub ring_kib: u32,
     /// Capture the full stack of one allocation in this many (1: all).
     pub stack_sample: u32,
+    /// Threads whose allocator state the kernel keeps in its fast array.
+    pub thread_slots: u32,
     /// The allocator library to probe (`None`: heapwatch's own C library).
     pub libc: Option<PathBuf>,
     /// The processes traced.
@@ -170,6 +181,8 @@ impl TryFrom<&Settings> for DaemonConfig {
             ring_kib,
             stack_sample: stack_sample(s.stack_sample.unwrap_or(1))
                 .map_err(|rule| value_error("stack_sample", rule))?,
+            thread_slots: thread_slots(s.thread_slots.unwrap_or(DEFAULT_THREAD_SLOTS))
+                .map_err(|rule| value_error("thread_slots", rule))?,
             libc: s.libc.clone(),
             scope: Selection::parse(s.scope.as_deref().unwrap_or_default())
                 .map_err(|e| value_error("scope", &e.to_string()))?,
@@ -208,6 +221,15 @@ pub fn stack_sample(every: u32) -> Result<u32, &'static str> {
         Ok(every)
     } else {
         Err(STACK_SAMPLE_RULE)
+    }
+}
+
+/// Checks a number of thread slots: a power of two from 1 to [`MAX_THREAD_SLOTS`].
+pub fn thread_slots(slots: u32) -> Result<u32, &'static str> {
+    if (1..=MAX_THREAD_SLOTS).contains(&slots) && slots.is_power_of_two() {
+        Ok(slots)
+    } else {
+        Err(THREAD_SLOTS_RULE)
     }
 }
 

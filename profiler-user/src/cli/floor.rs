@@ -39,6 +39,7 @@ pub fn floor(args: &FloorArgs) -> Result<CommandStatus, RecordError> {
             },
             ring_bytes: 4096,
             stack_sample: 1,
+            thread_slots: crate::config::DEFAULT_THREAD_SLOTS,
         },
         args.at_entry,
     )?;

@@ -97,6 +97,10 @@ pub struct DaemonArgs {
     /// others keep their immediate caller. Byte counts stay exact [default: 1].
     #[arg(long, value_name = "N", value_parser = parse_stack_sample, allow_negative_numbers = true)]
     pub stack_sample: Option<u32>,
+    /// Threads whose allocator state the kernel keeps in its fast array, a
+    /// power of two; others keep it in task storage, exact but slower [default: 16384].
+    #[arg(long, value_name = "N", value_parser = parse_thread_slots, allow_negative_numbers = true)]
+    pub thread_slots: Option<u32>,
     /// The allocator library to probe (default: the C library heapwatch itself uses).
     #[arg(long, value_name = "PATH")]
     pub libc: Option<PathBuf>,
@@ -163,6 +167,7 @@ impl DaemonArgs {
             max_allocations_per_process: self.max_allocations_per_process,
             ring_kib: self.ring_kib,
             stack_sample: self.stack_sample,
+            thread_slots: self.thread_slots,
             libc: self.libc.clone(),
             scope: (!self.scope.is_empty()).then(|| self.scope.clone()),
         }
@@ -197,6 +202,10 @@ pub struct RecordArgs {
     /// others keep their immediate caller. Byte counts stay exact.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_stack_sample, allow_negative_numbers = true)]
     pub stack_sample: u32,
+    /// Threads whose allocator state the kernel keeps in its fast array, a
+    /// power of two; others keep it in task storage, exact but slower.
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_THREAD_SLOTS, value_parser = parse_thread_slots, allow_negative_numbers = true)]
+    pub thread_slots: u32,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -237,6 +246,12 @@ fn parse_stack_sample(text: &str) -> Result<u32, &'static str> {
     text.parse()
         .map_err(|_| crate::config::STACK_SAMPLE_RULE)
         .and_then(crate::config::stack_sample)
+}
+
+fn parse_thread_slots(text: &str) -> Result<u32, &'static str> {
+    text.parse()
+        .map_err(|_| crate::config::THREAD_SLOTS_RULE)
+        .and_then(crate::config::thread_slots)
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, &'static str> {
@@ -291,6 +306,14 @@ mod tests {
             ),
             ("record --stack-sample 1000001 -- ls", "to 1000000"),
             ("daemon --stack-sample x", "from 1 (every allocation)"),
+            (
+                "record --thread-slots 3 -- ls",
+                "power of two from 1 to 65536",
+            ),
+            (
+                "daemon --thread-slots 131072",
+                "power of two from 1 to 65536",
+            ),
             ("daemon --top -1", "from 1 to 4294967295"),
             ("daemon --ring-kib 8589934592", "power of two"),
             (

@@ -102,6 +102,7 @@ pub fn record(args: &RecordArgs) -> Result<CommandStatus, RecordError> {
         },
         ring_bytes: args.ring_kib * 1024,
         stack_sample: args.stack_sample,
+        thread_slots: args.thread_slots,
     })?;
     let mut reader = probes.reader()?;
     child.release().map_err(spawn_error)?;

@@ -68,6 +68,7 @@ pub fn trace_snapshot(
         },
         ring_bytes: RING_BYTES,
         stack_sample: 1,
+        thread_slots: crate::config::DEFAULT_THREAD_SLOTS,
     })?;
     let mut reader = probes.reader()?;
     stop_on_signals();

@@ -61,6 +61,9 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// Capture the full stack of one allocation in this many (1: every one).
     pub stack_sample: u32,
+    /// Threads whose allocator state fits the kernel's array (a power of
+    /// two); the others' goes to task storage.
+    pub thread_slots: u32,
 }
 
 /// A probed allocator function.
@@ -600,7 +603,12 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("EXIT_GROUP_DEAD_OFFSET", &offsets.exit_group_dead, true)
         .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
         .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)
+        .override_global("THREAD_SLOT_MASK", &(config.thread_slots - 1), true)
+        .override_global("EXEC_OLD_PID_OFFSET", &offsets.exec_old_pid, true)
         .map_max_entries("EVENTS", config.ring_bytes)
+        .map_max_entries("THREAD_SLOTS", config.thread_slots)
+        .map_max_entries("SLOT_CLAIMS", config.thread_slots)
+        .map_max_entries("SLOT_HOLDERS", config.thread_slots)
         // THREADS, task-local storage, which only the programs use.
         .allow_unsupported_maps()
         .load(aya::include_bytes_aligned!(concat!(
@@ -634,6 +642,7 @@ impl KnownStacks {
 
 /// Record layouts of the tracepoints, read from this kernel's tracefs.
 struct TracepointOffsets {
+    exec_old_pid: u32,
     exit_group_dead: u32,
     newtask_pid: u32,
     newtask_flags: u32,
@@ -641,18 +650,20 @@ struct TracepointOffsets {
 
 impl TracepointOffsets {
     fn read() -> Result<Self, ProbeError> {
+        let exec = tracefs::read_format("sched", "sched_process_exec").unwrap_or_default();
         let exit = tracefs::read_format("sched", "sched_process_exit").unwrap_or_default();
         let newtask = tracefs::read_format("task", "task_newtask").unwrap_or_default();
-        let required = |format: &str, field| {
+        let required = |format: &str, tracepoint: &str, field| {
             field_offset(format, field).ok_or_else(|| ProbeError::TracepointField {
-                tracepoint: "task/task_newtask".to_owned(),
+                tracepoint: tracepoint.to_owned(),
                 field,
             })
         };
         Ok(Self {
+            exec_old_pid: required(&exec, "sched/sched_process_exec", "old_pid")?,
             exit_group_dead: field_offset(&exit, "group_dead").unwrap_or(0),
-            newtask_pid: required(&newtask, "pid")?,
-            newtask_flags: required(&newtask, "clone_flags")?,
+            newtask_pid: required(&newtask, "task/task_newtask", "pid")?,
+            newtask_flags: required(&newtask, "task/task_newtask", "clone_flags")?,
         })
     }
 }

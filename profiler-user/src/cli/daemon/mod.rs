@@ -125,6 +125,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         },
         ring_bytes: config.ring_kib * 1024,
         stack_sample: config.stack_sample,
+        thread_slots: config.thread_slots,
     })?;
     if args.check {
         return check(&probes, &config);
@@ -329,11 +330,12 @@ fn reload(
     if new.listen != old.listen
         || new.ring_kib != old.ring_kib
         || new.stack_sample != old.stack_sample
+        || new.thread_slots != old.thread_slots
         || new.libc != old.libc
         || new.scope != old.scope
     {
         tracing::warn!(
-            "SIGHUP: listen, ring_kib, stack_sample, libc and scope take effect on restart"
+            "SIGHUP: listen, ring_kib, stack_sample, thread_slots, libc and scope take effect on restart"
         );
     }
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
