@@ -35,17 +35,22 @@ enum Wrapper {
     FloorPlaced,
     FloorEntry,
     Record,
+    RecordCallSites,
     Daemon,
     Bpftrace,
     Heaptrack,
     Valgrind,
 }
 
-const WRAPPERS: [(Wrapper, &str); 8] = [
+const WRAPPERS: [(Wrapper, &str); 9] = [
     (Wrapper::Bare, "bare"),
     (Wrapper::FloorPlaced, "floor (heapwatch's placements)"),
     (Wrapper::FloorEntry, "floor at +0"),
     (Wrapper::Record, "heapwatch record"),
+    (
+        Wrapper::RecordCallSites,
+        "heapwatch record, call sites (--stack-sample 1000)",
+    ),
     (Wrapper::Daemon, "heapwatch daemon"),
     (Wrapper::Bpftrace, "bpftrace, empty programs at +0"),
     (Wrapper::Heaptrack, "heaptrack"),
@@ -172,6 +177,15 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
             report.display().to_string(),
             "--".into(),
         ],
+        Wrapper::RecordCallSites => vec![
+            heapwatch,
+            "record".into(),
+            "--stack-sample".into(),
+            "1000".into(),
+            "--json".into(),
+            report.display().to_string(),
+            "--".into(),
+        ],
         Wrapper::Bpftrace => {
             let libc = &tools.libc;
             let program = format!(
@@ -197,7 +211,7 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
         return churn_under_daemon(tools, &[], &argv, threads);
     }
     let (ns, _) = run_churn(&argv, threads)?;
-    if wrapper != Wrapper::Record {
+    if !matches!(wrapper, Wrapper::Record | Wrapper::RecordCallSites) {
         return Ok(timed(ns));
     }
     let json: Value = serde_json::from_slice(&fs::read(&report)?)?;
