@@ -68,6 +68,24 @@ fn c_leak_matches_valgrind_and_names_the_leaking_function() {
 }
 
 #[test]
+fn a_deep_stack_is_walked_whole() {
+    if !have_root("a_deep_stack_is_walked_whole") {
+        return;
+    }
+    let program = fixture("deep_stack");
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+    let process = &recorded.processes()[0];
+    let site = live_sites(process)
+        .into_iter()
+        .find(|s| s["live_bytes"] == 4242u64)
+        .unwrap_or_else(|| panic!("no site holding the leaked block: {process}"));
+    let mut expected = vec!["leak_here"];
+    expected.extend(["descend"; 41]);
+    expected.push("main");
+    assert_eq!(functions(&site)[..expected.len()], expected, "{site}");
+}
+
+#[test]
 fn sampled_stacks_keep_the_byte_counts_of_valgrind() {
     if !have_root("sampled_stacks_keep_the_byte_counts_of_valgrind") {
         return;
