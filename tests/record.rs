@@ -39,6 +39,14 @@ fn live_sites(process: &Value) -> Vec<Value> {
     process["sites"].as_array().cloned().unwrap_or_default()
 }
 
+/// The site of `process` holding exactly `bytes` live bytes.
+fn site_holding(process: &Value, bytes: u64) -> Value {
+    live_sites(process)
+        .into_iter()
+        .find(|s| s["live_bytes"] == bytes)
+        .unwrap_or_else(|| panic!("no site holding {bytes} bytes: {process}"))
+}
+
 #[test]
 fn c_leak_matches_valgrind_and_names_the_leaking_function() {
     if !have_root("c_leak_matches_valgrind_and_names_the_leaking_function") {
@@ -46,11 +54,7 @@ fn c_leak_matches_valgrind_and_names_the_leaking_function() {
     }
     let leak = fixture("leak");
     let recorded = assert_matches_valgrind(&[], &[leak.to_str().expect("utf-8 path")]);
-    let process = &recorded.processes()[0];
-    let site = live_sites(process)
-        .into_iter()
-        .find(|s| s["live_bytes"] == 400_000_000u64)
-        .unwrap_or_else(|| panic!("no site holding 400,000,000 bytes: {process}"));
+    let site = site_holding(&recorded.processes()[0], 400_000_000);
     assert_eq!(site["live_blocks"], 100_000u64);
     assert_eq!(functions(&site)[..2], ["leak", "main"], "{site}");
     assert_eq!(
@@ -74,11 +78,7 @@ fn a_deep_stack_is_walked_whole() {
     }
     let program = fixture("deep_stack");
     let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
-    let process = &recorded.processes()[0];
-    let site = live_sites(process)
-        .into_iter()
-        .find(|s| s["live_bytes"] == 4242u64)
-        .unwrap_or_else(|| panic!("no site holding the leaked block: {process}"));
+    let site = site_holding(&recorded.processes()[0], 4242);
     let mut expected = vec!["leak_here"];
     expected.extend(["descend"; 41]);
     expected.push("main");
