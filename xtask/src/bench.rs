@@ -170,22 +170,14 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
         Wrapper::Bare | Wrapper::Daemon => vec![],
         Wrapper::FloorPlaced => vec![heapwatch, "floor".into(), "--".into()],
         Wrapper::FloorEntry => vec![heapwatch, "floor".into(), "--at-entry".into(), "--".into()],
-        Wrapper::Record => vec![
-            heapwatch,
-            "record".into(),
-            "--json".into(),
-            report.display().to_string(),
-            "--".into(),
-        ],
-        Wrapper::RecordCallSites => vec![
-            heapwatch,
-            "record".into(),
-            "--stack-sample".into(),
-            "1000".into(),
-            "--json".into(),
-            report.display().to_string(),
-            "--".into(),
-        ],
+        Wrapper::Record | Wrapper::RecordCallSites => {
+            let mut argv = vec![heapwatch, "record".into()];
+            if wrapper == Wrapper::RecordCallSites {
+                argv.extend(["--stack-sample".into(), "1000".into()]);
+            }
+            argv.extend(["--json".into(), report.display().to_string(), "--".into()]);
+            argv
+        }
         Wrapper::Bpftrace => {
             let libc = &tools.libc;
             let program = format!(
