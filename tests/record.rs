@@ -132,6 +132,36 @@ fn sampled_stacks_keep_the_byte_counts_of_valgrind() {
 }
 
 #[test]
+fn a_call_sites_first_allocation_keeps_its_full_stack_when_sampled() {
+    if !have_root("a_call_sites_first_allocation_keeps_its_full_stack_when_sampled") {
+        return;
+    }
+    let program = fixture("late_site");
+    let recorded = assert_matches_valgrind(
+        &["--stack-sample", "1000000"],
+        &[program.to_str().expect("utf-8 path")],
+    );
+    let process = &recorded.processes()[0];
+    let late = site_holding(process, 4321);
+    assert_eq!(late["stack_status"], "full", "{late}");
+    assert_eq!(
+        functions(&late)[..3],
+        ["late", "reach_late", "main"],
+        "{late}"
+    );
+    let busy_blocks = |status: &str| -> u64 {
+        live_sites(process)
+            .iter()
+            .filter(|s| s["stack_status"] == status && functions(s)[0] == "busy")
+            .map(|s| s["live_blocks"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // The thread's first allocation is sampled too: busy's first.
+    assert!((1..=10).contains(&busy_blocks("full")), "{process}");
+    assert!(busy_blocks("unsampled") >= 9_990, "{process}");
+}
+
+#[test]
 fn rust_boxes_dropped_each_time_match_valgrind() {
     if !have_root("rust_boxes_dropped_each_time_match_valgrind") {
         return;

@@ -179,8 +179,13 @@ pub struct ThreadState {
     pub woke: u32,
     /// Non-zero once the thread has begun to exit (see [`kind::EXITING_FREE`]).
     pub exiting: u32,
+    /// Allocations of this thread still to come before the next one whose
+    /// full stack is walked (when only some are).
+    pub until_sample: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ThreadState>() == 56);
+const _: () = assert!(size_of::<ThreadState>() == 64);
 
 /// Slots of the kernel's array of thread states, indexed by thread id
 /// modulo this power of two. A thread whose slot another live thread holds

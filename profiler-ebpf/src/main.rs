@@ -134,7 +134,7 @@ pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
             return 0;
         }
         (*thread).outer = OuterCall {
-            stack: site(CallSite::at_entry(ctx.regs)),
+            stack: site(CallSite::at_entry(ctx.regs), thread),
             sp,
         };
     }
@@ -165,7 +165,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         call.func = 0;
         (pending, first_allocation(thread))
     };
-    finish_call(&ctx, pid_tgid, &pending, first);
+    // SAFETY: the thread's own storage, as above.
+    unsafe { finish_call(&ctx, thread, pid_tgid, &pending, first) };
     0
 }
 
@@ -184,7 +185,19 @@ unsafe fn first_allocation(thread: *mut ThreadState) -> bool {
     }
 }
 
-fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending, first: bool) {
+/// Emits the allocation `p` returned by `thread`'s outermost call (or a
+/// failed realloc's).
+///
+/// # Safety
+///
+/// `thread` is the current thread's storage.
+unsafe fn finish_call(
+    ctx: &RetProbeContext,
+    thread: *mut ThreadState,
+    pid_tgid: u64,
+    p: &Pending,
+    first: bool,
+) {
     let ret: u64 = ctx.ret();
     let ptr = match p.func {
         func::POSIX_MEMALIGN if ret as u32 == 0 => {
@@ -196,7 +209,8 @@ fn finish_call(ctx: &RetProbeContext, pid_tgid: u64, p: &Pending, first: bool) {
     };
     if ptr != 0 {
         let stack = match p.stack {
-            NO_SITE_YET => site(CallSite::at_return(ctx.regs)),
+            // SAFETY: as the caller promises.
+            NO_SITE_YET => unsafe { site(CallSite::at_return(ctx.regs), thread) },
             stack => stack,
         };
         emit_alloc(pid_tgid, ptr, p.size, stack, first);

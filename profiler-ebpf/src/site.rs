@@ -13,7 +13,8 @@ use aya_ebpf::{
     },
 };
 use profiler_common::{
-    MAX_STACK_DEPTH, STACK_UNSAMPLED, StackEvent, kind, stack_hash_seed, stack_hash_step,
+    MAX_STACK_DEPTH, STACK_UNSAMPLED, StackEvent, ThreadState, kind, stack_hash_seed,
+    stack_hash_step,
 };
 
 use crate::{
@@ -52,28 +53,56 @@ impl CallSite {
     }
 }
 
-/// The site of an allocator call: the hash of its stack (only the immediate
-/// caller's for an unsampled call). The stack is sent as a STACK record
-/// unless it was sent before.
+/// The site of an allocator call made by `thread`: the hash of its stack,
+/// or of its immediate caller's alone for an unsampled call. A call site's
+/// first call is walked whole, sampled or not, so that every call site has
+/// a full stack to show. A stack is sent as a STACK record unless it was
+/// sent before.
+///
+/// # Safety
+///
+/// `thread` is the current thread's state.
 #[inline(always)]
-pub fn site(call: CallSite) -> u64 {
-    let (limit, flags) = if sampled() {
-        (MAX_STACK_DEPTH, 0)
-    } else {
-        (1, STACK_UNSAMPLED)
-    };
-    let (hash, _) = walk(call, limit, flags, |_, _| {});
+pub unsafe fn site(call: CallSite, thread: *mut ThreadState) -> u64 {
+    // SAFETY: as the caller promises.
+    if !unsafe { sampled(thread) } {
+        let (caller, _) = walk(call, 1, STACK_UNSAMPLED, |_, _| {});
+        if stack_known(caller) {
+            return caller;
+        }
+        send(call, 1, STACK_UNSAMPLED);
+    }
+    let (hash, _) = walk(call, MAX_STACK_DEPTH, 0, |_, _| {});
     if !stack_known(hash) {
-        send(call, limit, flags);
+        send(call, MAX_STACK_DEPTH, 0);
     }
     hash
 }
 
-/// True for the one allocation in `STACK_SAMPLE_EVERY` whose whole stack is walked.
-fn sampled() -> bool {
+/// True for the allocations whose whole stack is walked: every one, or one
+/// in `STACK_SAMPLE_EVERY` on average, at random intervals counted down in
+/// `thread` (a random number for each allocation would cost a helper call).
+///
+/// # Safety
+///
+/// `thread` is the current thread's state.
+#[inline(always)]
+unsafe fn sampled(thread: *mut ThreadState) -> bool {
     let every = STACK_SAMPLE_EVERY.load();
-    // SAFETY: the helper has no preconditions.
-    every <= 1 || unsafe { bpf_get_prandom_u32() } % every == 0
+    if every <= 1 {
+        return true;
+    }
+    // SAFETY: as the caller promises; only this thread writes its state.
+    unsafe {
+        let left = (*thread).until_sample;
+        if left > 0 {
+            (*thread).until_sample = left - 1;
+            return false;
+        }
+        // The next interval: 1 to 2 * every - 1 allocations, every on average.
+        (*thread).until_sample = bpf_get_prandom_u32() % (2 * every - 1);
+    }
+    true
 }
 
 /// Writes the stack into a STACK record and marks it sent. The walk is done

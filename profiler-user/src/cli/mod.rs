@@ -93,8 +93,9 @@ pub struct DaemonArgs {
     /// Ring-buffer size in KiB, a power of two [default: 4096].
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib, allow_negative_numbers = true)]
     pub ring_kib: Option<u32>,
-    /// Capture the full stack of one allocation in N, chosen at random; the
-    /// others keep their immediate caller. Byte counts stay exact [default: 1].
+    /// Capture the full stack of one allocation in N on average (at random
+    /// intervals) and of each call site's first; the others keep their
+    /// immediate caller. Byte counts stay exact [default: 1].
     #[arg(long, value_name = "N", value_parser = parse_stack_sample, allow_negative_numbers = true)]
     pub stack_sample: Option<u32>,
     /// Threads whose allocator state the kernel keeps in its fast array, a
@@ -198,8 +199,9 @@ pub struct RecordArgs {
     /// Ring-buffer size in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib, allow_negative_numbers = true)]
     pub ring_kib: u32,
-    /// Capture the full stack of one allocation in N, chosen at random; the
-    /// others keep their immediate caller. Byte counts stay exact.
+    /// Capture the full stack of one allocation in N on average (at random
+    /// intervals) and of each call site's first; the others keep their
+    /// immediate caller. Byte counts stay exact.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_stack_sample, allow_negative_numbers = true)]
     pub stack_sample: u32,
     /// Threads whose allocator state the kernel keeps in its fast array, a
