@@ -37,12 +37,13 @@ enum Wrapper {
     Record,
     RecordCallSites,
     Daemon,
+    DaemonCallSites,
     Bpftrace,
     Heaptrack,
     Valgrind,
 }
 
-const WRAPPERS: [(Wrapper, &str); 9] = [
+const WRAPPERS: [(Wrapper, &str); 10] = [
     (Wrapper::Bare, "bare"),
     (Wrapper::FloorPlaced, "floor (heapwatch's placements)"),
     (Wrapper::FloorEntry, "floor at +0"),
@@ -52,6 +53,10 @@ const WRAPPERS: [(Wrapper, &str); 9] = [
         "heapwatch record, call sites (--stack-sample 1000)",
     ),
     (Wrapper::Daemon, "heapwatch daemon"),
+    (
+        Wrapper::DaemonCallSites,
+        "heapwatch daemon, call sites (--stack-sample 1000)",
+    ),
     (Wrapper::Bpftrace, "bpftrace, empty programs at +0"),
     (Wrapper::Heaptrack, "heaptrack"),
     (Wrapper::Valgrind, "valgrind"),
@@ -167,13 +172,13 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     let heapwatch = tools.heapwatch.display().to_string();
     let report = tools.dir.join("record.json");
     let mut argv: Vec<String> = match wrapper {
-        Wrapper::Bare | Wrapper::Daemon => vec![],
+        Wrapper::Bare | Wrapper::Daemon | Wrapper::DaemonCallSites => vec![],
         Wrapper::FloorPlaced => vec![heapwatch, "floor".into(), "--".into()],
         Wrapper::FloorEntry => vec![heapwatch, "floor".into(), "--at-entry".into(), "--".into()],
         Wrapper::Record | Wrapper::RecordCallSites => {
             let mut argv = vec![heapwatch, "record".into()];
             if wrapper == Wrapper::RecordCallSites {
-                argv.extend(["--stack-sample".into(), "1000".into()]);
+                argv.extend(CALL_SITES.map(String::from));
             }
             argv.extend(["--json".into(), report.display().to_string(), "--".into()]);
             argv
@@ -199,8 +204,10 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
         ],
     };
     argv.extend(churn_args);
-    if wrapper == Wrapper::Daemon {
-        return churn_under_daemon(tools, &[], &argv, threads);
+    match wrapper {
+        Wrapper::Daemon => return churn_under_daemon(tools, &[], &argv, threads),
+        Wrapper::DaemonCallSites => return churn_under_daemon(tools, &CALL_SITES, &argv, threads),
+        _ => {}
     }
     let (ns, _) = run_churn(&argv, threads)?;
     if !matches!(wrapper, Wrapper::Record | Wrapper::RecordCallSites) {
@@ -252,6 +259,10 @@ fn run_churn(argv: &[String], threads: usize) -> Result<(f64, f64)> {
     };
     Ok((ns * threads as f64 / pairs, pairs))
 }
+
+/// heapwatch's flags for call sites alone: the caller of every allocation,
+/// the full stack of one in 1,000 (and of each call site's first).
+const CALL_SITES: [&str; 2] = ["--stack-sample", "1000"];
 
 /// A scope that selects no process the bench runs.
 const NOBODY_SCOPE: [&str; 2] = ["--scope", "comm:hw-nobody"];
@@ -358,8 +369,8 @@ fn churn_under_daemon(
         thread::sleep(Duration::from_millis(1100));
         let next = daemon.scrape()?;
         // A scope that selects nothing counts nothing.
-        let settled =
-            events(&next) == events(&text) && (events(&next) > before || !extra.is_empty());
+        let selects_nothing = extra == NOBODY_SCOPE;
+        let settled = events(&next) == events(&text) && (events(&next) > before || selects_nothing);
         text = next;
         if settled {
             break;
