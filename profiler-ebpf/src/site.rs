@@ -169,7 +169,8 @@ fn walk(
 /// Walks on from the frame at `fp`, frame `depth`, with the hash so far:
 /// through copies of the stack a window at a time. A function of its own
 /// (a BPF subprogram), so that the window takes stack only in walks that
-/// go this far.
+/// go this far: a program with 64 bytes of stack or more runs on a
+/// private stack, where each user read costs about 45 ns more.
 #[inline(never)]
 fn walk_on(
     mut fp: u64,

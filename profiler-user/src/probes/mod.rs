@@ -9,6 +9,9 @@ mod reader;
 mod symbols;
 mod tracefs;
 
+#[cfg(test)]
+mod stack_depth_tests;
+
 use std::{
     num::NonZeroU32,
     path::{Path, PathBuf},
