@@ -159,6 +159,27 @@ fn a_call_sites_first_allocation_keeps_its_full_stack_when_sampled() {
     // The thread's first allocation is sampled too: busy's first.
     assert!((1..=10).contains(&busy_blocks("full")), "{process}");
     assert!(busy_blocks("unsampled") >= 9_990, "{process}");
+    let busy = live_sites(process)
+        .into_iter()
+        .find(|s| s["stack_status"] == "unsampled" && functions(s)[0] == "busy")
+        .expect("busy's unsampled site");
+    let sampled: Vec<&str> = busy["sampled_stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter_map(|f| f["function"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(sampled[..2], ["busy", "main"], "{busy}");
+    assert!(
+        recorded
+            .stderr()
+            .contains("(the callers sampled most often here:)"),
+        "{}",
+        recorded.stderr()
+    );
 }
 
 #[test]

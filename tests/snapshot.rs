@@ -570,6 +570,68 @@ fn a_million_live_allocations_over_a_thousand_sites_are_snapshotted() {
 }
 
 #[test]
+fn a_sampled_call_site_shows_the_stack_sampled_most_often_there() {
+    if !have_root("a_sampled_call_site_shows_the_stack_sampled_most_often_there") {
+        return;
+    }
+    let config = support::config_file("stack_sample = 1000000\n");
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path").to_owned();
+    let mut daemon = Daemon::start(&config, &["--socket", &socket_arg]);
+    // 1,000 paths to one call site (alloc_block's malloc), 10 blocks each.
+    let holder = Workload::start_with(&fixture("many_sites"), &["hold", "10"]);
+    let request = format!(
+        "{{\"op\":\"snapshot\",\"pid\":{},\"top\":10}}\n",
+        holder.pid()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let json = loop {
+        let reply: Value =
+            serde_json::from_slice(&api_reply(&socket, request.as_bytes())).expect("JSON reply");
+        if reply["data"]["in_use_blocks"] == 10_000 {
+            break reply["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        thread::sleep(Duration::from_millis(500));
+    };
+    support::assert_matches_schema(&json);
+    let site = json["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .find(|s| s["stack_status"] == "unsampled" && functions(s) == ["alloc_block"])
+        .cloned()
+        .unwrap_or_else(|| panic!("no unsampled alloc_block site: {json}"));
+    assert!(site["live_blocks"].as_u64() >= Some(9_990), "{site}");
+    let sampled: Vec<&str> = site["sampled_stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter_map(|f| f["function"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        sampled.len() >= 5
+            && sampled[0] == "alloc_block"
+            && sampled[1].starts_with("leaf")
+            && sampled[2].starts_with("mid")
+            && sampled[3].starts_with("top")
+            && sampled[4] == "main",
+        "{site}"
+    );
+    let text = snapshot(&socket, holder.pid(), &[]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("(the callers sampled most often here:)"),
+        "{stdout}"
+    );
+    drop(holder);
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn the_documented_schema_accepts_a_snapshot_and_refuses_what_heapwatch_never_writes() {
     let valid = serde_json::json!({
         "pid": 42, "exited": false, "in_use_bytes": 1024, "in_use_blocks": 1,

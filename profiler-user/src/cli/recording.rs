@@ -7,7 +7,7 @@ use std::{collections::HashMap, io, time::Duration};
 use crate::{
     events::{HeapEvent, Record, decode},
     probes::EventReader,
-    report::{ProcessReport, SiteReport},
+    report::{ProcessReport, SampledStacks, SiteReport},
     stacks::{SiteResolver, StackStatus, StackTable, Symbols},
     tracker::{EndReason, HeldSite, ProcessState, Tracker, TrackerConfig},
 };
@@ -112,10 +112,10 @@ impl Recording {
         symbols: &mut Symbols,
     ) -> ProcessReport {
         let mut report = ProcessReport::summary(pid, state, exited);
-        report.sites = state
-            .sites_holding(selection.before_ns)
+        let mut held = state.sites_holding(selection.before_ns);
+        held.truncate(selection.top);
+        report.sites = held
             .iter()
-            .take(selection.top)
             .map(|held| SiteReport {
                 oldest_age_secs: selection
                     .ages_at_ns
@@ -123,7 +123,37 @@ impl Recording {
                 ..self.site_report(pid, held, symbols)
             })
             .collect();
+        self.add_sampled_stacks(pid, state, &held, &mut report.sites, symbols);
         report
+    }
+
+    /// Gives each site whose callers were not sampled (`sites`, the reports
+    /// of `held`) the full stack sampled most often at its call site.
+    fn add_sampled_stacks(
+        &self,
+        pid: u32,
+        state: &ProcessState,
+        held: &[HeldSite],
+        sites: &mut [SiteReport],
+        symbols: &mut Symbols,
+    ) {
+        let unsampled = |site: &SiteReport| site.stack_status == StackStatus::Unsampled;
+        if !sites.iter().any(unsampled) {
+            return;
+        }
+        let caller_of = |site| {
+            let stack = self.sites.stack(pid, site)?;
+            Some((stack.status, stack.frames.first()?.address))
+        };
+        let sampled = SampledStacks::new(state.sites(), caller_of);
+        for (report, held) in sites.iter_mut().zip(held).filter(|(r, _)| unsampled(r)) {
+            let full = caller_of(held.stats.site)
+                .and_then(|(_, caller)| sampled.for_caller(caller))
+                .and_then(|full| self.sites.stack(pid, full));
+            if let Some(stack) = full {
+                report.sampled_stack = symbols.symbolize(&stack);
+            }
+        }
     }
 
     /// A site's report with its symbolized stack.

@@ -3,11 +3,13 @@
 
 mod flamegraph;
 mod pprof;
+mod sampled;
 
 use std::fmt::Write as _;
 
 pub use flamegraph::{folded_stacks, render_flamegraph};
 pub use pprof::{SAMPLE_TYPES, render_pprof};
+pub use sampled::SampledStacks;
 
 use serde::Serialize;
 
@@ -101,6 +103,10 @@ pub struct SiteReport {
     /// How much of the stack is known.
     #[serde(default)]
     pub stack_status: StackStatus,
+    /// For a site whose callers were not sampled: the full stack sampled
+    /// most often at the same call site, when one was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sampled_stack: Vec<SymFrame>,
     /// Age in seconds of its oldest live block (snapshots of a running process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_age_secs: Option<f64>,
@@ -144,6 +150,7 @@ impl SiteReport {
             bytes_allocated: stats.bytes_allocated,
             stack,
             stack_status,
+            sampled_stack: Vec::new(),
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
             leak_suspect: false,
@@ -352,6 +359,12 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
         }
         (false, StackStatus::Unsampled) => {
             let _ = writeln!(out, "{tag}    (callers not sampled: --stack-sample)");
+            if let Some(callers) = site.sampled_stack.get(1..).filter(|c| !c.is_empty()) {
+                let _ = writeln!(out, "{tag}    (the callers sampled most often here:)");
+                for frame in callers {
+                    let _ = writeln!(out, "{tag}    by {}", describe(frame));
+                }
+            }
         }
         (false, _) => {}
     }
@@ -449,6 +462,7 @@ mod tests {
             bytes_allocated: 400_000_000,
             stack: vec![frame("leak", 8), frame("main", 15)],
             stack_status: StackStatus::Full,
+            sampled_stack: vec![],
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
             leak_suspect: false,
@@ -484,9 +498,14 @@ mod tests {
                 _ => vec![frame("leak_step", 33)],
             },
             stack_status: status,
+            sampled_stack: vec![],
             oldest_age_secs: Some(61.4),
             growth_bytes_per_sec: growth,
             leak_suspect: growth.is_some(),
+        };
+        let sampled_here = SiteReport {
+            sampled_stack: vec![frame("leak_step", 33), frame("main", 47)],
+            ..site(StackStatus::Unsampled, None)
         };
         let mut p = process(
             4,
@@ -494,6 +513,7 @@ mod tests {
                 site(StackStatus::Full, Some(10240.0)),
                 site(StackStatus::Unsampled, None),
                 site(StackStatus::NotCaptured, None),
+                sampled_here,
             ],
         );
         p.exited = false;
@@ -510,6 +530,7 @@ mod tests {
             "==42== 2,048 bytes in 2 blocks still in use now (oldest 61 s old) (growing 10240 B/s) [LEAK SUSPECT], allocated at:\n",
             "==42==    at 0x1136: leak_step (leak.c:33)\n==42==    (callers not sampled: --stack-sample)\n",
             "(stack lost: the ring buffer was full when it was first seen)\n",
+            "==42==    (callers not sampled: --stack-sample)\n==42==    (the callers sampled most often here:)\n==42==    by 0x1136: main (leak.c:47)\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
@@ -517,6 +538,14 @@ mod tests {
             serde_json::from_slice(&render_snapshot(&p, Format::Json, 10).expect("json"))
                 .expect("parses");
         assert_eq!(json["sites"][1]["stack_status"], "unsampled");
+        assert!(json["sites"][1].get("sampled_stack").is_none(), "{json}");
+        assert_eq!(json["sites"][3]["sampled_stack"][1]["function"], "main");
+        assert_eq!(
+            text.matches("(the callers sampled most often here:)")
+                .count(),
+            1,
+            "{text}"
+        );
         assert_eq!(json["traced_secs"], 10.0);
     }
 
@@ -529,6 +558,7 @@ mod tests {
             bytes_allocated: n,
             stack: vec![],
             stack_status: StackStatus::Full,
+            sampled_stack: vec![],
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
             leak_suspect: false,

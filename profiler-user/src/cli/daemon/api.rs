@@ -11,9 +11,11 @@ use serde_json::json;
 use super::{DaemonState, pipeline::Progress};
 use crate::{
     api::{Reply, Request, authorize},
+    events::RawSite,
     procinfo::{ProcessLabels, has_exited, is_kernel_thread, monotonic_ns, owner},
-    report::{ProcessReport, SiteReport},
-    stacks::{SiteResolver, SymbolService},
+    report::{ProcessReport, SampledStacks, SiteReport},
+    stacks::{RawStack, SiteResolver, StackStatus, StackTable, SymbolService},
+    tracker::ProcessState,
 };
 
 /// What the API handler reads.
@@ -114,7 +116,7 @@ impl ApiSource {
             return Err(format!("process {pid} is a kernel thread: it has no heap"));
         }
         let now = monotonic_ns();
-        let (mut report, sites, raw_stacks) = {
+        let (mut report, sites, raw_stacks, examples) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let not_seen = || {
                 if has_exited(pid) {
@@ -132,10 +134,12 @@ impl ApiSource {
                 .iter()
                 .map(|site| state.stacks.get(site.held.stats.site.stack).cloned())
                 .collect();
+            let examples = sampled_examples(process, &state.stacks, &raw_stacks);
             (
                 ProcessReport::summary(pid, process, false),
                 sites,
                 raw_stacks,
+                examples,
             )
         };
         if query.min_age_ns > 0 {
@@ -147,20 +151,58 @@ impl ApiSource {
             .zip(&raw_stacks)
             .map(|(site, raw)| resolver.observe(pid, site.held.stats.site, || raw.as_deref()))
             .collect();
-        let symbolized = self
-            .symbols
-            .symbolize(stacks.clone())
-            .map_err(|e| e.to_string())?;
+        let example_stacks: Vec<_> = examples
+            .iter()
+            .flatten()
+            .map(|(site, raw)| resolver.observe(pid, *site, || Some(&**raw)))
+            .collect();
+        let mut batch = stacks.clone();
+        batch.extend(example_stacks);
+        let mut symbolized = self.symbols.symbolize(batch).map_err(|e| e.to_string())?;
+        let mut example_frames = symbolized.split_off(stacks.len()).into_iter();
         report.sites = sites
             .iter()
             .zip(stacks.iter().zip(symbolized))
-            .map(|(site, (stack, frames))| SiteReport {
+            .zip(&examples)
+            .map(|((site, (stack, frames)), example)| SiteReport {
                 oldest_age_secs: Some(now.saturating_sub(site.held.oldest_ns) as f64 / 1e9),
                 growth_bytes_per_sec: Some(site.growth_bytes_per_sec),
                 leak_suspect: site.leak_suspect,
+                sampled_stack: example
+                    .as_ref()
+                    .and_then(|_| example_frames.next())
+                    .unwrap_or_default(),
                 ..SiteReport::new(&site.held.stats, frames, stack.status)
             })
             .collect();
         Ok(report)
     }
+}
+
+/// For each site whose callers were not sampled (by its stack, `raw`), the
+/// full-stack site sampled most often at its call site, with its stack.
+fn sampled_examples(
+    process: &ProcessState,
+    stacks: &StackTable,
+    raw: &[Option<Arc<RawStack>>],
+) -> Vec<Option<(RawSite, Arc<RawStack>)>> {
+    let unsampled = |stack: &Option<Arc<RawStack>>| {
+        stack
+            .as_deref()
+            .filter(|s| s.status == StackStatus::Unsampled)
+            .and_then(|s| s.frames.first().copied())
+    };
+    if !raw.iter().any(|stack| unsampled(stack).is_some()) {
+        return vec![None; raw.len()];
+    }
+    let sampled = SampledStacks::new(process.sites(), |site| {
+        let stack = stacks.get(site.stack)?;
+        Some((stack.status, *stack.frames.first()?))
+    });
+    raw.iter()
+        .map(|stack| {
+            let full = sampled.for_caller(unsampled(stack)?)?;
+            Some((full, Arc::clone(stacks.get(full.stack)?)))
+        })
+        .collect()
 }
