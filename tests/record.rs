@@ -15,7 +15,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    BpfBaseline, KillOnDrop, Summary, fixture, functions, have_root, heapwatch, record, valgrind,
+    BpfBaseline, KillOnDrop, Summary, fixture, functions, have_root, heapwatch, record,
+    sampled_functions, valgrind,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -163,16 +164,7 @@ fn a_call_sites_first_allocation_keeps_its_full_stack_when_sampled() {
         .into_iter()
         .find(|s| s["stack_status"] == "unsampled" && functions(s)[0] == "busy")
         .expect("busy's unsampled site");
-    let sampled: Vec<&str> = busy["sampled_stack"]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .filter_map(|f| f["function"].as_str())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(sampled[..2], ["busy", "main"], "{busy}");
+    assert_eq!(sampled_functions(&busy)[..2], ["busy", "main"], "{busy}");
     assert!(
         recorded
             .stderr()

@@ -23,7 +23,7 @@ use support::{
     daemon::{Daemon, api_reply},
     fixture, functions, have_root, heapwatch,
     process::Gated,
-    tempfile_path,
+    sampled_functions, tempfile_path,
 };
 
 /// A daemon with fast leak settings and its API socket under /tmp.
@@ -603,15 +603,7 @@ fn a_sampled_call_site_shows_the_stack_sampled_most_often_there() {
         .cloned()
         .unwrap_or_else(|| panic!("no unsampled alloc_block site: {json}"));
     assert!(site["live_blocks"].as_u64() >= Some(9_990), "{site}");
-    let sampled: Vec<&str> = site["sampled_stack"]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .filter_map(|f| f["function"].as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+    let sampled = sampled_functions(&site);
     assert!(
         sampled.len() >= 5
             && sampled[0] == "alloc_block"

@@ -326,7 +326,16 @@ pub fn assert_matches_schema(json: &Value) {
 
 /// The function names of a JSON report site's stack, immediate caller first.
 pub fn functions(site: &Value) -> Vec<String> {
-    site["stack"]
+    frame_functions(&site["stack"])
+}
+
+/// The function names of a JSON report site's `sampled_stack` (none without one).
+pub fn sampled_functions(site: &Value) -> Vec<String> {
+    frame_functions(&site["sampled_stack"])
+}
+
+fn frame_functions(frames: &Value) -> Vec<String> {
+    frames
         .as_array()
         .map(|frames| {
             frames
