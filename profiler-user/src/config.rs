@@ -2,20 +2,37 @@
 //! merged with flags, which win. Unknown keys and bad values are errors that
 //! name the key. Parsing is pure and unit-tested.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fs, io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{leaks::LeakConfig, scope::Selection};
+use crate::{leaks::LeakConfig, scope::Selection, tracker::TrackerConfig};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
 /// The /metrics address by default: loopback only, in Prometheus's exporter port range.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
 
-/// Thread slots by default: 16,384, 1.2 MB of kernel memory.
+/// Thread slots by default (about 1.2 MB of kernel memory).
 pub const DEFAULT_THREAD_SLOTS: u32 = profiler_common::THREAD_SLOTS_LEN;
+/// Ring-buffer size by default, in KiB: sized for cache, not only for bursts.
+pub const DEFAULT_RING_KIB: u32 = 4096;
+/// Stack sampling by default: the full stack of every allocation.
+pub const DEFAULT_STACK_SAMPLE: u32 = 1;
+/// Processes the daemon exports one by one by default.
+pub const DEFAULT_TOP_PROCESSES: usize = 20;
+/// Sites a report or snapshot shows by default.
+pub const DEFAULT_TOP_SITES: u32 = 10;
+/// Cap on live allocations tracked in all, by default.
+pub const DEFAULT_MAX_ALLOCATIONS: u64 = 50_000_000;
+/// Cap on live allocations tracked per process, by default.
+pub const DEFAULT_MAX_ALLOCATIONS_PER_PROCESS: u64 = 10_000_000;
 /// The sparsest stack sampling accepted: one allocation in a million.
 pub const MAX_STACK_SAMPLE: u32 = 1_000_000;
 /// What `stack_sample` (and `--stack-sample`) accepts.
@@ -56,6 +73,56 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The configuration file could not be read.
+    #[error("read the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] ConfigError),
+}
+
+/// Where the daemon's configuration comes from: a file and the flags, which
+/// win. Loaded at start and again at each reload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// The file named (`None`: the default one, if it exists).
+    pub file: Option<PathBuf>,
+    /// The settings the flags give.
+    pub flags: Settings,
+}
+
+impl ConfigSource {
+    /// Reads the file (if any) and validates it, overridden by the flags.
+    pub fn load(&self) -> Result<DaemonConfig, LoadError> {
+        let path = match &self.file {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let settings = match path {
+            Some(path) => read_settings(&path)?.overridden_by(&self.flags),
+            None => Settings::default().overridden_by(&self.flags),
+        };
+        Ok(DaemonConfig::try_from(&settings)?)
+    }
+}
+
+fn read_settings(path: &Path) -> Result<Settings, LoadError> {
+    let text = fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Settings::from_toml(&text, &path.display().to_string())?)
 }
 
 /// The daemon's settings as a file or the flags give them; `None` is unset.
@@ -148,6 +215,18 @@ pub struct DaemonConfig {
     pub scope: Selection,
 }
 
+impl DaemonConfig {
+    /// The tracker's configuration: the caps, and children start with a
+    /// copy of their parent's heap (as the kernel gives them).
+    pub fn tracker(&self) -> TrackerConfig {
+        TrackerConfig {
+            copy_on_fork: true,
+            max_live_total: self.max_allocations,
+            max_live_per_process: self.max_allocations_per_process,
+        }
+    }
+}
+
 impl TryFrom<&Settings> for DaemonConfig {
     type Error = ConfigError;
 
@@ -160,17 +239,21 @@ impl TryFrom<&Settings> for DaemonConfig {
             ),
         })?;
         let leak = leak_config(s)?;
-        let top_processes = s.top_processes.unwrap_or(20);
+        let top_processes = s.top_processes.unwrap_or(DEFAULT_TOP_PROCESSES);
         if top_processes == 0 {
             return Err(value_error("top_processes", "must be at least 1"));
         }
-        let ring_kib =
-            ring_kib(s.ring_kib.unwrap_or(4096)).map_err(|rule| value_error("ring_kib", rule))?;
-        let max_allocations = positive("max_allocations", s.max_allocations, 50_000_000)?;
+        let ring_kib = ring_kib(s.ring_kib.unwrap_or(DEFAULT_RING_KIB))
+            .map_err(|rule| value_error("ring_kib", rule))?;
+        let max_allocations = positive(
+            "max_allocations",
+            s.max_allocations,
+            DEFAULT_MAX_ALLOCATIONS,
+        )?;
         let max_allocations_per_process = positive(
             "max_allocations_per_process",
             s.max_allocations_per_process,
-            10_000_000,
+            DEFAULT_MAX_ALLOCATIONS_PER_PROCESS,
         )?;
         Ok(Self {
             listen,
@@ -179,7 +262,7 @@ impl TryFrom<&Settings> for DaemonConfig {
             max_allocations,
             max_allocations_per_process,
             ring_kib,
-            stack_sample: stack_sample(s.stack_sample.unwrap_or(1))
+            stack_sample: stack_sample(s.stack_sample.unwrap_or(DEFAULT_STACK_SAMPLE))
                 .map_err(|rule| value_error("stack_sample", rule))?,
             thread_slots: thread_slots(s.thread_slots.unwrap_or(DEFAULT_THREAD_SLOTS))
                 .map_err(|rule| value_error("thread_slots", rule))?,
@@ -415,7 +498,7 @@ mod tests {
         let config = DaemonConfig::try_from(&Settings::default()).expect("defaults");
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().expect("address"));
         assert_eq!(config.leak, LeakConfig::default());
-        assert_eq!(config.top_processes, 20);
+        assert_eq!(config.top_processes, DEFAULT_TOP_PROCESSES);
     }
 
     #[test]

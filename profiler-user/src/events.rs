@@ -80,6 +80,53 @@ pub enum HeapEvent {
     },
 }
 
+/// The kinds of heap event, for counting them (`heapwatch_events_total{kind}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`HeapEvent::Alloc`].
+    Alloc,
+    /// [`HeapEvent::Free`] and [`HeapEvent::ExitingFree`].
+    Free,
+    /// [`HeapEvent::ReallocFree`].
+    ReallocFree,
+    /// [`HeapEvent::ReallocFail`].
+    ReallocFail,
+    /// [`HeapEvent::Exec`].
+    Exec,
+    /// [`HeapEvent::Exit`].
+    Exit,
+    /// [`HeapEvent::Fork`].
+    Fork,
+}
+
+impl EventKind {
+    /// Every kind, in the order of their codes.
+    pub const ALL: [Self; 7] = [
+        Self::Alloc,
+        Self::Free,
+        Self::ReallocFree,
+        Self::ReallocFail,
+        Self::Exec,
+        Self::Exit,
+        Self::Fork,
+    ];
+}
+
+impl HeapEvent {
+    /// The event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::Alloc { .. } => EventKind::Alloc,
+            Self::Free { .. } | Self::ExitingFree { .. } => EventKind::Free,
+            Self::ReallocFree { .. } => EventKind::ReallocFree,
+            Self::ReallocFail { .. } => EventKind::ReallocFail,
+            Self::Exec { .. } => EventKind::Exec,
+            Self::Exit { .. } => EventKind::Exit,
+            Self::Fork { .. } => EventKind::Fork,
+        }
+    }
+}
+
 /// A thread of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Task {

@@ -1,17 +1,21 @@
-//! The leak-suspect rule, over the live bytes of each allocation site sampled
-//! every tick. Pure: fed by the daemon, tested with synthetic histories.
+//! The whole leak verdict: growth over the window, age, and lost records.
+//! Pure: fed by the daemon every tick, tested with synthetic histories.
 //!
 //! A site is suspect when, over a full window, its live bytes grew by a robust
 //! trend (the Theil–Sen slope, the median of all pairwise slopes, is positive,
 //! and the last third of the window sits above the first third), and it holds
-//! blocks older than `min_age`. One spike does not move the median; a cache
-//! that fills and then stays flat stops being suspect once the window sees it
-//! flat; old but constant allocations never grow.
+//! blocks older than `min_age`, in a process that lost no record within the
+//! window (a lost free leaves a block that looks live). One spike does not
+//! move the median; a cache that fills and then stays flat stops being
+//! suspect once the window sees it flat; old but constant allocations never
+//! grow.
 
 use std::{
     collections::{HashMap, VecDeque},
     time::Duration,
 };
+
+use crate::tracker::ProcessState;
 
 /// Thresholds of the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +163,24 @@ impl LeakDetector {
             .push(live_bytes, capacity);
     }
 
+    /// Records this tick's live bytes of a process and of each of its sites.
+    pub fn sample(&mut self, tgid: u32, state: &ProcessState) {
+        self.sample_process(tgid, state.live_bytes());
+        for (index, site) in state.sites().iter().enumerate() {
+            self.sample_site(tgid, index as u32, site.live_bytes);
+        }
+    }
+
+    /// The verdict on process `tgid`, whose state is `state`, at `now_ns`.
+    pub fn verdict(&self, tgid: u32, state: &ProcessState, now_ns: u64) -> Verdict<'_> {
+        Verdict {
+            detector: self,
+            tgid,
+            old_before_ns: now_ns.saturating_sub(nanos(self.config.min_age)),
+            trusted: !state.lost_since(now_ns.saturating_sub(nanos(self.config.window))),
+        }
+    }
+
     /// True when the site's live bytes grow robustly over a full window.
     pub fn site_grows(&self, tgid: u32, site: u32) -> bool {
         self.sites
@@ -196,6 +218,58 @@ impl LeakDetector {
     pub fn tracked_sites(&self) -> usize {
         self.sites.values().map(HashMap::len).sum()
     }
+}
+
+/// The leak verdict on one process at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict<'a> {
+    detector: &'a LeakDetector,
+    tgid: u32,
+    /// Blocks allocated before this are old enough to count as leaked.
+    old_before_ns: u64,
+    /// False when the process lost records within the window.
+    trusted: bool,
+}
+
+impl Verdict<'_> {
+    /// True when site `index`, whose oldest live block was allocated at
+    /// `oldest_ns`, is a leak suspect.
+    pub fn site_is_suspect(&self, index: u32, oldest_ns: u64) -> bool {
+        self.trusted && oldest_ns < self.old_before_ns && self.detector.site_grows(self.tgid, index)
+    }
+
+    /// The live bytes older than `min_age` at the process's suspect sites.
+    pub fn suspect_bytes(&self, state: &ProcessState) -> u64 {
+        if !self.trusted {
+            return 0;
+        }
+        let any_grows =
+            (0..state.sites().len() as u32).any(|index| self.detector.site_grows(self.tgid, index));
+        if !any_grows {
+            return 0;
+        }
+        state
+            .aged_by_site(self.old_before_ns)
+            .into_iter()
+            .filter(|&(index, aged)| self.site_is_suspect(index, aged.oldest_ns))
+            .map(|(_, aged)| aged.bytes)
+            .sum()
+    }
+
+    /// Growth of site `index`'s live bytes over the window, bytes per second.
+    pub fn site_growth_rate(&self, index: u32) -> f64 {
+        self.detector.site_growth_rate(self.tgid, index)
+    }
+
+    /// Growth of the process's live bytes over the window, bytes per second.
+    pub fn process_growth_rate(&self) -> f64 {
+        self.detector.process_growth_rate(self.tgid)
+    }
+}
+
+/// A duration in nanoseconds, saturating at `u64::MAX`.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

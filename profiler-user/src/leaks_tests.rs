@@ -103,3 +103,117 @@ fn empty_sites_keep_no_history() {
     }
     assert_eq!(d.tracked_sites(), 0, "a window of zeros is forgotten");
 }
+
+mod verdict {
+    //! The verdict's rules taken together: the process's suspect bytes are
+    //! exactly the old bytes of the sites it calls suspect, on any history.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        events::{HeapEvent, RawSite, Task},
+        tracker::{Tracker, TrackerConfig},
+    };
+
+    const SECOND: u64 = 1_000_000_000;
+    const TGID: u32 = 7;
+
+    /// One tick of a process's life: blocks allocated at a site, blocks freed.
+    #[derive(Clone, Debug)]
+    struct Tick {
+        allocs: Vec<(u64, u64)>,
+        frees: usize,
+    }
+
+    fn tick() -> impl Strategy<Value = Tick> {
+        (prop::collection::vec((0..4u64, 1..500u64), 0..4), 0..3usize)
+            .prop_map(|(allocs, frees)| Tick { allocs, frees })
+    }
+
+    /// Runs the ticks through a tracker and a detector; records are lost at
+    /// tick `lost_at`, if any. Returns both and the last tick's time.
+    fn run(ticks: &[Tick], lost_at: Option<usize>) -> (Tracker, LeakDetector, u64) {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let mut detector = LeakDetector::new(config());
+        let mut live = Vec::new();
+        let mut next_ptr = 0x1000;
+        let mut now = 0;
+        for (index, tick) in ticks.iter().enumerate() {
+            now = index as u64 * SECOND;
+            let task = Task {
+                tgid: TGID,
+                tid: TGID,
+            };
+            for &(stack, size) in &tick.allocs {
+                tracker.apply(&HeapEvent::Alloc {
+                    task,
+                    ptr: next_ptr,
+                    size,
+                    site: RawSite { stack },
+                    time_ns: now,
+                });
+                live.push(next_ptr);
+                next_ptr += 0x1000;
+            }
+            for _ in 0..tick.frees.min(live.len()) {
+                let ptr = live.remove(0);
+                tracker.apply(&HeapEvent::Free { task, ptr });
+            }
+            if lost_at == Some(index) {
+                tracker.note_lost(TGID, 1, now);
+            }
+            if let Some(state) = tracker.process(TGID) {
+                detector.sample(TGID, state);
+            }
+        }
+        (tracker, detector, now)
+    }
+
+    proptest! {
+        #[test]
+        fn suspect_bytes_are_the_old_bytes_of_the_suspect_sites(
+            ticks in prop::collection::vec(tick(), 1..40),
+            lost_at in proptest::option::of(0..40usize),
+        ) {
+            let (tracker, detector, now) = run(&ticks, lost_at);
+            let Some(state) = tracker.process(TGID) else {
+                return Ok(());
+            };
+            let verdict = detector.verdict(TGID, state, now);
+            let min_age = config().min_age.as_nanos() as u64;
+            let old: u64 = state
+                .sites_holding(now.saturating_sub(min_age))
+                .iter()
+                .filter(|held| verdict.site_is_suspect(held.index, held.oldest_ns))
+                .map(|held| held.stats.live_bytes)
+                .sum();
+            prop_assert_eq!(verdict.suspect_bytes(state), old);
+            prop_assert!(old <= state.live_bytes());
+            let window = config().window.as_nanos() as u64;
+            let lost_within_window =
+                lost_at.is_some_and(|at| at < ticks.len() && at as u64 * SECOND + window > now);
+            if lost_within_window {
+                prop_assert_eq!(verdict.suspect_bytes(state), 0, "records lost within the window");
+            }
+        }
+    }
+
+    #[test]
+    fn a_young_block_at_a_growing_site_is_not_suspect() {
+        let leak: Vec<Tick> = (0..WINDOW)
+            .map(|_| Tick {
+                allocs: vec![(1, 100)],
+                frees: 0,
+            })
+            .collect();
+        let (tracker, detector, now) = run(&leak, None);
+        let state = tracker.process(TGID).expect("tracked");
+        let verdict = detector.verdict(TGID, state, now);
+        assert!(detector.site_grows(TGID, 0));
+        assert!(verdict.site_is_suspect(0, 0), "its first block is old");
+        assert!(!verdict.site_is_suspect(0, now), "a block of now is young");
+        let old_blocks = (now - config().min_age.as_nanos() as u64) / SECOND;
+        assert_eq!(verdict.suspect_bytes(state), 100 * old_blocks);
+    }
+}

@@ -23,7 +23,10 @@ use tokio::{
     time::timeout,
 };
 
-pub use protocol::{MAX_REQUEST_BYTES, Reply, Request, RequestError, authorize, parse_request};
+pub use protocol::{
+    Health, MAX_REQUEST_BYTES, ProcessListEntry, Reply, Request, RequestError, authorize,
+    parse_request,
+};
 
 /// Where the daemon listens by default.
 pub const DEFAULT_SOCKET: &str = "/run/heapwatch/api.sock";

@@ -27,6 +27,34 @@ pub enum Request {
     },
 }
 
+/// One traced process in the reply to [`Request::List`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessListEntry {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Bytes in live blocks.
+    pub live_bytes: u64,
+    /// Live blocks.
+    pub live_allocations: u64,
+}
+
+/// The reply to [`Request::Health`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// heapwatch's version.
+    pub version: String,
+    /// Processes with heap state.
+    pub tracked_processes: u64,
+    /// Live blocks kept, in all processes.
+    pub live_allocations: u64,
+    /// Approximate memory of the tracker's state.
+    pub tracker_memory_bytes: u64,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RequestError {
@@ -86,6 +114,27 @@ impl Reply {
             ok: true,
             error: None,
             data: Some(data),
+        }
+    }
+
+    /// A successful reply carrying `answer`, or a refusal if it cannot be encoded.
+    pub fn answer(answer: &(impl Serialize + ?Sized)) -> Self {
+        match serde_json::to_value(answer) {
+            Ok(data) => Self::ok(data),
+            Err(err) => Self::error(format!("encode the answer: {err}")),
+        }
+    }
+
+    /// The answer a successful reply carries, decoded strictly as `T`; the
+    /// refusal's message otherwise.
+    pub fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        match (self.ok, self.data) {
+            (true, Some(data)) => {
+                serde_json::from_value(data).map_err(|e| format!("unreadable answer: {e}"))
+            }
+            _ => Err(self
+                .error
+                .unwrap_or_else(|| "the daemon sent an empty reply".to_owned())),
         }
     }
 
@@ -156,6 +205,31 @@ mod tests {
                 pid: 7,
                 owner: 1000
             })
+        );
+    }
+
+    #[test]
+    fn a_process_list_is_decoded_strictly() {
+        let entry = ProcessListEntry {
+            pid: 7,
+            comm: "leak".to_owned(),
+            live_bytes: 100,
+            live_allocations: 1,
+        };
+        let decoded: Vec<ProcessListEntry> = Reply::answer(std::slice::from_ref(&entry))
+            .decode()
+            .expect("ok");
+        assert_eq!(decoded, [entry]);
+        let renamed = Reply::ok(serde_json::json!([
+            {"pid": 7, "comm": "leak", "live_bytes": 100, "live_blocks": 1}
+        ]));
+        let err = renamed
+            .decode::<Vec<ProcessListEntry>>()
+            .expect_err("a renamed field");
+        assert!(err.contains("live_blocks"), "{err}");
+        assert_eq!(
+            Reply::error("no such process").decode::<Health>(),
+            Err("no such process".to_owned())
         );
     }
 

@@ -1,24 +1,290 @@
-//! The Prometheus registry: every metric declared here, with its labels.
+//! Every metric heapwatch exports, declared once in [`FAMILIES`] (name,
+//! type, help, labels): the registry is built from that table, and the
+//! dashboard's, the rules' and the README's names are tested against it.
 //! Per-process series are bounded: the top K processes by live bytes plus
 //! every process with a leak suspect; the rest are summed into one series
 //! (`pid="other"`); series of processes that are gone are removed.
 
 pub mod http;
 
-use std::sync::Mutex;
+use std::{fmt, sync::Mutex};
 
-use prometheus::{
-    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use profiler_common::Counter;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{events::EventKind, session::SessionFigures};
 
 /// Labels of the per-process series.
-const PROCESS_LABELS: [&str; 3] = ["pid", "comm", "unit"];
+const PROCESS_LABELS: &[&str] = &["pid", "comm", "unit"];
+
+/// A metric family heapwatch exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Bytes in live blocks, per process.
+    ProcessLiveBytes,
+    /// Live blocks, per process.
+    ProcessLiveAllocations,
+    /// Bytes allocated since tracing began, per process.
+    ProcessAllocatedBytes,
+    /// Bytes freed since tracing began, per process.
+    ProcessFreedBytes,
+    /// Allocations since tracing began, per process.
+    ProcessAllocations,
+    /// Frees since tracing began, per process.
+    ProcessFrees,
+    /// Live bytes older than min_age at leak-suspect sites, per process.
+    ProcessLeakSuspectBytes,
+    /// Growth of live bytes over the window, per process.
+    ProcessGrowthRate,
+    /// 1 when a process's figures are not exact.
+    ProcessInexact,
+    /// Records decoded, by kind.
+    Events,
+    /// Records the kernel could not write.
+    EventsLost,
+    /// Other kernel-side drops, by reason.
+    KernelDrops,
+    /// Frees of blocks never seen allocated.
+    UnmatchedFrees,
+    /// Live blocks not tracked because a cap was reached.
+    RefusedAllocations,
+    /// Records that could not be decoded.
+    MalformedRecords,
+    /// Processes with heap state.
+    TrackedProcesses,
+    /// Approximate memory of the tracker's state.
+    TrackerMemory,
+    /// User stacks held for allocation sites.
+    StacksHeld,
+    /// heapwatch's version.
+    BuildInfo,
+}
+
+/// How a family's values behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole number that goes up and down.
+    Gauge,
+    /// A real number that goes up and down.
+    RealGauge,
+    /// A whole number that only goes up (until the daemon restarts).
+    Counter,
+}
+
+/// One metric family: its name (a contract), type, help and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    /// Which it is.
+    pub metric: Metric,
+    /// Its name.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: Kind,
+    /// What it measures.
+    pub help: &'static str,
+    /// Its labels' names.
+    pub labels: &'static [&'static str],
+}
+
+const fn family(
+    metric: Metric,
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Family {
+    Family {
+        metric,
+        name,
+        kind,
+        help,
+        labels,
+    }
+}
+
+/// Every metric family, in [`Metric`]'s order.
+pub const FAMILIES: [Family; 19] = [
+    family(
+        Metric::ProcessLiveBytes,
+        "heapwatch_process_live_bytes",
+        Kind::Gauge,
+        "Bytes in live (allocated, not freed) heap blocks.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessLiveAllocations,
+        "heapwatch_process_live_allocations",
+        Kind::Gauge,
+        "Live heap blocks.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessAllocatedBytes,
+        "heapwatch_process_allocated_bytes_total",
+        Kind::Counter,
+        "Heap bytes allocated since tracing began.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessFreedBytes,
+        "heapwatch_process_freed_bytes_total",
+        Kind::Counter,
+        "Heap bytes freed since tracing began.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessAllocations,
+        "heapwatch_process_allocations_total",
+        Kind::Counter,
+        "Heap allocations since tracing began.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessFrees,
+        "heapwatch_process_frees_total",
+        Kind::Counter,
+        "Heap frees since tracing began.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessLeakSuspectBytes,
+        "heapwatch_process_leak_suspect_bytes",
+        Kind::Gauge,
+        "Live bytes older than min_age at sites whose live bytes grow over the window.",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessGrowthRate,
+        "heapwatch_process_live_bytes_growth_rate",
+        Kind::RealGauge,
+        "Growth of live heap bytes over the leak window, in bytes per second (Theil-Sen).",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessInexact,
+        "heapwatch_process_inexact",
+        Kind::Gauge,
+        "1 when the process's figures are not exact (blocks refused by a cap, frees of blocks never seen, records lost).",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::Events,
+        "heapwatch_events_total",
+        Kind::Counter,
+        "Ring-buffer records decoded, by kind.",
+        &["kind"],
+    ),
+    family(
+        Metric::EventsLost,
+        "heapwatch_events_lost_total",
+        Kind::Counter,
+        "Records the kernel could not write (ring buffer full).",
+        &[],
+    ),
+    family(
+        Metric::KernelDrops,
+        "heapwatch_kernel_drops_total",
+        Kind::Counter,
+        "Other kernel-side drops, by reason.",
+        &["reason"],
+    ),
+    family(
+        Metric::UnmatchedFrees,
+        "heapwatch_unmatched_frees_total",
+        Kind::Counter,
+        "Frees of blocks heapwatch never saw allocated.",
+        &[],
+    ),
+    family(
+        Metric::RefusedAllocations,
+        "heapwatch_refused_allocations_total",
+        Kind::Counter,
+        "Live blocks not tracked because a memory cap was reached.",
+        &[],
+    ),
+    family(
+        Metric::MalformedRecords,
+        "heapwatch_malformed_records_total",
+        Kind::Counter,
+        "Ring-buffer records that could not be decoded.",
+        &[],
+    ),
+    family(
+        Metric::TrackedProcesses,
+        "heapwatch_tracked_processes",
+        Kind::Gauge,
+        "Processes with heap state.",
+        &[],
+    ),
+    family(
+        Metric::TrackerMemory,
+        "heapwatch_tracker_memory_bytes",
+        Kind::Gauge,
+        "Approximate memory of the tracker's state.",
+        &[],
+    ),
+    family(
+        Metric::StacksHeld,
+        "heapwatch_stacks_held",
+        Kind::Gauge,
+        "User stacks held for allocation sites (those only processes gone used are dropped).",
+        &[],
+    ),
+    family(
+        Metric::BuildInfo,
+        "heapwatch_build_info",
+        Kind::Gauge,
+        "heapwatch's version; always 1.",
+        &["version"],
+    ),
+];
+
+/// The `kind` label of records of this kind.
+pub fn event_kind_label(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Alloc => "alloc",
+        EventKind::Free => "free",
+        EventKind::ReallocFree => "realloc_free",
+        EventKind::ReallocFail => "realloc_fail",
+        EventKind::Exec => "exec",
+        EventKind::Exit => "exit",
+        EventKind::Fork => "fork",
+    }
+}
+
+/// Where a kernel counter is exported: its family and its `reason` label.
+fn kernel_counter_series(counter: Counter) -> (Metric, &'static str) {
+    match counter {
+        Counter::RingbufFull => (Metric::EventsLost, ""),
+        Counter::Unpaired => (Metric::KernelDrops, "unpaired"),
+        Counter::TargetsFull => (Metric::KernelDrops, "targets_full"),
+    }
+}
+
+/// A process's `pid` label: its id, or the sum of the processes not shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pid {
+    /// One process.
+    Process(u32),
+    /// The processes summed into one series.
+    #[default]
+    Other,
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Process(pid) => write!(f, "{pid}"),
+            Self::Other => f.write_str("other"),
+        }
+    }
+}
 
 /// One process's figures (or the sum of the processes not shown one by one).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessRow {
-    /// Process id, or `other`.
-    pub pid: String,
+    /// Process id, or [`Pid::Other`].
+    pub pid: Pid,
     /// Command name.
     pub comm: String,
     /// systemd unit, container id or cgroup path.
@@ -46,232 +312,148 @@ pub struct ProcessRow {
 /// The daemon's own figures.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SelfFigures {
-    /// Records decoded, by kind.
-    pub events: Vec<(&'static str, u64)>,
-    /// Records the kernel could not write (ring buffer full).
-    pub events_lost: u64,
-    /// Other kernel-side drops, by reason.
-    pub kernel_drops: Vec<(&'static str, u64)>,
-    /// Frees of blocks never seen allocated.
-    pub unmatched_frees: u64,
-    /// Live blocks not tracked because a cap was reached.
-    pub refused_allocations: u64,
-    /// Records that could not be decoded.
-    pub malformed_records: u64,
-    /// Processes with heap state.
-    pub tracked_processes: u64,
-    /// Approximate memory the tracker takes.
-    pub tracker_memory_bytes: u64,
-    /// User stacks held for the sites of live processes.
-    pub stacks_held: u64,
+    /// The session's counters.
+    pub session: SessionFigures,
+    /// The kernel's counters, summed over CPUs, indexed by [`Counter`].
+    pub kernel: [u64; Counter::COUNT as usize],
+}
+
+/// A family's collector.
+#[derive(Clone)]
+enum Collector {
+    Gauge(IntGaugeVec),
+    RealGauge(GaugeVec),
+    Counter(IntCounterVec),
+}
+
+impl Collector {
+    fn new(family: &Family) -> Result<Self, prometheus::Error> {
+        let opts = Opts::new(family.name, family.help);
+        Ok(match family.kind {
+            Kind::Gauge => Self::Gauge(IntGaugeVec::new(opts, family.labels)?),
+            Kind::RealGauge => Self::RealGauge(GaugeVec::new(opts, family.labels)?),
+            Kind::Counter => Self::Counter(IntCounterVec::new(opts, family.labels)?),
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        match self {
+            Self::Gauge(v) => registry.register(Box::new(v.clone())),
+            Self::RealGauge(v) => registry.register(Box::new(v.clone())),
+            Self::Counter(v) => registry.register(Box::new(v.clone())),
+        }
+    }
+
+    fn reset(&self) {
+        match self {
+            Self::Gauge(v) => v.reset(),
+            Self::RealGauge(v) => v.reset(),
+            Self::Counter(v) => v.reset(),
+        }
+    }
+
+    /// Sets the series `labels` to `value` (a counter's series is made anew
+    /// at each update, so setting is adding to zero).
+    fn set(&self, labels: &[&str], value: f64) {
+        match self {
+            Self::Gauge(v) => v.with_label_values(labels).set(value as i64),
+            Self::RealGauge(v) => v.with_label_values(labels).set(value),
+            Self::Counter(v) => v.with_label_values(labels).inc_by(value as u64),
+        }
+    }
+
+    /// Sets a whole-number series exactly.
+    fn set_whole(&self, labels: &[&str], value: u64) {
+        match self {
+            Self::Gauge(v) => v.with_label_values(labels).set(saturate(value)),
+            Self::RealGauge(v) => v.with_label_values(labels).set(value as f64),
+            Self::Counter(v) => v.with_label_values(labels).inc_by(value),
+        }
+    }
 }
 
 /// The registry and its metric families.
 pub struct Metrics {
     registry: Registry,
     update: Mutex<()>,
-    live_bytes: IntGaugeVec,
-    live_allocations: IntGaugeVec,
-    allocated_bytes: IntCounterVec,
-    freed_bytes: IntCounterVec,
-    allocations: IntCounterVec,
-    frees: IntCounterVec,
-    leak_suspect_bytes: IntGaugeVec,
-    growth_rate: GaugeVec,
-    inexact: IntGaugeVec,
-    events: IntCounterVec,
-    events_lost: IntCounterVec,
-    kernel_drops: IntCounterVec,
-    unmatched_frees: IntCounterVec,
-    refused_allocations: IntCounterVec,
-    malformed_records: IntCounterVec,
-    tracked_processes: IntGauge,
-    tracker_memory_bytes: IntGauge,
-    stacks_held: IntGauge,
+    collectors: Vec<Collector>,
 }
 
 impl Metrics {
-    /// Declares every metric.
+    /// Declares every metric of [`FAMILIES`].
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let per_process = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
-            let v = IntGaugeVec::new(Opts::new(name, help), &PROCESS_LABELS)?;
-            registry.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
-        let per_process_total =
-            |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
-                let v = IntCounterVec::new(Opts::new(name, help), &PROCESS_LABELS)?;
-                registry.register(Box::new(v.clone()))?;
-                Ok(v)
-            };
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let v = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(v.clone()))?;
-                Ok(v)
-            };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let growth_rate = GaugeVec::new(
-            Opts::new(
-                "heapwatch_process_live_bytes_growth_rate",
-                "Growth of live heap bytes over the leak window, in bytes per second (Theil-Sen).",
-            ),
-            &PROCESS_LABELS,
-        )?;
-        registry.register(Box::new(growth_rate.clone()))?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("heapwatch_build_info", "heapwatch's version; always 1."),
-            &["version"],
-        )?;
-        registry.register(Box::new(build_info.clone()))?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        Ok(Self {
-            live_bytes: per_process(
-                "heapwatch_process_live_bytes",
-                "Bytes in live (allocated, not freed) heap blocks.",
-            )?,
-            live_allocations: per_process(
-                "heapwatch_process_live_allocations",
-                "Live heap blocks.",
-            )?,
-            allocated_bytes: per_process_total(
-                "heapwatch_process_allocated_bytes_total",
-                "Heap bytes allocated since tracing began.",
-            )?,
-            freed_bytes: per_process_total(
-                "heapwatch_process_freed_bytes_total",
-                "Heap bytes freed since tracing began.",
-            )?,
-            allocations: per_process_total(
-                "heapwatch_process_allocations_total",
-                "Heap allocations since tracing began.",
-            )?,
-            frees: per_process_total(
-                "heapwatch_process_frees_total",
-                "Heap frees since tracing began.",
-            )?,
-            leak_suspect_bytes: per_process(
-                "heapwatch_process_leak_suspect_bytes",
-                "Live bytes older than min_age at sites whose live bytes grow over the window.",
-            )?,
-            inexact: per_process(
-                "heapwatch_process_inexact",
-                "1 when the process's figures are not exact (blocks refused by a cap, frees of blocks never seen, records lost).",
-            )?,
-            growth_rate,
-            events: counter(
-                "heapwatch_events_total",
-                "Ring-buffer records decoded, by kind.",
-                &["kind"],
-            )?,
-            events_lost: counter(
-                "heapwatch_events_lost_total",
-                "Records the kernel could not write (ring buffer full).",
-                &[],
-            )?,
-            kernel_drops: counter(
-                "heapwatch_kernel_drops_total",
-                "Other kernel-side drops, by reason.",
-                &["reason"],
-            )?,
-            unmatched_frees: counter(
-                "heapwatch_unmatched_frees_total",
-                "Frees of blocks heapwatch never saw allocated.",
-                &[],
-            )?,
-            refused_allocations: counter(
-                "heapwatch_refused_allocations_total",
-                "Live blocks not tracked because a memory cap was reached.",
-                &[],
-            )?,
-            malformed_records: counter(
-                "heapwatch_malformed_records_total",
-                "Ring-buffer records that could not be decoded.",
-                &[],
-            )?,
-            tracked_processes: gauge("heapwatch_tracked_processes", "Processes with heap state.")?,
-            tracker_memory_bytes: gauge(
-                "heapwatch_tracker_memory_bytes",
-                "Approximate memory of the tracker's state.",
-            )?,
-            stacks_held: gauge(
-                "heapwatch_stacks_held",
-                "User stacks held for allocation sites (those only processes gone used are dropped).",
-            )?,
+        let collectors = FAMILIES
+            .iter()
+            .map(Collector::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        for collector in &collectors {
+            collector.register(&registry)?;
+        }
+        let metrics = Self {
             registry,
             update: Mutex::new(()),
-        })
+            collectors,
+        };
+        metrics
+            .collector(Metric::BuildInfo)
+            .set_whole(&[env!("CARGO_PKG_VERSION")], 1);
+        Ok(metrics)
+    }
+
+    fn collector(&self, metric: Metric) -> &Collector {
+        &self.collectors[metric as usize]
     }
 
     /// Replaces every series with this tick's figures.
     pub fn update(&self, rows: &[ProcessRow], own: &SelfFigures) {
         let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
-        self.update_processes(rows);
-        set_counters(&self.events, &own.events);
-        set_counters(&self.kernel_drops, &own.kernel_drops);
-        set_counter(&self.events_lost, own.events_lost);
-        set_counter(&self.unmatched_frees, own.unmatched_frees);
-        set_counter(&self.refused_allocations, own.refused_allocations);
-        set_counter(&self.malformed_records, own.malformed_records);
-        self.tracked_processes.set(saturate(own.tracked_processes));
-        self.tracker_memory_bytes
-            .set(saturate(own.tracker_memory_bytes));
-        self.stacks_held.set(saturate(own.stacks_held));
+        for family in FAMILIES.iter().filter(|f| f.metric != Metric::BuildInfo) {
+            self.collector(family.metric).reset();
+        }
+        for row in rows {
+            self.set_process(row);
+        }
+        for kind in EventKind::ALL {
+            self.collector(Metric::Events)
+                .set_whole(&[event_kind_label(kind)], own.session.events[kind as usize]);
+        }
+        for counter in Counter::ALL {
+            let (metric, reason) = kernel_counter_series(counter);
+            let labels: &[&str] = if reason.is_empty() { &[] } else { &[reason] };
+            self.collector(metric)
+                .set_whole(labels, own.kernel[counter as usize]);
+        }
+        let session = &own.session;
+        for (metric, value) in [
+            (Metric::UnmatchedFrees, session.unmatched_frees),
+            (Metric::RefusedAllocations, session.refused_allocations),
+            (Metric::MalformedRecords, session.malformed_records),
+            (Metric::TrackedProcesses, session.tracked_processes),
+            (Metric::TrackerMemory, session.tracker_memory_bytes),
+            (Metric::StacksHeld, session.stacks_held),
+        ] {
+            self.collector(metric).set_whole(&[], value);
+        }
     }
 
-    fn update_processes(&self, rows: &[ProcessRow]) {
-        for vec in [
-            &self.live_bytes,
-            &self.live_allocations,
-            &self.leak_suspect_bytes,
-            &self.inexact,
+    fn set_process(&self, row: &ProcessRow) {
+        let pid = row.pid.to_string();
+        let labels = [pid.as_str(), row.comm.as_str(), row.unit.as_str()];
+        for (metric, value) in [
+            (Metric::ProcessLiveBytes, row.live_bytes),
+            (Metric::ProcessLiveAllocations, row.live_allocations),
+            (Metric::ProcessAllocatedBytes, row.allocated_bytes),
+            (Metric::ProcessFreedBytes, row.freed_bytes),
+            (Metric::ProcessAllocations, row.allocations),
+            (Metric::ProcessFrees, row.frees),
+            (Metric::ProcessLeakSuspectBytes, row.leak_suspect_bytes),
+            (Metric::ProcessInexact, u64::from(row.inexact)),
         ] {
-            vec.reset();
+            self.collector(metric).set_whole(&labels, value);
         }
-        for vec in [
-            &self.allocated_bytes,
-            &self.freed_bytes,
-            &self.allocations,
-            &self.frees,
-        ] {
-            vec.reset();
-        }
-        self.growth_rate.reset();
-        for row in rows {
-            let labels = [row.pid.as_str(), row.comm.as_str(), row.unit.as_str()];
-            self.live_bytes
-                .with_label_values(&labels)
-                .set(saturate(row.live_bytes));
-            self.live_allocations
-                .with_label_values(&labels)
-                .set(saturate(row.live_allocations));
-            self.leak_suspect_bytes
-                .with_label_values(&labels)
-                .set(saturate(row.leak_suspect_bytes));
-            self.inexact
-                .with_label_values(&labels)
-                .set(i64::from(row.inexact));
-            self.allocated_bytes
-                .with_label_values(&labels)
-                .inc_by(row.allocated_bytes);
-            self.freed_bytes
-                .with_label_values(&labels)
-                .inc_by(row.freed_bytes);
-            self.allocations
-                .with_label_values(&labels)
-                .inc_by(row.allocations);
-            self.frees.with_label_values(&labels).inc_by(row.frees);
-            self.growth_rate
-                .with_label_values(&labels)
-                .set(row.growth_rate);
-        }
+        self.collector(Metric::ProcessGrowthRate)
+            .set(&labels, row.growth_rate);
     }
 
     /// The text exposition of every metric, consistent with one update.
@@ -281,18 +463,6 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
-}
-
-fn set_counters(vec: &IntCounterVec, values: &[(&'static str, u64)]) {
-    vec.reset();
-    for (label, value) in values {
-        vec.with_label_values(&[label]).inc_by(*value);
-    }
-}
-
-fn set_counter(vec: &IntCounterVec, value: u64) {
-    vec.reset();
-    vec.with_label_values(&[] as &[&str]).inc_by(value);
 }
 
 fn saturate(value: u64) -> i64 {
@@ -309,7 +479,7 @@ pub fn bounded_rows(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow> {
     });
     let mut shown = Vec::new();
     let mut other = ProcessRow {
-        pid: "other".to_owned(),
+        pid: Pid::Other,
         comm: "other".to_owned(),
         unit: "other".to_owned(),
         ..ProcessRow::default()
@@ -342,7 +512,7 @@ mod tests {
 
     fn row(pid: u32, live_bytes: u64, suspect: u64) -> ProcessRow {
         ProcessRow {
-            pid: pid.to_string(),
+            pid: Pid::Process(pid),
             comm: format!("p{pid}"),
             unit: "test.service".to_owned(),
             live_bytes,
@@ -364,7 +534,7 @@ mod tests {
             row(5, 1, 0),
         ];
         let shown = bounded_rows(rows, 2);
-        let pids: Vec<&str> = shown.iter().map(|r| r.pid.as_str()).collect();
+        let pids: Vec<String> = shown.iter().map(|r| r.pid.to_string()).collect();
         assert_eq!(pids, ["2", "3", "4", "other"]);
         let other = shown.last().expect("other row");
         assert_eq!((other.live_bytes, other.live_allocations), (11, 2));
@@ -380,11 +550,9 @@ mod tests {
     #[test]
     fn renders_contract_names_and_drops_gone_processes() {
         let metrics = Metrics::new().expect("metrics register");
-        let own = SelfFigures {
-            events: vec![("alloc", 3)],
-            events_lost: 2,
-            ..SelfFigures::default()
-        };
+        let mut own = SelfFigures::default();
+        own.session.events[EventKind::Alloc as usize] = 3;
+        own.kernel[Counter::RingbufFull as usize] = 2;
         metrics.update(&[row(1, 10, 0), row(2, 20, 4)], &own);
         let text = metrics.render().expect("renders");
         for line in [
@@ -413,5 +581,81 @@ mod tests {
         metrics.update(&[odd], &SelfFigures::default());
         let text = metrics.render().expect("renders");
         assert!(text.contains(r#"comm="a\"b\\c\nd""#), "{text}");
+    }
+
+    #[test]
+    fn the_table_is_in_metric_order_with_unique_names() {
+        for (index, family) in FAMILIES.iter().enumerate() {
+            assert_eq!(
+                family.metric as usize, index,
+                "{} is out of order",
+                family.name
+            );
+        }
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "a name is declared twice");
+    }
+
+    #[test]
+    fn every_family_is_exported_with_its_type() {
+        let metrics = Metrics::new().expect("metrics register");
+        metrics.update(&[row(1, 10, 0)], &SelfFigures::default());
+        let text = metrics.render().expect("renders");
+        for family in &FAMILIES {
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge | Kind::RealGauge => "gauge",
+            };
+            let line = format!("# TYPE {} {kind}", family.name);
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+    }
+
+    /// Every `heapwatch_*` name in `text`, with a suffix Prometheus adds
+    /// to a counter's samples (`_total` is part of our names) left as is.
+    fn names_in(text: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("heapwatch_") {
+            let tail = &rest[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let before = rest[..start].chars().next_back();
+            if !before.is_some_and(|c| {
+                c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.' || c == '-'
+            }) {
+                names.push(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    #[test]
+    fn every_metric_named_in_deploy_and_the_docs_is_in_the_table() {
+        let known: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        for (file, text) in [
+            (
+                "deploy/grafana-dashboard.json",
+                include_str!("../../../deploy/grafana-dashboard.json"),
+            ),
+            (
+                "deploy/prometheus-rules.yml",
+                include_str!("../../../deploy/prometheus-rules.yml"),
+            ),
+            ("README.md", include_str!("../../../README.md")),
+        ] {
+            let names = names_in(text);
+            assert!(!names.is_empty(), "{file} names no metric");
+            for name in names {
+                assert!(
+                    known.contains(&name.as_str()),
+                    "{file} names {name}, which heapwatch does not export"
+                );
+            }
+        }
     }
 }

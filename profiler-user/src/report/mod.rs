@@ -1,12 +1,15 @@
-//! Reports of a recording: the data (serializable as JSON) and its text
-//! rendering in valgrind's words.
+//! Reports of a recording: the data (serializable as JSON), built from a
+//! session in one place ([`draft`]), and its renderings: text in valgrind's
+//! words, JSON, pprof and flame graphs.
 
+mod draft;
 mod flamegraph;
 mod pprof;
 mod sampled;
 
 use std::fmt::Write as _;
 
+pub use draft::{ReportDraft, SiteSelection, draft, draft_of};
 pub use flamegraph::{folded_stacks, render_flamegraph};
 pub use pprof::{SAMPLE_TYPES, render_pprof};
 pub use sampled::SampledStacks;

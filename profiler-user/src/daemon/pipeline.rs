@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{DaemonState, scope};
+use super::{DaemonState, scope_keeper};
 use crate::probes::{Backlog, EventReader};
 
 /// How long the reader waits for a wakeup before draining anyway.
@@ -139,7 +139,7 @@ pub fn spawn(
     state: Arc<Mutex<DaemonState>>,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
-    changes: Option<mpsc::Sender<scope::Change>>,
+    changes: Option<mpsc::Sender<scope_keeper::Change>>,
 ) -> [thread::JoinHandle<()>; 2] {
     let (full, to_apply) = mpsc::sync_channel::<Backlog>(1);
     let (recycle, recycled) = mpsc::channel::<Backlog>();
@@ -199,14 +199,14 @@ fn read(
 fn apply(
     batch: &mut Backlog,
     state: &Mutex<DaemonState>,
-    changes: Option<&mpsc::Sender<scope::Change>>,
+    changes: Option<&mpsc::Sender<scope_keeper::Change>>,
 ) {
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     batch.apply_all(|bytes, read_ns| {
         let change = state
             .apply_record(bytes, read_ns)
             .as_ref()
-            .and_then(scope::Change::of);
+            .and_then(scope_keeper::Change::of);
         if let (Some(change), Some(changes)) = (change, changes) {
             let _ = changes.send(change);
         }

@@ -1,16 +1,18 @@
-//! `heapwatch daemon`: system-wide tracing, leak suspects every tick, and
-//! Prometheus metrics; sd_notify readiness and watchdog; SIGTERM/SIGINT
-//! detach and exit 0; SIGHUP reloads the configuration.
+//! The daemon as a library: system-wide tracing, leak suspects every tick,
+//! and Prometheus metrics; sd_notify readiness and watchdog; SIGTERM/SIGINT
+//! detach and return; SIGHUP reloads the configuration. Configured by a
+//! [`ConfigSource`] (the file and the flags), never by the command line's types.
 
-mod api;
+mod answers;
+mod notify;
 mod pipeline;
-mod scope;
+mod scope_keeper;
 mod state;
 
 use std::{
     fs, io,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -29,34 +31,21 @@ use tokio::{
 
 pub use state::{DaemonState, KernelCounts};
 
-use super::{DaemonArgs, notify};
 use crate::{
-    config::{ConfigError, DEFAULT_CONFIG_PATH, DaemonConfig, Settings},
-    leaks::LeakDetector,
+    config::{ConfigSource, DaemonConfig, LoadError},
     metrics::{Metrics, http},
     probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Scope},
     procinfo::{ProcessLabels, monotonic_ns},
     scope::Selection,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
-    tracker::{Tracker, TrackerConfig},
 };
-use profiler_common::Counter;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    /// The configuration file could not be read.
-    #[error("read the configuration {path}: {source}")]
-    ReadConfig {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The configuration is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
+    /// The configuration could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] LoadError),
     /// The probes could not be loaded or attached.
     #[error(transparent)]
     Probes(#[from] ProbeError),
@@ -86,58 +75,31 @@ pub enum DaemonError {
     Runtime(#[source] io::Error),
 }
 
-/// Reads the configuration: the file (the one named, or the default one if
-/// it exists) overridden by the flags.
-pub fn load_settings(args: &DaemonArgs) -> Result<Settings, DaemonError> {
-    let flags = args.settings();
-    let path = match &args.config {
-        Some(path) => Some(path.clone()),
-        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
-    };
-    let Some(path) = path else {
-        return Ok(Settings::default().overridden_by(&flags));
-    };
-    let text = fs::read_to_string(&path).map_err(|source| DaemonError::ReadConfig {
-        path: path.clone(),
-        source,
-    })?;
-    let file = Settings::from_toml(&text, &path.display().to_string())?;
-    Ok(file.overridden_by(&flags))
+/// Loads the probes and checks that everything attaches; prints what works.
+pub fn check(source: &ConfigSource) -> Result<(), DaemonError> {
+    let config = source.load()?;
+    bind_metrics(config.listen)?;
+    let probes = Probes::attach(&probe_config(&config))?;
+    print_check(&probes, &config);
+    Ok(())
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; with `--check`, attaches,
-/// reports what works, and exits. The configuration, the /metrics address
-/// and the API socket's path are checked before any probe is loaded.
-pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
-    let config = DaemonConfig::try_from(&load_settings(args)?)?;
+/// Runs the daemon until SIGTERM or SIGINT, answering the API at `socket`.
+/// The configuration, the /metrics address and the API socket's path are
+/// checked before any probe is loaded.
+pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
+    let config = source.load()?;
     let metrics_listener = bind_metrics(config.listen)?;
-    if !args.check {
-        crate::api::check_vacant(&args.socket).map_err(|source| DaemonError::Api {
-            path: args.socket.clone(),
-            source,
-        })?;
-    }
-    let mut probes = Probes::attach(&ProbeConfig {
-        libc: config.libc.clone(),
-        scope: match config.scope {
-            Selection::All => Scope::AllProcesses,
-            Selection::Only(_) => Scope::Selected,
-        },
-        ring_bytes: config.ring_kib * 1024,
-        stack_sample: config.stack_sample,
-        thread_slots: config.thread_slots,
+    crate::api::check_vacant(socket).map_err(|source| DaemonError::Api {
+        path: socket.to_owned(),
+        source,
     })?;
-    if args.check {
-        return check(&probes, &config);
-    }
+    let mut probes = Probes::attach(&probe_config(&config))?;
     let reader = probes.reader()?;
     let known_stacks = probes.known_stacks()?;
-    let state = Arc::new(Mutex::new(DaemonState::new(
-        Tracker::new(tracker_config(&config)),
-        LeakDetector::new(config.leak),
-    )));
+    let state = Arc::new(Mutex::new(DaemonState::new(config.tracker(), config.leak)));
     let progress = Arc::new(pipeline::Progress::new().map_err(DaemonError::Runtime)?);
-    let api_source = Arc::new(api::ApiSource {
+    let api_source = Arc::new(answers::ApiSource {
         state: Arc::clone(&state),
         progress: Arc::clone(&progress),
         symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
@@ -147,7 +109,7 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         Selection::All => (None, None),
         Selection::Only(_) => {
             let (sender, receiver) = mpsc::channel();
-            let mut keeper = scope::ScopeKeeper::new(
+            let mut keeper = scope_keeper::ScopeKeeper::new(
                 config.scope.clone(),
                 Arc::clone(&probes),
                 Arc::clone(&state),
@@ -170,7 +132,8 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(serve(
-        args,
+        source,
+        socket,
         config,
         metrics_listener,
         &state,
@@ -191,7 +154,21 @@ pub fn daemon(args: &DaemonArgs) -> Result<(), DaemonError> {
     result
 }
 
-fn check(probes: &Probes, config: &DaemonConfig) -> Result<(), DaemonError> {
+/// What the probes of this configuration would be.
+fn probe_config(config: &DaemonConfig) -> ProbeConfig {
+    ProbeConfig {
+        libc: config.libc.clone(),
+        scope: match config.scope {
+            Selection::All => Scope::AllProcesses,
+            Selection::Only(_) => Scope::Selected,
+        },
+        ring_bytes: config.ring_kib * 1024,
+        stack_sample: config.stack_sample,
+        thread_slots: config.thread_slots,
+    }
+}
+
+fn print_check(probes: &Probes, config: &DaemonConfig) {
     match &config.scope {
         Selection::All => println!("heapwatch daemon --check: every probe loaded and attached"),
         Selection::Only(selectors) => {
@@ -209,7 +186,6 @@ fn check(probes: &Probes, config: &DaemonConfig) -> Result<(), DaemonError> {
         println!("  absent  {function} (not in {})", probes.libc().display());
     }
     println!("  ok      /metrics can listen on {}", config.listen);
-    Ok(())
 }
 
 /// Binds the /metrics address, before any probe is loaded: a port in use or
@@ -218,22 +194,16 @@ fn bind_metrics(address: SocketAddr) -> Result<std::net::TcpListener, DaemonErro
     std::net::TcpListener::bind(address).map_err(|source| DaemonError::Listen { address, source })
 }
 
-fn tracker_config(config: &DaemonConfig) -> TrackerConfig {
-    TrackerConfig {
-        copy_on_fork: true,
-        max_live_total: config.max_allocations,
-        max_live_per_process: config.max_allocations_per_process,
-    }
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn serve(
-    args: &DaemonArgs,
+    source: &ConfigSource,
+    socket_path: &Path,
     mut config: DaemonConfig,
     metrics_listener: std::net::TcpListener,
     state: &Mutex<DaemonState>,
     probes: &Mutex<Probes>,
     mut known_stacks: KnownStacks,
-    api_source: Arc<api::ApiSource>,
+    api_source: Arc<answers::ApiSource>,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
     let listener = metrics_listener
@@ -244,8 +214,8 @@ async fn serve(
             source,
         })?;
     tokio::spawn(http::serve(listener, Arc::clone(&metrics)));
-    let socket = crate::api::bind(&args.socket).map_err(|source| DaemonError::Api {
-        path: args.socket.clone(),
+    let socket = crate::api::bind(socket_path).map_err(|source| DaemonError::Api {
+        path: socket_path.to_owned(),
         source,
     })?;
     let answers = Arc::clone(&api_source);
@@ -286,7 +256,7 @@ async fn serve(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                if let Some(new) = reload(args, &config, state) {
+                if let Some(new) = reload(source, &config, state) {
                     if new.leak.tick != config.leak.tick {
                         ticks = ticker(new.leak.tick);
                     }
@@ -304,7 +274,7 @@ async fn serve(
         }
     }
     tracing::info!("signal received; detaching");
-    let _ = fs::remove_file(&args.socket);
+    let _ = fs::remove_file(socket_path);
     Ok(())
 }
 
@@ -316,11 +286,11 @@ fn ticker(period: Duration) -> Interval {
 
 /// Re-reads the configuration; a bad one is logged and the old one kept.
 fn reload(
-    args: &DaemonArgs,
+    source: &ConfigSource,
     old: &DaemonConfig,
     state: &Mutex<DaemonState>,
 ) -> Option<DaemonConfig> {
-    let new = match load_settings(args).and_then(|s| Ok(DaemonConfig::try_from(&s)?)) {
+    let new = match source.load() {
         Ok(new) => new,
         Err(err) => {
             tracing::error!(error = %err, "SIGHUP: configuration not reloaded; keeping the one in force");
@@ -339,8 +309,7 @@ fn reload(
         );
     }
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-    state.detector.set_config(new.leak);
-    state.tracker.set_config(tracker_config(&new));
+    state.set_config(new.tracker(), new.leak);
     tracing::info!(tick = ?new.leak.tick, window = ?new.leak.window, min_age = ?new.leak.min_age, "SIGHUP: configuration reloaded");
     Some(new)
 }
@@ -364,11 +333,7 @@ fn tick(
         Vec::new()
     });
     let kernel = match counters {
-        Ok(c) => KernelCounts {
-            ringbuf_full: c[Counter::RingbufFull as usize],
-            unpaired: c[Counter::Unpaired as usize],
-            targets_full: c[Counter::TargetsFull as usize],
-        },
+        Ok(counts) => counts,
         Err(err) => {
             tracing::warn!(error = %err, "reading the kernel counters failed");
             KernelCounts::default()

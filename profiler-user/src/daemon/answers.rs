@@ -1,0 +1,127 @@
+//! The daemon's answers to API requests: health, the process list, and
+//! snapshots of one process's live sites with symbolized stacks.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::{pipeline::Progress, state::DaemonState};
+use crate::{
+    api::{Health, ProcessListEntry, Reply, Request, authorize},
+    procinfo::{ProcessLabels, has_exited, is_kernel_thread, monotonic_ns, owner},
+    report::{ProcessReport, SiteSelection},
+    stacks::SymbolService,
+};
+
+/// What the API handler reads.
+pub struct ApiSource {
+    /// The daemon's state.
+    pub state: Arc<Mutex<DaemonState>>,
+    /// How far the reader and applier have got.
+    pub progress: Arc<Progress>,
+    /// The symbolizer thread and its cache.
+    pub symbols: SymbolService,
+}
+
+/// How long a query waits for the records written before it to be applied.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
+
+impl ApiSource {
+    /// Answers `request` from the caller with `uid`. The list and snapshots
+    /// first wait for every record written before the request to be applied.
+    pub fn answer(&self, request: Request, uid: u32) -> Reply {
+        if !matches!(request, Request::Health {}) {
+            self.catch_up();
+        }
+        match request {
+            Request::Health {} => Reply::answer(&self.health()),
+            Request::List {} => Reply::answer(&self.list(uid)),
+            Request::Snapshot {
+                pid,
+                top,
+                min_age_ms,
+            } => {
+                let selection = SiteSelection {
+                    top,
+                    now_ns: Some(monotonic_ns()),
+                    min_age_ns: min_age_ms.saturating_mul(1_000_000),
+                };
+                match self.snapshot(pid, &selection, uid) {
+                    Ok(process) => Reply::answer(&process),
+                    Err(message) => Reply::error(message),
+                }
+            }
+        }
+    }
+
+    fn catch_up(&self) {
+        if !self.progress.wait_applied(monotonic_ns(), CATCH_UP_LIMIT) {
+            tracing::warn!(
+                limit = ?CATCH_UP_LIMIT,
+                "the event pipeline is behind: answering before the latest records are applied"
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DaemonState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health(&self) -> Health {
+        let state = self.lock();
+        Health {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            tracked_processes: state.session.running().count() as u64,
+            live_allocations: state.session.live_blocks(),
+            tracker_memory_bytes: state.session.tracker_memory_bytes(),
+        }
+    }
+
+    /// The processes `uid` may see, by live bytes.
+    fn list(&self, uid: u32) -> Vec<ProcessListEntry> {
+        let mut rows: Vec<(u32, u64, u64)> = self
+            .lock()
+            .session
+            .running()
+            .map(|(pid, p)| (pid, p.live_bytes(), p.live_blocks()))
+            .collect();
+        rows.retain(|(pid, _, _)| owner(*pid).is_some_and(|o| authorize(uid, *pid, o).is_ok()));
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        rows.into_iter()
+            .map(|(pid, live_bytes, live_allocations)| ProcessListEntry {
+                pid,
+                comm: ProcessLabels::read(pid).comm,
+                live_bytes,
+                live_allocations,
+            })
+            .collect()
+    }
+
+    /// The snapshot of `pid`: drafted under the state's lock, normalized
+    /// and symbolized after it.
+    fn snapshot(
+        &self,
+        pid: u32,
+        selection: &SiteSelection,
+        uid: u32,
+    ) -> Result<ProcessReport, String> {
+        let owner = owner(pid).ok_or_else(|| format!("no such process: {pid}"))?;
+        authorize(uid, pid, owner).map_err(|e| e.to_string())?;
+        if is_kernel_thread(pid) {
+            return Err(format!("process {pid} is a kernel thread: it has no heap"));
+        }
+        let draft = self.lock().snapshot(pid, selection).ok_or_else(|| {
+            if has_exited(pid) {
+                format!("process {pid} has exited")
+            } else {
+                format!(
+                    "process {pid} has made no allocation heapwatch saw (it traces the C library's malloc family)"
+                )
+            }
+        })?;
+        draft
+            .finish(|stacks| self.symbols.symbolize(stacks))
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,208 @@
+//! Recording a command: run it traced from its first instruction to its
+//! exit, and report its heap as valgrind would.
+
+mod child;
+mod command;
+mod floor;
+
+use std::{io, num::NonZeroU32, path::PathBuf};
+
+use profiler_common::Counter;
+use thiserror::Error;
+
+pub use child::{HeldChild, delegate_signals, stop_on_signals, stop_requested};
+pub use command::{CommandError, resolve_command};
+pub use floor::{FloorOptions, floor};
+
+use crate::{
+    probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
+    report::{CommandStatus, ProcessReport, RecordReport, SiteSelection, draft_of},
+    session::{Retention, Session},
+    stacks::Symbols,
+    tracker::{ProcessState, TrackerConfig},
+};
+
+/// Why a recording failed.
+#[derive(Debug, Error)]
+pub enum RecordError {
+    /// The command cannot be run.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The command could not be started.
+    #[error("start {command}: {source}")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The probes could not be loaded or attached.
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    /// Waiting for the command or reading events failed.
+    #[error("trace {command}: {source}")]
+    Trace {
+        /// The command.
+        command: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RecordError {
+    /// heapwatch's exit code for this error: 127 when the command cannot be
+    /// found or run (as a shell says), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Command(_) | Self::Spawn { .. } => 127,
+            _ => 1,
+        }
+    }
+}
+
+/// What to record, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordOptions {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Trace the processes it forks too.
+    pub follow_forks: bool,
+    /// The allocator library to probe (`None`: heapwatch's own C library).
+    pub libc: Option<PathBuf>,
+    /// Ring-buffer size in KiB.
+    pub ring_kib: u32,
+    /// Capture the full stack of one allocation in this many.
+    pub stack_sample: u32,
+    /// Threads whose allocator state the kernel keeps in its fast array.
+    pub thread_slots: u32,
+}
+
+/// A finished recording. Its probes stay attached until it is dropped:
+/// detaching waits for the kernel, so show the report first.
+pub struct Recording {
+    /// Everything found.
+    pub report: RecordReport,
+    probes: Probes,
+}
+
+impl Recording {
+    /// Detaches the probes.
+    pub fn detach(self) {
+        drop(self.probes);
+    }
+}
+
+/// Runs the command traced and reports its heap; the command's own signals
+/// and terminal stay its own.
+pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
+    let name = options.command.first().cloned().unwrap_or_default();
+    let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;
+    let spawn_error = |source| RecordError::Spawn {
+        command: name.clone(),
+        source,
+    };
+    let mut child = HeldChild::spawn(&program, &options.command).map_err(spawn_error)?;
+    let pid = NonZeroU32::new(child.pid())
+        .ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
+    let mut probes = Probes::attach(&ProbeConfig {
+        libc: options.libc.clone(),
+        scope: Scope::Process {
+            pid,
+            follow_forks: options.follow_forks,
+        },
+        ring_bytes: options.ring_kib * 1024,
+        stack_sample: options.stack_sample,
+        thread_slots: options.thread_slots,
+    })?;
+    let mut reader = probes.reader()?;
+    child.release().map_err(spawn_error)?;
+    delegate_signals();
+    let tracker = TrackerConfig {
+        copy_on_fork: options.follow_forks,
+        ..TrackerConfig::default()
+    };
+    let mut session = Session::new(tracker, Retention::KeepExited);
+    let status =
+        run(&mut session, &mut child, &mut reader).map_err(|source| RecordError::Trace {
+            command: name.clone(),
+            source,
+        })?;
+    let counters = probes.counters()?;
+    let report = RecordReport {
+        command: options.command.clone(),
+        status,
+        allocator_library: probes.libc().display().to_string(),
+        absent_functions: probes.skipped().iter().map(|f| (*f).to_owned()).collect(),
+        processes: process_reports(&session, pid.get()),
+        lost_records: counters[Counter::RingbufFull as usize],
+        unpaired_calls: counters[Counter::Unpaired as usize],
+        malformed_records: session.figures().malformed_records,
+    };
+    Ok(Recording { report, probes })
+}
+
+/// Drains events until the command has ended and every record is read.
+fn run(
+    session: &mut Session,
+    child: &mut HeldChild,
+    reader: &mut EventReader,
+) -> io::Result<CommandStatus> {
+    loop {
+        pump(session, reader)?;
+        child.forward_signals();
+        if let Some(status) = child.try_wait()? {
+            drain(session, reader);
+            return Ok(status);
+        }
+    }
+}
+
+/// How long the reader waits for a wakeup before draining anyway.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits for the kernel's wakeup (or the poll interval) and applies every record.
+pub(crate) fn pump(session: &mut Session, reader: &mut EventReader) -> io::Result<()> {
+    reader.wait(POLL_INTERVAL, None)?;
+    drain(session, reader);
+    Ok(())
+}
+
+/// Applies every record waiting in the ring buffer.
+pub(crate) fn drain(session: &mut Session, reader: &mut EventReader) {
+    reader.drain(|bytes, read_ns| {
+        session.apply_record(bytes, read_ns);
+    });
+}
+
+/// Symbolizes stacks here, in this thread (a recording has nothing else to do).
+pub(crate) fn symbolize(
+    symbols: &mut Symbols,
+    stacks: &[std::sync::Arc<crate::stacks::Stack>],
+) -> Result<Vec<Vec<crate::stacks::SymFrame>>, std::convert::Infallible> {
+    Ok(stacks
+        .iter()
+        .map(|stack| symbols.symbolize(stack))
+        .collect())
+}
+
+/// Every process's report, the command's process first (with an empty one
+/// if it made no allocation), then the others by pid.
+fn process_reports(session: &Session, main_pid: u32) -> Vec<ProcessReport> {
+    let mut symbols = Symbols::default();
+    let mut pids = session.pids();
+    if !pids.contains(&main_pid) {
+        pids.push(main_pid);
+    }
+    pids.sort_by_key(|&pid| (pid != main_pid, pid));
+    let no_allocations = ProcessState::default();
+    pids.into_iter()
+        .map(|pid| {
+            let (state, exited) = session.process(pid).unwrap_or((&no_allocations, true));
+            draft_of(session, pid, state, exited, &SiteSelection::ALL, None)
+                .finish(|stacks| symbolize(&mut symbols, &stacks))
+                .unwrap_or_else(|never| match never {})
+        })
+        .collect()
+}

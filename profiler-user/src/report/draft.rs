@@ -1,0 +1,223 @@
+//! Building a [`ProcessReport`] from a [`Session`]: one way for every caller.
+//! A draft is taken from the session (the daemon holds its lock only that
+//! long), then finished: stacks normalized where that is still to do, and
+//! all symbolized in one batch.
+
+use std::sync::Arc;
+
+use super::{ProcessReport, SampledStacks, SiteReport};
+use crate::{
+    events::RawSite,
+    leaks::Verdict,
+    session::{Retention, Session},
+    stacks::{RawStack, SiteResolver, Stack, StackStatus, SymFrame},
+    tracker::{HeldSite, ProcessState},
+};
+
+/// Which sites a process report shows, and as of when.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SiteSelection {
+    /// At most this many sites, largest first.
+    pub top: usize,
+    /// The time the report is of, nanoseconds since boot: sites get their
+    /// oldest block's age at it. `None`: no ages (a finished recording).
+    pub now_ns: Option<u64>,
+    /// Count only blocks at least this many nanoseconds old at `now_ns` (0: all).
+    pub min_age_ns: u64,
+}
+
+impl SiteSelection {
+    /// Every site holding live blocks, without ages.
+    pub const ALL: Self = Self {
+        top: usize::MAX,
+        now_ns: None,
+        min_age_ns: 0,
+    };
+
+    /// Only blocks allocated before this time count.
+    fn before_ns(&self) -> u64 {
+        match (self.now_ns, self.min_age_ns) {
+            (Some(now), age) if age > 0 => now.saturating_sub(age),
+            _ => u64::MAX,
+        }
+    }
+}
+
+/// A site's stack as the session holds it.
+#[derive(Clone, Debug)]
+enum PendingStack {
+    /// Normalized while its process lived.
+    Normalized(Arc<Stack>),
+    /// As the kernel sent it: normalized when the draft is finished (its
+    /// process still runs).
+    Raw(RawSite, Arc<RawStack>),
+    /// Its record never arrived.
+    Missing,
+}
+
+/// A process report whose stacks are not yet symbolized.
+#[derive(Debug)]
+pub struct ReportDraft {
+    report: ProcessReport,
+    /// Per site of `report`: its stack, and for an unsampled one the full
+    /// stack sampled most often at its call site.
+    stacks: Vec<(PendingStack, Option<PendingStack>)>,
+}
+
+/// Drafts the report of process `pid`: its summary and the sites `selection`
+/// picks, judged by `verdict` when the leak rule runs on this session.
+/// `None` when the session holds no state of the process.
+pub fn draft(
+    session: &Session,
+    pid: u32,
+    selection: &SiteSelection,
+    verdict: Option<&Verdict<'_>>,
+) -> Option<ReportDraft> {
+    let (state, exited) = session.process(pid)?;
+    Some(draft_of(session, pid, state, exited, selection, verdict))
+}
+
+/// Drafts the report of process `pid` from `state`, which need not be held
+/// by the session (a process that made no allocation has an empty one).
+pub fn draft_of(
+    session: &Session,
+    pid: u32,
+    state: &ProcessState,
+    exited: bool,
+    selection: &SiteSelection,
+    verdict: Option<&Verdict<'_>>,
+) -> ReportDraft {
+    let mut report = ProcessReport::summary(pid, state, exited);
+    report.only_older_than_secs =
+        (selection.min_age_ns > 0).then(|| selection.min_age_ns as f64 / 1e9);
+    let mut held = state.sites_holding(selection.before_ns());
+    held.truncate(selection.top);
+    report.sites = held
+        .iter()
+        .map(|held| site_figures(held, selection, verdict))
+        .collect();
+    let sampled = sampled_stacks(session, pid, state, &held);
+    let stacks = held
+        .iter()
+        .zip(sampled)
+        .map(|(held, sampled)| (pending(session, pid, held.stats.site), sampled))
+        .collect();
+    ReportDraft { report, stacks }
+}
+
+/// A site's figures, age and verdict, without its stack.
+fn site_figures(
+    held: &HeldSite,
+    selection: &SiteSelection,
+    verdict: Option<&Verdict<'_>>,
+) -> SiteReport {
+    SiteReport {
+        oldest_age_secs: selection
+            .now_ns
+            .map(|now| now.saturating_sub(held.oldest_ns) as f64 / 1e9),
+        growth_bytes_per_sec: verdict.map(|v| v.site_growth_rate(held.index)),
+        leak_suspect: verdict.is_some_and(|v| v.site_is_suspect(held.index, held.oldest_ns)),
+        ..SiteReport::new(&held.stats, Vec::new(), StackStatus::NotCaptured)
+    }
+}
+
+/// For each site whose callers were not sampled, the full stack sampled most
+/// often at its call site, when one was.
+fn sampled_stacks(
+    session: &Session,
+    pid: u32,
+    state: &ProcessState,
+    held: &[HeldSite],
+) -> Vec<Option<PendingStack>> {
+    let stacks = session.stacks();
+    let unsampled_caller = |site: RawSite| {
+        stacks
+            .get(site.stack)
+            .filter(|raw| raw.status == StackStatus::Unsampled)
+            .and_then(|raw| raw.frames.first().copied())
+    };
+    if !held
+        .iter()
+        .any(|h| unsampled_caller(h.stats.site).is_some())
+    {
+        return vec![None; held.len()];
+    }
+    let sampled = SampledStacks::new(state.sites(), |site| {
+        let raw = stacks.get(site.stack)?;
+        Some((raw.status, *raw.frames.first()?))
+    });
+    held.iter()
+        .map(|h| {
+            let full = sampled.for_caller(unsampled_caller(h.stats.site)?)?;
+            Some(pending(session, pid, full))
+        })
+        .collect()
+}
+
+/// A site's stack as the session holds it: normalized already if the
+/// session normalizes sites while processes live, else as the kernel sent it.
+fn pending(session: &Session, pid: u32, site: RawSite) -> PendingStack {
+    let found = match session.retention() {
+        Retention::KeepExited => session
+            .sites()
+            .stack(pid, site)
+            .map(PendingStack::Normalized),
+        Retention::LiveOnly => session
+            .stacks()
+            .get(site.stack)
+            .map(|raw| PendingStack::Raw(site, Arc::clone(raw))),
+    };
+    found.unwrap_or(PendingStack::Missing)
+}
+
+impl ReportDraft {
+    /// The report's figures, before its stacks are symbolized.
+    pub fn report(&self) -> &ProcessReport {
+        &self.report
+    }
+
+    /// The report with every stack normalized and symbolized; `symbolize`
+    /// takes every stack at once, and gives their frames in the same order.
+    pub fn finish<E>(
+        self,
+        symbolize: impl FnOnce(Vec<Arc<Stack>>) -> Result<Vec<Vec<SymFrame>>, E>,
+    ) -> Result<ProcessReport, E> {
+        let Self { mut report, stacks } = self;
+        let mut resolver = SiteResolver::new();
+        let mut normalize = |stack: PendingStack| match stack {
+            PendingStack::Normalized(stack) => stack,
+            PendingStack::Raw(site, raw) => resolver.observe(report.pid, site, || Some(&*raw)),
+            PendingStack::Missing => Arc::new(Stack {
+                frames: Vec::new(),
+                status: StackStatus::NotCaptured,
+            }),
+        };
+        let mut batch = Vec::with_capacity(stacks.len());
+        let mut has_sampled = Vec::with_capacity(stacks.len());
+        let mut sampled_batch = Vec::new();
+        for (stack, sampled) in stacks {
+            batch.push(normalize(stack));
+            has_sampled.push(sampled.is_some());
+            sampled_batch.extend(sampled.map(&mut normalize));
+        }
+        let statuses: Vec<StackStatus> = batch.iter().map(|stack| stack.status).collect();
+        let site_count = batch.len();
+        batch.extend(sampled_batch);
+        let mut frames = symbolize(batch)?.into_iter();
+        let site_frames: Vec<Vec<SymFrame>> = frames.by_ref().take(site_count).collect();
+        for (((site, stack), status), has_sampled) in report
+            .sites
+            .iter_mut()
+            .zip(site_frames)
+            .zip(statuses)
+            .zip(has_sampled)
+        {
+            site.stack = stack;
+            site.stack_status = status;
+            if has_sampled {
+                site.sampled_stack = frames.next().unwrap_or_default();
+            }
+        }
+        Ok(report)
+    }
+}

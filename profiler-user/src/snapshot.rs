@@ -1,0 +1,198 @@
+//! A snapshot of one running process: asked of the daemon, or, with a
+//! duration and no daemon, traced by heapwatch itself for that long (then
+//! only what it allocated in that time and still holds is seen). Also the
+//! daemon's list of traced processes.
+
+use std::{
+    io,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use crate::{
+    api::{ProcessListEntry, Request, call},
+    config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
+    probes::{ProbeConfig, ProbeError, Probes, Scope, libc_in_maps},
+    procinfo::{is_kernel_thread, monotonic_ns, owner},
+    record::{drain, pump, stop_on_signals, stop_requested, symbolize},
+    report::{ProcessReport, SiteSelection, draft_of},
+    session::{Retention, Session},
+    stacks::Symbols,
+    tracker::{ProcessState, TrackerConfig},
+};
+
+/// Why a snapshot or the process list could not be had.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// No daemon answers at the socket.
+    #[error(
+        "the heapwatch daemon is not running (nothing answers at {path}: {source}); start it with `heapwatch daemon` or `systemctl start heapwatch`, or trace the process yourself for a while with --duration D (as root)"
+    )]
+    NoDaemon {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The process does not exist.
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    /// The process is a kernel thread.
+    #[error("process {0} is a kernel thread: it has no heap")]
+    KernelThread(u32),
+    /// Tracing the process without the daemon failed.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The daemon refused the request, or its answer could not be read.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why tracing a process for a snapshot failed.
+#[derive(Debug, Error)]
+pub enum TraceError {
+    /// The process does not exist (any more).
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    /// The process maps no C library.
+    #[error(
+        "process {0} maps no C library (statically linked?): heapwatch traces the C library's malloc family"
+    )]
+    NoLibc(u32),
+    /// The probes could not be loaded or attached.
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    /// Reading events failed.
+    #[error("trace process {pid}: {source}")]
+    Read {
+        /// The process.
+        pid: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a snapshot asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// The process.
+    pub pid: u32,
+    /// At most this many sites, largest first.
+    pub top: u32,
+    /// Count only blocks at least this old.
+    pub min_age: Option<Duration>,
+    /// Without the daemon: trace the process for this long.
+    pub duration: Option<Duration>,
+    /// The daemon's API socket.
+    pub socket: PathBuf,
+}
+
+/// The snapshot of one process: the process is checked first, then the
+/// daemon is asked, or with a duration the process is traced.
+pub fn snapshot(request: &SnapshotRequest) -> Result<ProcessReport, QueryError> {
+    check_process(request.pid)?;
+    match request.duration {
+        Some(duration) => Ok(trace(request, duration)?),
+        None => ask_snapshot(request),
+    }
+}
+
+/// The processes the daemon traces, by live bytes.
+pub fn list(socket: &Path) -> Result<Vec<ProcessListEntry>, QueryError> {
+    ask(socket, &Request::List {})
+}
+
+/// Refuses a PID that names no process, or a kernel thread (which has no heap).
+pub fn check_process(pid: u32) -> Result<(), QueryError> {
+    if owner(pid).is_none() {
+        return Err(QueryError::NoSuchProcess(pid));
+    }
+    if is_kernel_thread(pid) {
+        return Err(QueryError::KernelThread(pid));
+    }
+    Ok(())
+}
+
+fn ask<T: serde::de::DeserializeOwned>(path: &Path, request: &Request) -> Result<T, QueryError> {
+    call(path, request)
+        .map_err(|source| QueryError::NoDaemon {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .decode()
+        .map_err(QueryError::Refused)
+}
+
+/// The daemon's snapshot of the process.
+fn ask_snapshot(request: &SnapshotRequest) -> Result<ProcessReport, QueryError> {
+    ask(
+        &request.socket,
+        &Request::Snapshot {
+            pid: request.pid,
+            top: request.top as usize,
+            min_age_ms: request.min_age.map_or(0, |age| age.as_millis() as u64),
+        },
+    )
+}
+
+/// Traces the process for `duration` (less if it exits or heapwatch gets
+/// SIGINT/SIGTERM) and reports what it allocated then and still holds.
+fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport, TraceError> {
+    let pid = NonZeroU32::new(request.pid).ok_or(TraceError::NoSuchProcess(request.pid))?;
+    let libc = allocator_of(pid.get())?;
+    let mut probes = Probes::attach(&ProbeConfig {
+        libc: Some(libc),
+        scope: Scope::Process {
+            pid,
+            follow_forks: false,
+        },
+        ring_bytes: DEFAULT_RING_KIB * 1024,
+        stack_sample: DEFAULT_STACK_SAMPLE,
+        thread_slots: DEFAULT_THREAD_SLOTS,
+    })?;
+    let mut reader = probes.reader()?;
+    stop_on_signals();
+    let read_error = |source| TraceError::Read {
+        pid: pid.get(),
+        source,
+    };
+    let started = Instant::now();
+    let mut session = Session::new(TrackerConfig::default(), Retention::KeepExited);
+    while started.elapsed() < duration
+        && !session.process(pid.get()).is_some_and(|(_, exited)| exited)
+        && !stop_requested()
+    {
+        pump(&mut session, &mut reader).map_err(read_error)?;
+    }
+    drain(&mut session, &mut reader);
+    let traced = started.elapsed();
+    let selection = SiteSelection {
+        top: request.top as usize,
+        now_ns: Some(monotonic_ns()),
+        min_age_ns: request.min_age.map_or(0, |age| age.as_nanos() as u64),
+    };
+    let no_allocations = ProcessState::default();
+    let (state, exited) = session
+        .process(pid.get())
+        .unwrap_or((&no_allocations, false));
+    let mut symbols = Symbols::default();
+    let mut report = draft_of(&session, pid.get(), state, exited, &selection, None)
+        .finish(|stacks| symbolize(&mut symbols, &stacks))
+        .unwrap_or_else(|never| match never {});
+    report.traced_secs = Some(traced.as_secs_f64());
+    Ok(report)
+}
+
+/// The C library process `pid` maps, through its root (its mount namespace).
+fn allocator_of(pid: u32) -> Result<PathBuf, TraceError> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|_| TraceError::NoSuchProcess(pid))?;
+    let libc = libc_in_maps(&maps).ok_or(TraceError::NoLibc(pid))?;
+    let relative = libc.strip_prefix("/").unwrap_or(&libc);
+    Ok(PathBuf::from(format!("/proc/{pid}/root")).join(relative))
+}
