@@ -23,6 +23,7 @@ pub mod record;
 pub mod report;
 pub mod scope;
 pub mod session;
+pub mod signals;
 pub mod snapshot;
 pub mod stacks;
 pub mod tracker;

@@ -3,13 +3,21 @@
 //! `record`, `snapshot --duration` and the daemon all feed one of these, and
 //! [`crate::report::draft`] builds every process report from it.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    time::Duration,
+};
 
 use crate::{
     events::{EventKind, HeapEvent, Record, decode},
+    probes::EventReader,
     stacks::{SiteResolver, StackTable},
     tracker::{EndReason, Finished, ProcessState, Tracker, TrackerConfig},
 };
+
+/// How long [`Session::pump`] waits for the kernel's wakeup before draining anyway.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What a session keeps of the processes it traces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +95,21 @@ impl Session {
     /// What the session keeps of processes.
     pub fn retention(&self) -> Retention {
         self.retention
+    }
+
+    /// Waits for the kernel's wakeup (or the poll interval) and applies every
+    /// record waiting then.
+    pub fn pump(&mut self, reader: &mut EventReader) -> io::Result<()> {
+        reader.wait(POLL_INTERVAL, None)?;
+        self.drain(reader);
+        Ok(())
+    }
+
+    /// Applies every record waiting in the ring buffer.
+    pub fn drain(&mut self, reader: &mut EventReader) {
+        reader.drain(|bytes, read_ns| {
+            self.apply_record(bytes, read_ns);
+        });
     }
 
     /// Decodes and applies one ring-buffer record, read at `read_ns`.

@@ -4,6 +4,7 @@
 //! daemon's list of traced processes.
 
 use std::{
+    convert::Infallible,
     io,
     num::NonZeroU32,
     path::{Path, PathBuf},
@@ -17,9 +18,9 @@ use crate::{
     config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
     probes::{ProbeConfig, ProbeError, Probes, Scope, libc_in_maps},
     procinfo::{is_kernel_thread, monotonic_ns, owner},
-    record::{drain, pump, stop_on_signals, stop_requested, symbolize},
     report::{ProcessReport, SiteSelection, draft_of},
     session::{Retention, Session},
+    signals::{stop_on_signals, stop_requested},
     stacks::Symbols,
     tracker::{ProcessState, TrackerConfig},
 };
@@ -167,9 +168,9 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
         && !session.process(pid.get()).is_some_and(|(_, exited)| exited)
         && !stop_requested()
     {
-        pump(&mut session, &mut reader).map_err(read_error)?;
+        session.pump(&mut reader).map_err(read_error)?;
     }
-    drain(&mut session, &mut reader);
+    session.drain(&mut reader);
     let traced = started.elapsed();
     let selection = SiteSelection {
         top: request.top as usize,
@@ -182,7 +183,7 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
         .unwrap_or((&no_allocations, false));
     let mut symbols = Symbols::default();
     let mut report = draft_of(&session, pid.get(), state, exited, &selection, None)
-        .finish(|stacks| symbolize(&mut symbols, &stacks))
+        .finish(|stacks| Ok::<_, Infallible>(symbols.symbolize_all(&stacks)))
         .unwrap_or_else(|never| match never {});
     report.traced_secs = Some(traced.as_secs_f64());
     Ok(report)

@@ -131,11 +131,14 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
+    let endpoints = Endpoints {
+        metrics: metrics_listener,
+        api_socket: socket,
+    };
     let result = runtime.block_on(serve(
         source,
-        socket,
         config,
-        metrics_listener,
+        endpoints,
         &state,
         &probes,
         known_stacks,
@@ -194,18 +197,28 @@ fn bind_metrics(address: SocketAddr) -> Result<std::net::TcpListener, DaemonErro
     std::net::TcpListener::bind(address).map_err(|source| DaemonError::Listen { address, source })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where the daemon answers.
+struct Endpoints<'a> {
+    /// /metrics, bound before any probe was loaded.
+    metrics: std::net::TcpListener,
+    /// The API socket's path, checked vacant before any probe was loaded.
+    api_socket: &'a Path,
+}
+
 async fn serve(
     source: &ConfigSource,
-    socket_path: &Path,
     mut config: DaemonConfig,
-    metrics_listener: std::net::TcpListener,
+    endpoints: Endpoints<'_>,
     state: &Mutex<DaemonState>,
     probes: &Mutex<Probes>,
     mut known_stacks: KnownStacks,
     api_source: Arc<answers::ApiSource>,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
+    let Endpoints {
+        metrics: metrics_listener,
+        api_socket: socket_path,
+    } = endpoints;
     let listener = metrics_listener
         .set_nonblocking(true)
         .and_then(|()| TcpListener::from_std(metrics_listener))

@@ -9,17 +9,9 @@ use std::{
         unix::ffi::OsStrExt,
     },
     path::Path,
-    sync::atomic::{AtomicI32, Ordering},
 };
 
-use crate::report::CommandStatus;
-
-/// A signal heapwatch received and owes the command.
-static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn remember_signal(signal: libc::c_int) {
-    PENDING_SIGNAL.store(signal, Ordering::Relaxed);
-}
+use crate::{report::CommandStatus, signals};
 
 /// A child process forked and waiting to exec the command.
 pub struct HeldChild {
@@ -105,8 +97,7 @@ impl HeldChild {
 
     /// Passes on a SIGTERM or SIGHUP that heapwatch received.
     pub fn forward_signals(&self) {
-        let signal = PENDING_SIGNAL.swap(0, Ordering::Relaxed);
-        if signal != 0 {
+        if let Some(signal) = signals::take_pending() {
             // SAFETY: signals our own unreaped child.
             unsafe { libc::kill(self.pid, signal) };
         }
@@ -123,37 +114,6 @@ impl Drop for HeldChild {
             }
         }
     }
-}
-
-/// While a command runs under heapwatch, terminal signals reach the command
-/// (it is in the same process group) and heapwatch waits for it to end;
-/// SIGTERM and SIGHUP sent to heapwatch are passed on.
-pub fn delegate_signals() {
-    // SAFETY: installs async-signal-safe handlers (one atomic store) or SIG_IGN.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-        let handler = remember_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGHUP, handler);
-    }
-}
-
-/// While heapwatch traces a process it did not start, SIGINT, SIGTERM and
-/// SIGHUP end the tracing early (see [`stop_requested`]) instead of heapwatch.
-pub fn stop_on_signals() {
-    let handler = remember_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: installs an async-signal-safe handler (one atomic store).
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGHUP, handler);
-    }
-}
-
-/// True once a signal handled by [`stop_on_signals`] arrived.
-pub fn stop_requested() -> bool {
-    PENDING_SIGNAL.load(Ordering::Relaxed) != 0
 }
 
 /// # Safety

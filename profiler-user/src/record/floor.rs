@@ -5,14 +5,11 @@
 
 use std::{io, num::NonZeroU32, path::PathBuf, time::Duration};
 
-use super::{
-    RecordError,
-    child::{HeldChild, delegate_signals},
-    command::resolve_command,
-};
+use super::{RecordError, child::HeldChild, command::resolve_command};
 use crate::{
     probes::{ProbeConfig, Probes, Scope},
     report::CommandStatus,
+    signals::delegate_signals,
 };
 
 /// How often the command's end is checked.

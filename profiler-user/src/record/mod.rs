@@ -5,12 +5,12 @@ mod child;
 mod command;
 mod floor;
 
-use std::{io, num::NonZeroU32, path::PathBuf};
+use std::{convert::Infallible, io, num::NonZeroU32, path::PathBuf};
 
 use profiler_common::Counter;
 use thiserror::Error;
 
-pub use child::{HeldChild, delegate_signals, stop_on_signals, stop_requested};
+pub use child::HeldChild;
 pub use command::{CommandError, resolve_command};
 pub use floor::{FloorOptions, floor};
 
@@ -18,6 +18,7 @@ use crate::{
     probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
     report::{CommandStatus, ProcessReport, RecordReport, SiteSelection, draft_of},
     session::{Retention, Session},
+    signals::delegate_signals,
     stacks::Symbols,
     tracker::{ProcessState, TrackerConfig},
 };
@@ -150,41 +151,13 @@ fn run(
     reader: &mut EventReader,
 ) -> io::Result<CommandStatus> {
     loop {
-        pump(session, reader)?;
+        session.pump(reader)?;
         child.forward_signals();
         if let Some(status) = child.try_wait()? {
-            drain(session, reader);
+            session.drain(reader);
             return Ok(status);
         }
     }
-}
-
-/// How long the reader waits for a wakeup before draining anyway.
-const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Waits for the kernel's wakeup (or the poll interval) and applies every record.
-pub(crate) fn pump(session: &mut Session, reader: &mut EventReader) -> io::Result<()> {
-    reader.wait(POLL_INTERVAL, None)?;
-    drain(session, reader);
-    Ok(())
-}
-
-/// Applies every record waiting in the ring buffer.
-pub(crate) fn drain(session: &mut Session, reader: &mut EventReader) {
-    reader.drain(|bytes, read_ns| {
-        session.apply_record(bytes, read_ns);
-    });
-}
-
-/// Symbolizes stacks here, in this thread (a recording has nothing else to do).
-pub(crate) fn symbolize(
-    symbols: &mut Symbols,
-    stacks: &[std::sync::Arc<crate::stacks::Stack>],
-) -> Result<Vec<Vec<crate::stacks::SymFrame>>, std::convert::Infallible> {
-    Ok(stacks
-        .iter()
-        .map(|stack| symbols.symbolize(stack))
-        .collect())
 }
 
 /// Every process's report, the command's process first (with an empty one
@@ -201,7 +174,7 @@ fn process_reports(session: &Session, main_pid: u32) -> Vec<ProcessReport> {
         .map(|pid| {
             let (state, exited) = session.process(pid).unwrap_or((&no_allocations, true));
             draft_of(session, pid, state, exited, &SiteSelection::ALL, None)
-                .finish(|stacks| symbolize(&mut symbols, &stacks))
+                .finish(|stacks| Ok::<_, Infallible>(symbols.symbolize_all(&stacks)))
                 .unwrap_or_else(|never| match never {})
         })
         .collect()

@@ -75,6 +75,11 @@ impl Symbols {
         stack.frames.iter().map(|frame| self.frame(frame)).collect()
     }
 
+    /// The symbols of each stack's frames, in order.
+    pub fn symbolize_all(&mut self, stacks: &[Arc<Stack>]) -> Vec<Vec<SymFrame>> {
+        stacks.iter().map(|stack| self.symbolize(stack)).collect()
+    }
+
     /// Frames held in the cache.
     pub fn cached(&self) -> usize {
         self.young.len() + self.old.len()
