@@ -11,7 +11,7 @@ mod filter;
 mod lifecycle;
 mod maps;
 mod record;
-mod site;
+mod stack_walk;
 mod thread;
 
 use aya_ebpf::{
@@ -26,7 +26,7 @@ use profiler_common::{
 use crate::{
     maps::count,
     record::{emit, emit_alloc},
-    site::{CallSite, site},
+    stack_walk::{CallSite, site},
     thread::Thread,
 };
 

@@ -12,7 +12,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{leaks::LeakConfig, scope::Selection, tracker::TrackerConfig};
+use crate::{leaks::LeakConfig, scope::Scope, tracker::TrackerConfig};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
@@ -212,7 +212,7 @@ pub struct DaemonConfig {
     /// The allocator library to probe (`None`: heapwatch's own C library).
     pub libc: Option<PathBuf>,
     /// The processes traced.
-    pub scope: Selection,
+    pub scope: Scope,
 }
 
 impl DaemonConfig {
@@ -267,7 +267,7 @@ impl TryFrom<&Settings> for DaemonConfig {
             thread_slots: thread_slots(s.thread_slots.unwrap_or(DEFAULT_THREAD_SLOTS))
                 .map_err(|rule| value_error("thread_slots", rule))?,
             libc: s.libc.clone(),
-            scope: Selection::parse(s.scope.as_deref().unwrap_or_default())
+            scope: Scope::parse(s.scope.as_deref().unwrap_or_default())
                 .map_err(|e| value_error("scope", &e.to_string()))?,
         })
     }
@@ -611,12 +611,12 @@ mod tests {
     #[test]
     fn the_scope_is_every_process_unless_selectors_are_given() {
         let everything = DaemonConfig::try_from(&Settings::default()).expect("defaults");
-        assert_eq!(everything.scope, Selection::All);
+        assert_eq!(everything.scope, Scope::All);
         let text = "scope = [\"comm:nginx\", \"unit:db.service\"]\n";
         let file = Settings::from_toml(text, "test.toml").expect("parses");
         let config = DaemonConfig::try_from(&file).expect("valid");
-        let Selection::Only(selectors) = config.scope else {
-            panic!("not a selection: {:?}", config.scope);
+        let Scope::Only(selectors) = config.scope else {
+            panic!("not a list of selectors: {:?}", config.scope);
         };
         let shown: Vec<String> = selectors.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["comm:nginx", "unit:db.service"]);
@@ -627,7 +627,7 @@ mod tests {
         let merged = DaemonConfig::try_from(&file.overridden_by(&flags)).expect("valid");
         assert_eq!(
             merged.scope.to_owned(),
-            Selection::parse(&["pid:7".into()]).unwrap()
+            Scope::parse(&["pid:7".into()]).unwrap()
         );
     }
 }

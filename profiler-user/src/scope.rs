@@ -10,7 +10,7 @@ use crate::procinfo::unit_from_cgroup;
 
 /// The processes traced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Selection {
+pub enum Scope {
     /// Every process on the machine but heapwatch itself.
     #[default]
     All,
@@ -102,7 +102,7 @@ impl fmt::Display for Selector {
     }
 }
 
-impl Selection {
+impl Scope {
     /// Reads `--scope` values (or the config's `scope` list): none or `all`
     /// is every process; otherwise each names a selector.
     pub fn parse(values: &[String]) -> Result<Self, ScopeError> {
@@ -206,14 +206,14 @@ mod tests {
         }
     }
 
-    fn selection(values: &[&str]) -> Result<Selection, ScopeError> {
-        Selection::parse(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+    fn selection(values: &[&str]) -> Result<Scope, ScopeError> {
+        Scope::parse(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
     }
 
     #[test]
     fn all_is_the_default_and_stands_alone() {
-        assert_eq!(selection(&[]), Ok(Selection::All));
-        assert_eq!(selection(&["all"]), Ok(Selection::All));
+        assert_eq!(selection(&[]), Ok(Scope::All));
+        assert_eq!(selection(&["all"]), Ok(Scope::All));
         assert_eq!(
             selection(&["all", "pid:1"]),
             Err(ScopeError::AllWithSelectors)

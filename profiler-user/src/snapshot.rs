@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::{
     api::{ProcessListEntry, Request, call},
     config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
-    probes::{ProbeConfig, ProbeError, Probes, Scope, libc_in_maps},
+    probes::{ProbeConfig, ProbeError, Probes, Targets, libc_in_maps},
     procinfo::{is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteSelection, draft_of},
     session::{Retention, Session},
@@ -148,7 +148,7 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
     let libc = allocator_of(pid.get())?;
     let mut probes = Probes::attach(&ProbeConfig {
         libc: Some(libc),
-        scope: Scope::Process {
+        targets: Targets::Process {
             pid,
             follow_forks: false,
         },

@@ -34,9 +34,9 @@ pub use state::{DaemonState, KernelCounts};
 use crate::{
     config::{ConfigSource, DaemonConfig, LoadError},
     metrics::{Metrics, http},
-    probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Scope},
+    probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Targets},
     procinfo::{ProcessLabels, monotonic_ns},
-    scope::Selection,
+    scope::Scope,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
 };
 
@@ -106,8 +106,8 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     });
     let probes = Arc::new(Mutex::new(probes));
     let (changes, keeper_thread) = match &config.scope {
-        Selection::All => (None, None),
-        Selection::Only(_) => {
+        Scope::All => (None, None),
+        Scope::Only(_) => {
             let (sender, receiver) = mpsc::channel();
             let mut keeper = scope_keeper::ScopeKeeper::new(
                 config.scope.clone(),
@@ -161,9 +161,9 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
 fn probe_config(config: &DaemonConfig) -> ProbeConfig {
     ProbeConfig {
         libc: config.libc.clone(),
-        scope: match config.scope {
-            Selection::All => Scope::AllProcesses,
-            Selection::Only(_) => Scope::Selected,
+        targets: match config.scope {
+            Scope::All => Targets::AllProcesses,
+            Scope::Only(_) => Targets::Selected,
         },
         ring_bytes: config.ring_kib * 1024,
         stack_sample: config.stack_sample,
@@ -173,8 +173,8 @@ fn probe_config(config: &DaemonConfig) -> ProbeConfig {
 
 fn print_check(probes: &Probes, config: &DaemonConfig) {
     match &config.scope {
-        Selection::All => println!("heapwatch daemon --check: every probe loaded and attached"),
-        Selection::Only(selectors) => {
+        Scope::All => println!("heapwatch daemon --check: every probe loaded and attached"),
+        Scope::Only(selectors) => {
             let scope: Vec<String> = selectors.iter().map(ToString::to_string).collect();
             println!(
                 "heapwatch daemon --check: every probe loaded; attached to each process the scope selects ({})",
@@ -255,10 +255,10 @@ async fn serve(
         .libc()
         .to_owned();
     match &config.scope {
-        Selection::All => {
+        Scope::All => {
             tracing::info!(listen = %config.listen, libc = %libc.display(), "tracing every process");
         }
-        Selection::Only(selectors) => {
+        Scope::Only(selectors) => {
             let scope: Vec<String> = selectors.iter().map(ToString::to_string).collect();
             tracing::info!(listen = %config.listen, libc = %libc.display(), scope = %scope.join(" "), "tracing the selected processes");
         }

@@ -14,7 +14,7 @@ use super::DaemonState;
 use crate::{
     events::HeapEvent,
     probes::{Probes, ProcessProbes},
-    scope::{ProcessFacts, Selection},
+    scope::{ProcessFacts, Scope},
 };
 
 /// A process whose image appeared, changed or ended.
@@ -40,28 +40,24 @@ impl Change {
 
 /// Attaches and lets go of the selected processes' probes.
 pub struct ScopeKeeper {
-    selection: Selection,
+    scope: Scope,
     probes: Arc<Mutex<Probes>>,
     state: Arc<Mutex<DaemonState>>,
     attached: HashMap<u32, ProcessProbes>,
 }
 
 impl ScopeKeeper {
-    /// A keeper of `selection` (not [`Selection::All`]).
-    pub fn new(
-        selection: Selection,
-        probes: Arc<Mutex<Probes>>,
-        state: Arc<Mutex<DaemonState>>,
-    ) -> Self {
+    /// A keeper of `scope` (not [`Scope::All`]).
+    pub fn new(scope: Scope, probes: Arc<Mutex<Probes>>, state: Arc<Mutex<DaemonState>>) -> Self {
         Self {
-            selection,
+            scope,
             probes,
             state,
             attached: HashMap::new(),
         }
     }
 
-    /// Probes every running process the selection picks.
+    /// Probes every running process the scope selects.
     pub fn attach_running(&mut self) {
         let pids: Vec<u32> = fs::read_dir("/proc")
             .into_iter()
@@ -84,14 +80,14 @@ impl ScopeKeeper {
         }
     }
 
-    /// Probes `pid` if the selection picks it, lets it go if it no longer
+    /// Probes `pid` if the scope selects it, lets it go if it no longer
     /// does. `seen` when the kernel already reported it (its heap state may
     /// exist and must go with it).
     fn consider(&mut self, pid: u32, seen: bool) {
         if pid == std::process::id() {
             return;
         }
-        let picked = ProcessFacts::read(pid).is_some_and(|facts| self.selection.selects(&facts));
+        let picked = ProcessFacts::read(pid).is_some_and(|facts| self.scope.selects(&facts));
         match (picked, self.attached.contains_key(&pid)) {
             (true, false) => self.attach(pid),
             (false, true) => self.let_go(pid, true),

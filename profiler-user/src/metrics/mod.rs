@@ -647,6 +647,7 @@ mod tests {
                 include_str!("../../../deploy/prometheus-rules.yml"),
             ),
             ("README.md", include_str!("../../../README.md")),
+            ("docs/metrics.md", include_str!("../../../docs/metrics.md")),
         ] {
             let names = names_in(text);
             assert!(!names.is_empty(), "{file} names no metric");

@@ -37,7 +37,7 @@ pub use tracefs::field_offset;
 
 /// Where the probes fire.
 #[derive(Clone, Copy, Debug)]
-pub enum Scope {
+pub enum Targets {
     /// Every process on the machine but heapwatch itself.
     AllProcesses,
     /// One process; with `follow_forks`, the processes it forks too.
@@ -59,7 +59,7 @@ pub struct ProbeConfig {
     /// The C library to probe; `None` finds the one heapwatch itself maps.
     pub libc: Option<PathBuf>,
     /// Which processes are traced.
-    pub scope: Scope,
+    pub targets: Targets,
     /// Ring-buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
     /// Capture the full stack of one allocation in this many (1: every one).
@@ -285,7 +285,7 @@ impl Probes {
             .collect();
         probes.plan_allocator()?;
         probes.plan_cxx_new()?;
-        if let Some(scope) = uprobe_scope(config.scope) {
+        if let Some(scope) = uprobe_scope(config.targets) {
             probes.attach_planned(scope)?;
         }
         Ok(probes)
@@ -295,7 +295,7 @@ impl Probes {
     pub fn attach_floor(config: &ProbeConfig, at_entry: bool) -> Result<Self, ProbeError> {
         let mut probes = Self::load(config, Programs::Floor { at_entry })?;
         probes.plan_allocator()?;
-        let scope = uprobe_scope(config.scope).unwrap_or(UProbeScope::AllProcesses);
+        let scope = uprobe_scope(config.targets).unwrap_or(UProbeScope::AllProcesses);
         probes.attach_planned(scope)?;
         Ok(probes)
     }
@@ -305,7 +305,7 @@ impl Probes {
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
         let libc = resolve_libc(config.libc.as_deref())?;
         let mut ebpf = load_object(config)?;
-        if let Scope::Process { pid, .. } = config.scope {
+        if let Targets::Process { pid, .. } = config.targets {
             add_target(&mut ebpf, pid.get())?;
         }
         Ok(Self {
@@ -579,16 +579,16 @@ fn resolve_libc(requested: Option<&Path>) -> Result<PathBuf, ProbeError> {
 
 fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
     let offsets = TracepointOffsets::read()?;
-    let (mode, follow, every_lifecycle) = match config.scope {
-        Scope::AllProcesses => (filter_mode::ALL, 0u32, 0u32),
-        Scope::Process { follow_forks, .. } => (filter_mode::TARGETS, u32::from(follow_forks), 0),
-        Scope::Selected => (filter_mode::TARGETS, 1, 1),
+    let (mode, follow, every_lifecycle) = match config.targets {
+        Targets::AllProcesses => (filter_mode::ALL, 0u32, 0u32),
+        Targets::Process { follow_forks, .. } => (filter_mode::TARGETS, u32::from(follow_forks), 0),
+        Targets::Selected => (filter_mode::TARGETS, 1, 1),
     };
     // Probes attached to one process fire in no other: no filter to check.
     let probes_scoped = u32::from(matches!(
-        config.scope,
-        Scope::Selected
-            | Scope::Process {
+        config.targets,
+        Targets::Selected
+            | Targets::Process {
                 follow_forks: false,
                 ..
             }
@@ -744,13 +744,13 @@ fn map_error(name: &'static str, source: aya::maps::MapError) -> ProbeError {
 }
 
 /// Where probes attached at load fire; `None`: none attach at load.
-fn uprobe_scope(scope: Scope) -> Option<UProbeScope> {
-    match scope {
-        Scope::AllProcesses
-        | Scope::Process {
+fn uprobe_scope(targets: Targets) -> Option<UProbeScope> {
+    match targets {
+        Targets::AllProcesses
+        | Targets::Process {
             follow_forks: true, ..
         } => Some(UProbeScope::AllProcesses),
-        Scope::Process { pid, .. } => Some(UProbeScope::OneProcess(pid)),
-        Scope::Selected => None,
+        Targets::Process { pid, .. } => Some(UProbeScope::OneProcess(pid)),
+        Targets::Selected => None,
     }
 }

@@ -1,4 +1,4 @@
-//! Probes attached to one process alone (`Scope::Selected`): the kernel
+//! Probes attached to one process alone (`Targets::Selected`): the kernel
 //! inserts their breakpoints into that process only.
 
 use std::num::NonZeroU32;

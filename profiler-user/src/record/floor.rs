@@ -7,7 +7,7 @@ use std::{io, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use super::{RecordError, child::HeldChild, command::resolve_command};
 use crate::{
-    probes::{ProbeConfig, Probes, Scope},
+    probes::{ProbeConfig, Probes, Targets},
     report::CommandStatus,
     signals::delegate_signals,
 };
@@ -42,7 +42,7 @@ pub fn floor(args: &FloorOptions) -> Result<CommandStatus, RecordError> {
     let probes = Probes::attach_floor(
         &ProbeConfig {
             libc: args.libc.clone(),
-            scope: Scope::Process {
+            targets: Targets::Process {
                 pid,
                 follow_forks: false,
             },

@@ -15,7 +15,7 @@ pub use command::{CommandError, resolve_command};
 pub use floor::{FloorOptions, floor};
 
 use crate::{
-    probes::{EventReader, ProbeConfig, ProbeError, Probes, Scope},
+    probes::{EventReader, ProbeConfig, ProbeError, Probes, Targets},
     report::{CommandStatus, ProcessReport, RecordReport, SiteSelection, draft_of},
     session::{Retention, Session},
     signals::delegate_signals,
@@ -109,7 +109,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         .ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
     let mut probes = Probes::attach(&ProbeConfig {
         libc: options.libc.clone(),
-        scope: Scope::Process {
+        targets: Targets::Process {
             pid,
             follow_forks: options.follow_forks,
         },
