@@ -68,8 +68,9 @@ pub struct AllocEvent {
     /// Requested size in bytes.
     pub size: u64,
     /// Hash of the allocation's user stack (its site), sent once as a [`StackEvent`].
-    /// (No time: `bpf_ktime_get_ns` costs 50 ns a call here; the reader
-    /// stamps records as it reads them, far finer than a block's age needs.)
+    /// (No time: `bpf_ktime_get_ns` is a helper call in every allocation;
+    /// the reader stamps records as it reads them, far finer than a block's
+    /// age needs.)
     pub stack: u64,
 }
 const _: () = assert!(size_of::<AllocEvent>() == 40);

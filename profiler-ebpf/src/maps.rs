@@ -56,9 +56,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Each thread's allocator state, in the slot its key picks (see `thread`),
 /// held by one live thread at a time: an array lookup the verifier inlines,
-/// where a task-storage lookup costs 30 to 40 ns here (three a malloc+free
-/// pair). The slot keeps the thread's ids too: reading them there spares a
-/// helper call of about 12 ns in each probe.
+/// where a task-storage lookup is a helper call (three a malloc+free pair).
+/// The slot keeps the thread's ids too: reading them there spares a helper
+/// call in each probe.
 #[map]
 pub static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(THREAD_SLOTS_LEN, 0);
 
@@ -73,9 +73,9 @@ pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
 /// Hashes of the user stacks sent to userspace, each in one of its two
 /// slots (`profiler_common::known_stack_slots`); userspace clears those no
-/// process uses any more. An array lookup is inlined by the verifier: the
-/// LRU hash map this replaced cost 50 ns a lookup here. A stack pushed out
-/// by others sharing its slots is only sent again.
+/// process uses any more. An array lookup is inlined by the verifier, where
+/// a hash map's is a helper call. A stack pushed out by others sharing its
+/// slots is only sent again.
 #[map]
 pub static KNOWN_STACKS: Array<u64> = Array::with_max_entries(KNOWN_STACK_SLOTS, 0);
 

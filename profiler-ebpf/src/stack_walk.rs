@@ -1,7 +1,8 @@
 //! Allocation sites: the user stack, walked by frame pointers and hashed.
 //! An allocation carries only the hash; a stack is sent to userspace the
-//! first time it is seen. Cheaper than `bpf_get_stackid` (about 1.2 µs a
-//! call here) and free of its map's bucket collisions.
+//! first time it is seen. Cheaper than `bpf_get_stackid` (which costs more
+//! than a whole malloc+free pair's probes) and free of its map's bucket
+//! collisions.
 
 use core::{ffi::c_void, mem::MaybeUninit, ptr};
 
@@ -32,7 +33,7 @@ pub struct CallSite {
 
 impl CallSite {
     /// At a function's entry: the return address is at the stack pointer
-    /// (one user read, which costs 90 to 150 ns here).
+    /// (one user read, the dearest thing a pair's programs do).
     #[inline(always)]
     pub fn at_entry(regs: *const pt_regs) -> Self {
         // SAFETY: `regs` points at the probe's saved registers for this run.
@@ -170,7 +171,7 @@ fn walk(
 /// through copies of the stack a window at a time. A function of its own
 /// (a BPF subprogram), so that the window takes stack only in walks that
 /// go this far: a program with 64 bytes of stack or more runs on a
-/// private stack, where each user read costs about 45 ns more.
+/// private stack, where each user read pays hardened usercopy's checks.
 #[inline(never)]
 fn walk_on(
     mut fp: u64,
@@ -214,9 +215,9 @@ fn unbounded(value: u64) -> u64 {
     value ^ unsafe { ptr::read_volatile(&raw const WALK_ZERO) }
 }
 
-/// Words of user stack the walk copies at once. A user read costs about
-/// 100 ns here, and 30 more for this size; frames are mostly small, so one
-/// read serves several.
+/// Words of user stack the walk copies at once. A user read's fixed cost is
+/// several times what this size adds; frames are mostly small, so one read
+/// serves several.
 const WINDOW_WORDS: usize = 32;
 
 /// A copy of the user stack from `base`, `len` bytes: the walk reads frames

@@ -36,9 +36,8 @@ fn main() {
 
 /// Makes mimalloc commit its arenas' memory as it is used, not all at once:
 /// memory it purges then leaves the resident set. Eagerly committed (its
-/// default on Linux), what it freed stayed resident here, the tables the
-/// tracker outgrew among it: the daemon grew by 53–61 bytes a live block at
-/// 1,000,000 blocks, against 39–40 committed on use, where the tables take 36.
+/// default on Linux), what it freed stayed resident, the tables the tracker
+/// outgrew among it (docs/measurements.md has the memory per live block).
 extern "C" fn commit_memory_on_use() {
     // SAFETY: sets an option's value; no allocation has been made yet.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };

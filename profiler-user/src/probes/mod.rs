@@ -536,7 +536,7 @@ impl Probes {
 
 impl Drop for Probes {
     /// Detaches return probes, then entry probes. (Each detach waits for the
-    /// kernel's tracepoint grace period, about 100 ms here, one at a time.)
+    /// kernel's tracepoint grace period, one at a time.)
     fn drop(&mut self) {
         if let Ok(program) = uprobe(&mut self.ebpf, self.programs.on_return()) {
             for link in self.return_links.drain(..) {

@@ -8,8 +8,8 @@ use aya::programs::uprobe::{UProbeLink, UProbeScope};
 use super::{CXX_NEW_PROGRAM, ProbeError, Probes, add_target, map_error, tgid_map, uprobe};
 
 /// One process's probes. Dropping them detaches them, return probes first;
-/// each detach waits for the kernel's grace period (about 100 ms here), so
-/// drop them off any thread that must stay quick.
+/// each detach waits for the kernel's grace period, so drop them off any
+/// thread that must stay quick.
 pub struct ProcessProbes {
     // Declared first: dropped first.
     returns: Vec<UProbeLink>,

@@ -2,7 +2,8 @@
 //! breakpoint) goes. A uprobe on an instruction the kernel
 //! emulates (push, nop, a relative branch or call) costs one trap; on any
 //! other it is single-stepped out of line, a second trap (glibc's free+0,
-//! `test %rdi,%rdi`: about 10 µs a call here, against 0.75 µs at free+9).
+//! `test %rdi,%rdi`, costs an order of magnitude more than free+9; the
+//! figures are in docs/measurements.md).
 //! The probe moves to the first emulated instruction when every instruction
 //! before it leaves the argument registers and the stack pointer alone and
 //! leads nowhere that needs accounting: only `endbr64`, a `test`/`cmp`, and —

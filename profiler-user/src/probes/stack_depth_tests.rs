@@ -2,8 +2,8 @@
 //! the eBPF object. From 64 bytes of stack, the kernel (6.13 and later)
 //! runs a program on a per-CPU private stack; every `bpf_probe_read_user`
 //! into it then goes through hardened usercopy's checks of a heap object
-//! (`is_vmalloc_addr`, `virt_addr_valid`): about 40 ns a read here, where
-//! the task's own stack passes at once.
+//! (`is_vmalloc_addr`, `virt_addr_valid`) on every read, where the task's
+//! own stack passes at once.
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
