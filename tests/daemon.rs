@@ -16,7 +16,7 @@ use std::{
 use support::{
     BpfBaseline, Workload, config_file,
     daemon::{Daemon, Metrics},
-    fixture, have_root, heapwatch,
+    fixture, heapwatch,
     process::churn_pairs,
 };
 
@@ -24,10 +24,8 @@ use support::{
 const FAST: [&str; 6] = ["--tick", "1s", "--window", "6s", "--min-age", "3s"];
 
 #[test]
+#[ignore = "needs root"]
 fn live_bytes_and_leak_suspects_of_real_workloads() {
-    if !have_root("live_bytes_and_leak_suspects_of_real_workloads") {
-        return;
-    }
     let workload = fixture("workload");
     let baseline = BpfBaseline::take();
     let config = config_file("");
@@ -119,10 +117,8 @@ fn live_bytes_and_leak_suspects_of_real_workloads() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn per_process_series_are_bounded() {
-    if !have_root("per_process_series_are_bounded") {
-        return;
-    }
     let workload = fixture("workload");
     let config = config_file("");
     let mut daemon = Daemon::start(&config, &[&FAST[..], &["--top", "1"]].concat());
@@ -156,10 +152,8 @@ fn per_process_series_are_bounded() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one() {
-    if !have_root("sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let config = config_file("tick = \"1s\"\nwindow = \"6s\"\n");
     let mut daemon = Daemon::start(&config, &[]);
@@ -185,10 +179,8 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_and_sigkill_leave_nothing_attached() {
-    if !have_root("sigint_and_sigkill_leave_nothing_attached") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let config = config_file("");
     let mut daemon = Daemon::start(&config, &[]);
@@ -204,10 +196,8 @@ fn sigint_and_sigkill_leave_nothing_attached() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_reports_every_probe() {
-    if !have_root("check_reports_every_probe") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let config = config_file("");
     let output = heapwatch()
@@ -234,10 +224,8 @@ fn check_reports_every_probe() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_configuration_is_refused_with_the_key_named() {
-    if !have_root("bad_configuration_is_refused_with_the_key_named") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     for (file, flags, expected) in [
         ("tikc = \"1s\"\n", vec![], "tikc"),
@@ -272,10 +260,8 @@ fn bad_configuration_is_refused_with_the_key_named() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_threads_churning_lose_no_event() {
-    if !have_root("two_threads_churning_lose_no_event") {
-        return;
-    }
     let churn = fixture("churn");
     let config = config_file("");
     let mut daemon = Daemon::start(&config, &["--tick", "1s"]);
@@ -300,10 +286,8 @@ fn two_threads_churning_lose_no_event() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers() {
-    if !have_root("an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers") {
-        return;
-    }
     let socket = support::tempfile_path("api.sock");
     let socket_arg = socket.to_str().expect("utf-8 path");
     // 64 KiB of ring buffer: two threads churning flat out overflow it
@@ -377,10 +361,8 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_watchdog_is_petted_and_stopping_is_announced() {
-    if !have_root("the_watchdog_is_petted_and_stopping_is_announced") {
-        return;
-    }
     let config = config_file("");
     let mut daemon = Daemon::start_with_env(&config, &[], &[("WATCHDOG_USEC", "400000")]);
     let started = Instant::now();
@@ -415,10 +397,8 @@ fn known_stacks() -> usize {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_stacks_of_processes_gone_are_forgotten() {
-    if !have_root("the_stacks_of_processes_gone_are_forgotten") {
-        return;
-    }
     let config = config_file("");
     let mut daemon = Daemon::start(&config, &FAST);
     let many_sites = fixture("many_sites");

@@ -18,7 +18,7 @@ use std::{
 use support::{
     BpfBaseline, KillOnDrop, Workload, config_file,
     daemon::{Daemon, Metrics},
-    fixture, have_root,
+    fixture,
     process::{
         Gated, INT3, eventually, first_byte_of_malloc, is_running, snapshot_json, status_kib,
         workload_named,
@@ -49,10 +49,8 @@ fn assert_constant_exactly(m: &Metrics, pid: u32) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched() {
-    if !have_root("a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let daemon = Daemon::start(&config_file(""), &[]);
     let churn = Command::new(fixture("churn"))
@@ -85,10 +83,8 @@ fn a_daemon_killed_with_sigkill_leaves_its_processes_running_untouched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_restarted_daemon_counts_frees_of_blocks_it_never_saw_as_unmatched() {
-    if !have_root("a_restarted_daemon_counts_frees_of_blocks_it_never_saw_as_unmatched") {
-        return;
-    }
     let config = config_file("");
     let socket = tempfile_path("api.sock");
     let socket_arg = socket.to_str().expect("utf-8 path");
@@ -137,10 +133,8 @@ fn constant_at_pid(binary: &std::path::Path, pid: u32) -> Workload {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_reused_pid_starts_with_nothing_of_the_process_before_it() {
-    if !have_root("a_reused_pid_starts_with_nothing_of_the_process_before_it") {
-        return;
-    }
     let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
     let old = Workload::start(&workload_named("hw_old"), "constant");
     let pid = old.pid();
@@ -166,10 +160,8 @@ fn a_reused_pid_starts_with_nothing_of_the_process_before_it() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_process_exec_ing_while_its_threads_allocate_starts_afresh() {
-    if !have_root("a_process_exec_ing_while_its_threads_allocate_starts_afresh") {
-        return;
-    }
     let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
     let busy = Workload::spawn(&fixture("workload"), "exec_busy");
     let pid = busy.pid();
@@ -186,10 +178,8 @@ fn a_process_exec_ing_while_its_threads_allocate_starts_afresh() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn processes_killed_inside_the_allocator_leave_no_state_behind() {
-    if !have_root("processes_killed_inside_the_allocator_leave_no_state_behind") {
-        return;
-    }
     let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
     let before = daemon.scrape();
     // Two threads churning under the probes spend most of their time in the
@@ -224,10 +214,8 @@ fn processes_killed_inside_the_allocator_leave_no_state_behind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn past_the_caps_blocks_are_refused_counted_and_cost_no_memory() {
-    if !have_root("past_the_caps_blocks_are_refused_counted_and_cost_no_memory") {
-        return;
-    }
     let mut daemon = Daemon::start(
         &config_file(""),
         &[
@@ -297,10 +285,8 @@ fn attached_by(pid: u32) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid() {
-    if !have_root("a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid") {
-        return;
-    }
     let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
     let workload = fixture("workload");
     let mut doomed = Gated::spawn(&workload, "doomed");

@@ -13,7 +13,7 @@ use std::{fs, process::Command, time::Duration};
 use support::{
     BpfBaseline, KillOnDrop, Workload, config_file,
     daemon::{Daemon, http_get},
-    fixture, have_root,
+    fixture,
     process::{snapshot_json, workload_named},
     tempfile_path,
     user::TestUser,
@@ -94,10 +94,8 @@ fn effective_capabilities(pid: u32) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_daemon_runs_with_only_the_units_capabilities() {
-    if !have_root("the_daemon_runs_with_only_the_units_capabilities") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let socket = tempfile_path("api.sock");
     let mut granted = unit_capabilities();
@@ -140,10 +138,8 @@ fn the_daemon_runs_with_only_the_units_capabilities() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn without_a_needed_capability_the_daemon_names_it() {
-    if !have_root("without_a_needed_capability_the_daemon_names_it") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let config = config_file("");
     for missing in unit_capabilities() {
@@ -182,10 +178,8 @@ fn listens_on(ip: [u8; 4], port: u16) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn metrics_listen_on_loopback_by_default() {
-    if !have_root("metrics_listen_on_loopback_by_default") {
-        return;
-    }
     let mut daemon = Daemon::start_default_listen(&config_file(""), &[]);
     assert!(listens_on([127, 0, 0, 1], 9465), "not on 127.0.0.1:9465");
     assert!(!listens_on([0, 0, 0, 0], 9465), "on every address");
@@ -194,10 +188,8 @@ fn metrics_listen_on_loopback_by_default() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn process_names_are_escaped_in_label_values() {
-    if !have_root("process_names_are_escaped_in_label_values") {
-        return;
-    }
     let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s", "--top", "1000"]);
     // A command name of quotes, a backslash and a newline (15 bytes at most).
     let odd = workload_named("a\"b\\c\nd}e{");

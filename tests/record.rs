@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    BpfBaseline, KillOnDrop, Summary, fixture, functions, have_root, heapwatch, record,
-    sampled_functions, valgrind,
+    BpfBaseline, KillOnDrop, Summary, fixture, functions, heapwatch, record, sampled_functions,
+    valgrind,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -49,10 +49,8 @@ fn site_holding(process: &Value, bytes: u64) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn c_leak_matches_valgrind_and_names_the_leaking_function() {
-    if !have_root("c_leak_matches_valgrind_and_names_the_leaking_function") {
-        return;
-    }
     let leak = fixture("leak");
     let recorded = assert_matches_valgrind(&[], &[leak.to_str().expect("utf-8 path")]);
     let site = site_holding(&recorded.processes()[0], 400_000_000);
@@ -73,10 +71,8 @@ fn c_leak_matches_valgrind_and_names_the_leaking_function() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_deep_stack_is_walked_whole() {
-    if !have_root("a_deep_stack_is_walked_whole") {
-        return;
-    }
     let program = fixture("deep_stack");
     let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
     let site = site_holding(&recorded.processes()[0], 4242);
@@ -87,10 +83,8 @@ fn a_deep_stack_is_walked_whole() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sampled_stacks_keep_the_byte_counts_of_valgrind() {
-    if !have_root("sampled_stacks_keep_the_byte_counts_of_valgrind") {
-        return;
-    }
     let leak = fixture("leak");
     let command = [leak.to_str().expect("utf-8 path")];
     let theirs = valgrind(&command);
@@ -133,10 +127,8 @@ fn sampled_stacks_keep_the_byte_counts_of_valgrind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_call_sites_first_allocation_keeps_its_full_stack_when_sampled() {
-    if !have_root("a_call_sites_first_allocation_keeps_its_full_stack_when_sampled") {
-        return;
-    }
     let program = fixture("late_site");
     let recorded = assert_matches_valgrind(
         &["--stack-sample", "1000000"],
@@ -175,10 +167,8 @@ fn a_call_sites_first_allocation_keeps_its_full_stack_when_sampled() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rust_boxes_dropped_each_time_match_valgrind() {
-    if !have_root("rust_boxes_dropped_each_time_match_valgrind") {
-        return;
-    }
     let program = fixture("rust_drop");
     let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
     let summary = recorded.summaries()[0];
@@ -191,10 +181,8 @@ fn rust_boxes_dropped_each_time_match_valgrind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn cpp_new_and_delete_match_valgrind() {
-    if !have_root("cpp_new_and_delete_match_valgrind") {
-        return;
-    }
     let program = fixture("cpp_new");
     let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
     let sites = live_sites(&recorded.processes()[0]);
@@ -211,19 +199,15 @@ fn cpp_new_and_delete_match_valgrind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn every_malloc_family_function_matches_valgrind() {
-    if !have_root("every_malloc_family_function_matches_valgrind") {
-        return;
-    }
     let program = fixture("malloc_family");
     assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn failed_reallocs_and_pvalloc_match_the_programs_own_count() {
-    if !have_root("failed_reallocs_and_pvalloc_match_the_programs_own_count") {
-        return;
-    }
     let program = fixture("malloc_edge");
     let recorded = record(&[], &[program.to_str().expect("utf-8 path")]);
     recorded.assert_exact();
@@ -250,10 +234,8 @@ fn failed_reallocs_and_pvalloc_match_the_programs_own_count() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn blocks_freed_by_other_threads_match_valgrind() {
-    if !have_root("blocks_freed_by_other_threads_match_valgrind") {
-        return;
-    }
     let program = fixture("threads");
     let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
     assert!(recorded.summaries()[0].frees >= 40_000);
@@ -273,10 +255,8 @@ fn assert_exact_though_threads_exited(recorded: &support::Recorded) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn threads_exiting_while_others_allocate_match_valgrind() {
-    if !have_root("threads_exiting_while_others_allocate_match_valgrind") {
-        return;
-    }
     let program = fixture("thread_storm");
     let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
     assert!(recorded.summaries()[0].allocs >= 20 * 16 * 501);
@@ -284,10 +264,8 @@ fn threads_exiting_while_others_allocate_match_valgrind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn threads_sharing_a_state_slot_match_valgrind() {
-    if !have_root("threads_sharing_a_state_slot_match_valgrind") {
-        return;
-    }
     let program = fixture("slot_collision");
     let recorded = assert_matches_valgrind(
         &["--thread-slots", "1"],
@@ -304,10 +282,8 @@ fn threads_sharing_a_state_slot_match_valgrind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_forked_child_that_leaks_matches_valgrind_per_process() {
-    if !have_root("a_forked_child_that_leaks_matches_valgrind_per_process") {
-        return;
-    }
     let program = fixture("fork_leak");
     let recorded = assert_matches_valgrind(
         &["--follow-forks"],
@@ -324,10 +300,8 @@ fn a_forked_child_that_leaks_matches_valgrind_per_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn without_follow_forks_only_the_command_is_traced() {
-    if !have_root("without_follow_forks_only_the_command_is_traced") {
-        return;
-    }
     let program = fixture("fork_leak");
     let recorded = record(&[], &[program.to_str().expect("utf-8 path")]);
     let summaries = recorded.summaries();
@@ -336,10 +310,8 @@ fn without_follow_forks_only_the_command_is_traced() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn coreutils_match_valgrind() {
-    if !have_root("coreutils_match_valgrind") {
-        return;
-    }
     let input = support::tempfile_path("lines.txt");
     std::fs::write(&input, "pear\napple\nfig\napple\n").expect("write the input file");
     let input = input.to_str().expect("utf-8 path");
@@ -357,10 +329,8 @@ fn coreutils_match_valgrind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn exit_status_is_the_commands() {
-    if !have_root("exit_status_is_the_commands") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let status = heapwatch()
         .args(["record", "--", "sh", "-c", "exit 3"])
@@ -372,10 +342,8 @@ fn exit_status_is_the_commands() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_command_that_allocates_nothing_still_gets_its_summary() {
-    if !have_root("a_command_that_allocates_nothing_still_gets_its_summary") {
-        return;
-    }
     let recorded = assert_matches_valgrind(&[], &["true"]);
     assert_eq!(recorded.summaries()[0].allocs, 0);
     assert!(
@@ -386,10 +354,8 @@ fn a_command_that_allocates_nothing_still_gets_its_summary() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_crashing_or_killed_command_leaves_nothing_attached() {
-    if !have_root("a_crashing_or_killed_command_leaves_nothing_attached") {
-        return;
-    }
     let crash = fixture("crash");
     let crash = crash.to_str().expect("utf-8 path");
     let aborted = record(&[], &[crash]);
@@ -406,10 +372,8 @@ fn a_crashing_or_killed_command_leaves_nothing_attached() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn heapwatch_killed_mid_recording_leaves_nothing_attached() {
-    if !have_root("heapwatch_killed_mid_recording_leaves_nothing_attached") {
-        return;
-    }
     let crash = fixture("crash");
     let baseline = BpfBaseline::take();
     let recorder = heapwatch()
@@ -454,10 +418,8 @@ fn assert_refused(command: &mut Command, code: i32, messages: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_benchmark_floor_runs_a_command_and_leaves_nothing_attached() {
-    if !have_root("the_benchmark_floor_runs_a_command_and_leaves_nothing_attached") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let churn = fixture("churn");
     for flags in [&[][..], &["--at-entry"]] {
@@ -489,10 +451,8 @@ fn the_benchmark_floor_runs_a_command_and_leaves_nothing_attached() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_missing_command_is_a_clear_error() {
-    if !have_root("a_missing_command_is_a_clear_error") {
-        return;
-    }
     assert_refused(
         heapwatch().args(["record", "--", "no-such-command-heapwatch"]),
         127,
@@ -501,10 +461,8 @@ fn a_missing_command_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_missing_allocator_library_is_a_clear_error() {
-    if !have_root("a_missing_allocator_library_is_a_clear_error") {
-        return;
-    }
     assert_refused(
         heapwatch().args(["record", "--libc", "/no/such/libc.so.6", "--", "true"]),
         1,
@@ -513,10 +471,8 @@ fn a_missing_allocator_library_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_library_without_an_allocator_is_a_clear_error() {
-    if !have_root("a_library_without_an_allocator_is_a_clear_error") {
-        return;
-    }
     let not_libc = fixture("leak");
     assert_refused(
         heapwatch()
@@ -529,10 +485,8 @@ fn a_library_without_an_allocator_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_unprivileged_user_is_told_what_is_missing() {
-    if !have_root("an_unprivileged_user_is_told_what_is_missing") {
-        return;
-    }
     assert_refused(
         Command::new("setpriv")
             .args([
@@ -549,10 +503,8 @@ fn an_unprivileged_user_is_told_what_is_missing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_leak_as_pprof_and_flame_graph() {
-    if !have_root("the_leak_as_pprof_and_flame_graph") {
-        return;
-    }
     let leak = fixture("leak");
     let pprof_path = support::tempfile_path("leak.pb.gz");
     let svg_path = support::tempfile_path("leak.svg");

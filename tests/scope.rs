@@ -12,16 +12,13 @@ use std::{thread, time::Duration};
 use support::{
     BpfBaseline, config_file,
     daemon::Daemon,
-    have_root,
     process::{Gated, INT3, eventually, first_byte_of_malloc, snapshot_json, workload_named},
     tempfile_path,
 };
 
 #[test]
+#[ignore = "needs root"]
 fn only_selected_processes_get_breakpoints_and_they_are_traced_exactly() {
-    if !have_root("only_selected_processes_get_breakpoints_and_they_are_traced_exactly") {
-        return;
-    }
     let baseline = BpfBaseline::take();
     let chosen = workload_named("hw_chosen");
     let other = workload_named("hw_other");

@@ -33,21 +33,6 @@ const PROGRAM_NAMES: [&str; 14] = [
     "new_task",
 ];
 
-/// True when the test may load eBPF programs. Without root it prints why it
-/// skips, unless `cargo xtask test` asked for every test to run.
-pub fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("HEAPWATCH_REQUIRE_ROOT_TESTS").is_none(),
-        "{test} needs root, and cargo xtask test runs every test: run it as root"
-    );
-    eprintln!("skipping {test}: it loads eBPF programs and needs root (cargo xtask test runs it)");
-    false
-}
-
 /// The heapwatch binary under test.
 pub fn heapwatch() -> Command {
     Command::new(env!("CARGO_BIN_EXE_heapwatch"))

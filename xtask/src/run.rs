@@ -10,9 +10,6 @@ use anyhow::{Result, bail};
 
 use crate::{packages::is_root, toolchain::run};
 
-/// Environment variable that makes root-only tests fail instead of skipping.
-const REQUIRE_ROOT_TESTS: &str = "HEAPWATCH_REQUIRE_ROOT_TESTS";
-
 /// Builds the release binary (the eBPF object is built by its build script).
 pub fn build() -> Result<()> {
     run(Command::new(cargo()).args(["build", "--release", "--package", "profiler-user"]))
@@ -31,7 +28,7 @@ pub fn heapwatch(args: &[String]) -> Result<()> {
 }
 
 /// Builds every test first (nothing compiles while probes are attached), then
-/// runs them one at a time, root-only ones included.
+/// runs them one at a time, the `#[ignore = "needs root"]` ones included.
 pub fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask test` runs the eBPF tests, which need root: run it as root");
@@ -40,8 +37,7 @@ pub fn test(args: &[String]) -> Result<()> {
     let mut child = Command::new(cargo())
         .args(["test", "--release"])
         .args(args)
-        .args(["--", "--test-threads=1"])
-        .env(REQUIRE_ROOT_TESTS, "1")
+        .args(["--", "--include-ignored", "--test-threads=1"])
         .stdout(Stdio::piped())
         .spawn()?;
     let mut totals = TestTotals::default();
@@ -54,8 +50,8 @@ pub fn test(args: &[String]) -> Result<()> {
     }
     let status = child.wait()?;
     println!(
-        "cargo xtask test: {} passed, {} failed",
-        totals.passed, totals.failed
+        "cargo xtask test: {} passed, {} failed, {} ignored",
+        totals.passed, totals.failed, totals.ignored
     );
     if !status.success() {
         bail!("tests failed");
@@ -63,14 +59,23 @@ pub fn test(args: &[String]) -> Result<()> {
     if totals.passed == 0 {
         bail!("no test ran");
     }
+    // --include-ignored runs every test: one still reported ignored would
+    // let the run pass without it.
+    if totals.ignored > 0 {
+        bail!(
+            "{} tests were reported ignored despite --include-ignored",
+            totals.ignored
+        );
+    }
     Ok(())
 }
 
 /// Sums of cargo test's "test result:" lines.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct TestTotals {
     passed: u64,
     failed: u64,
+    ignored: u64,
 }
 
 impl TestTotals {
@@ -87,6 +92,7 @@ impl TestTotals {
             match label {
                 "passed" => self.passed += count,
                 "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
                 _ => {}
             }
         }
@@ -103,4 +109,30 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn totals_sum_the_result_lines_and_skip_the_rest() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "running 5 tests",
+            "test a_test ... ok",
+            "test result: ok. 3 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 1 passed; 4 failed; 0 ignored; 0 measured; 7 filtered out; finished in 2.50s",
+        ] {
+            totals.add(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 4,
+                failed: 4,
+                ignored: 2,
+            }
+        );
+    }
 }
