@@ -13,7 +13,7 @@ use std::{
 use super::DaemonState;
 use crate::{
     events::HeapEvent,
-    probes::{Probes, ProcessProbes},
+    probes::{AttachedProbes, Probes},
     scope::{ProcessFacts, Scope},
 };
 
@@ -43,7 +43,7 @@ pub struct ScopeKeeper {
     scope: Scope,
     probes: Arc<Mutex<Probes>>,
     state: Arc<Mutex<DaemonState>>,
-    attached: HashMap<u32, ProcessProbes>,
+    attached: HashMap<u32, AttachedProbes>,
 }
 
 impl ScopeKeeper {

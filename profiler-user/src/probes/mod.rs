@@ -3,7 +3,7 @@
 
 mod caps;
 mod libc;
-mod per_process;
+mod links;
 mod placement;
 mod reader;
 mod symbols;
@@ -30,7 +30,7 @@ use thiserror::Error;
 
 pub use caps::missing_capabilities;
 pub use libc::{libc_in_maps, library_in_ldconfig};
-pub use per_process::ProcessProbes;
+pub use links::AttachedProbes;
 pub use placement::{NullFirstArg, Placement, place};
 pub use reader::{Backlog, EventReader};
 pub use tracefs::field_offset;
@@ -254,10 +254,11 @@ pub enum ProbeError {
 /// The loaded and attached probes. Dropping them detaches everything,
 /// return probes first (an entry without its return is harmless; the reverse is not).
 pub struct Probes {
+    /// The allocator's probes attached at load (none with [`Targets::Selected`]);
+    /// declared first, so that they are detached before anything else goes.
+    links: AttachedProbes,
     ebpf: Ebpf,
     programs: Programs,
-    return_links: Vec<UProbeLinkId>,
-    entry_links: Vec<(&'static str, UProbeLinkId)>,
     libc: PathBuf,
     skipped: Vec<&'static str>,
     attached: Vec<String>,
@@ -286,7 +287,7 @@ impl Probes {
         probes.plan_allocator()?;
         probes.plan_cxx_new()?;
         if let Some(scope) = uprobe_scope(config.targets) {
-            probes.attach_planned(scope)?;
+            probes.links = probes.attach_planned(scope)?;
         }
         Ok(probes)
     }
@@ -296,7 +297,7 @@ impl Probes {
         let mut probes = Self::load(config, Programs::Floor { at_entry })?;
         probes.plan_allocator()?;
         let scope = uprobe_scope(config.targets).unwrap_or(UProbeScope::AllProcesses);
-        probes.attach_planned(scope)?;
+        probes.links = probes.attach_planned(scope)?;
         Ok(probes)
     }
 
@@ -311,8 +312,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             programs,
-            return_links: Vec::new(),
-            entry_links: Vec::new(),
+            links: AttachedProbes::default(),
             libc,
             skipped: Vec::new(),
             attached: Vec::new(),
@@ -482,28 +482,6 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches every planned probe with `scope`, tracked (detached on drop).
-    fn attach_planned(&mut self, scope: UProbeScope) -> Result<(), ProbeError> {
-        for planned in self.plan.clone() {
-            let function = planned.function;
-            if function.returns {
-                let program = self.programs.on_return();
-                let link = self.attach_one(program, function.name, planned.offset, None, scope)?;
-                self.return_links.push(link);
-            }
-            let program = self.programs.entry(function);
-            let link = self.attach_one(program, function.name, planned.offset, None, scope)?;
-            self.entry_links.push((program, link));
-        }
-        if let Some((runtime, symbols)) = self.cxx_new.clone() {
-            for symbol in symbols {
-                let link = self.attach_one(CXX_NEW_PROGRAM, symbol, 0, Some(&runtime), scope)?;
-                self.entry_links.push((CXX_NEW_PROGRAM, link));
-            }
-        }
-        Ok(())
-    }
-
     /// Attaches `program` at `function`+`offset` in `library` (default: the
     /// allocator library). The return probe sits with the entry probe: one
     /// breakpoint serves both, and the placement never moves past a change of
@@ -531,23 +509,6 @@ impl Probes {
                 library,
                 source: Box::new(source),
             })
-    }
-}
-
-impl Drop for Probes {
-    /// Detaches return probes, then entry probes. (Each detach waits for the
-    /// kernel's tracepoint grace period, one at a time.)
-    fn drop(&mut self) {
-        if let Ok(program) = uprobe(&mut self.ebpf, self.programs.on_return()) {
-            for link in self.return_links.drain(..) {
-                let _ = program.detach(link);
-            }
-        }
-        for (name, link) in self.entry_links.drain(..) {
-            if let Ok(program) = uprobe(&mut self.ebpf, name) {
-                let _ = program.detach(link);
-            }
-        }
     }
 }
 

@@ -3,9 +3,9 @@
 //! placements (or at every function's +0), so that `cargo xtask bench` can
 //! tell what the traps cost from what heapwatch adds on top.
 
-use std::{io, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use super::{RecordError, child::HeldChild, command::resolve_command};
+use super::{HeldCommand, RecordError};
 use crate::{
     probes::{ProbeConfig, Probes, Targets},
     report::CommandStatus,
@@ -30,15 +30,7 @@ pub struct FloorOptions {
 
 /// Runs the command under the floor's probes; returns its status.
 pub fn floor(args: &FloorOptions) -> Result<CommandStatus, RecordError> {
-    let name = args.command.first().cloned().unwrap_or_default();
-    let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;
-    let spawn_error = |source| RecordError::Spawn {
-        command: name.clone(),
-        source,
-    };
-    let mut child = HeldChild::spawn(&program, &args.command).map_err(spawn_error)?;
-    let pid = NonZeroU32::new(child.pid())
-        .ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
+    let (mut command, pid) = HeldCommand::spawn(&args.command)?;
     let probes = Probes::attach_floor(
         &ProbeConfig {
             libc: args.libc.clone(),
@@ -52,15 +44,12 @@ pub fn floor(args: &FloorOptions) -> Result<CommandStatus, RecordError> {
         },
         args.at_entry,
     )?;
-    child.release().map_err(spawn_error)?;
+    command.release()?;
     delegate_signals();
-    let trace_error = |source| RecordError::Trace {
-        command: name.clone(),
-        source,
-    };
     let status = loop {
-        child.forward_signals();
-        if let Some(status) = child.try_wait().map_err(trace_error)? {
+        command.child.forward_signals();
+        let ended = command.child.try_wait();
+        if let Some(status) = ended.map_err(|source| command.trace_error(source))? {
             break status;
         }
         std::thread::sleep(POLL_INTERVAL);

@@ -10,7 +10,7 @@ use std::{convert::Infallible, io, num::NonZeroU32, path::PathBuf};
 use profiler_common::Counter;
 use thiserror::Error;
 
-pub use child::HeldChild;
+use child::HeldChild;
 pub use command::{CommandError, resolve_command};
 pub use floor::{FloorOptions, floor};
 
@@ -98,15 +98,7 @@ impl Recording {
 /// Runs the command traced and reports its heap; the command's own signals
 /// and terminal stay its own.
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
-    let name = options.command.first().cloned().unwrap_or_default();
-    let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;
-    let spawn_error = |source| RecordError::Spawn {
-        command: name.clone(),
-        source,
-    };
-    let mut child = HeldChild::spawn(&program, &options.command).map_err(spawn_error)?;
-    let pid = NonZeroU32::new(child.pid())
-        .ok_or_else(|| spawn_error(io::Error::other("fork returned pid 0")))?;
+    let (mut command, pid) = HeldCommand::spawn(&options.command)?;
     let mut probes = Probes::attach(&ProbeConfig {
         libc: options.libc.clone(),
         targets: Targets::Process {
@@ -118,18 +110,15 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         thread_slots: options.thread_slots,
     })?;
     let mut reader = probes.reader()?;
-    child.release().map_err(spawn_error)?;
+    command.release()?;
     delegate_signals();
     let tracker = TrackerConfig {
         copy_on_fork: options.follow_forks,
         ..TrackerConfig::default()
     };
     let mut session = Session::new(tracker, Retention::KeepExited);
-    let status =
-        run(&mut session, &mut child, &mut reader).map_err(|source| RecordError::Trace {
-            command: name.clone(),
-            source,
-        })?;
+    let status = run(&mut session, &mut command.child, &mut reader)
+        .map_err(|source| command.trace_error(source))?;
     let counters = probes.counters()?;
     let report = RecordReport {
         command: options.command.clone(),
@@ -142,6 +131,48 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         malformed_records: session.figures().malformed_records,
     };
     Ok(Recording { report, probes })
+}
+
+/// The command's process, forked and held before exec, with its name for errors.
+struct HeldCommand {
+    name: String,
+    child: HeldChild,
+}
+
+impl HeldCommand {
+    /// Finds the command as a shell would and forks it, held before exec.
+    fn spawn(command: &[String]) -> Result<(Self, NonZeroU32), RecordError> {
+        let name = command.first().cloned().unwrap_or_default();
+        let program = resolve_command(&name, &std::env::var("PATH").unwrap_or_default())?;
+        let spawned = HeldChild::spawn(&program, command).and_then(|child| {
+            let pid = NonZeroU32::new(child.pid())
+                .ok_or_else(|| io::Error::other("fork returned pid 0"))?;
+            Ok((child, pid))
+        });
+        match spawned {
+            Ok((child, pid)) => Ok((Self { name, child }, pid)),
+            Err(source) => Err(RecordError::Spawn {
+                command: name,
+                source,
+            }),
+        }
+    }
+
+    /// Lets the command exec.
+    fn release(&mut self) -> Result<(), RecordError> {
+        self.child.release().map_err(|source| RecordError::Spawn {
+            command: self.name.clone(),
+            source,
+        })
+    }
+
+    /// An error met while the command ran.
+    fn trace_error(&self, source: io::Error) -> RecordError {
+        RecordError::Trace {
+            command: self.name.clone(),
+            source,
+        }
+    }
 }
 
 /// Drains events until the command has ended and every record is read.
