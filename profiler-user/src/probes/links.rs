@@ -20,26 +20,14 @@ pub struct AttachedProbes {
 
 impl Drop for AttachedProbes {
     /// Detaches return probes before entry probes: a return probe whose
-    /// entry probe is gone would meet returns without their entry.
+    /// entry probe is gone would meet returns without their entry. (The
+    /// kernel takes one perf event's detach at a time, under one lock, each
+    /// waiting for a grace period: detaching from several threads at once
+    /// gains nothing.)
     fn drop(&mut self) {
-        detach_together(std::mem::take(&mut self.returns));
-        detach_together(std::mem::take(&mut self.entries));
+        drop(std::mem::take(&mut self.returns));
+        drop(std::mem::take(&mut self.entries));
     }
-}
-
-/// Detaches `links` at once, a thread each: every detach waits for the
-/// kernel's grace period, and grace periods waited for together are shared,
-/// where one after another they add up.
-fn detach_together(links: Vec<UProbeLink>) {
-    std::thread::scope(|scope| {
-        for link in links {
-            // A thread that cannot start drops its closure, and the link
-            // with it, here: detached all the same.
-            let _ = std::thread::Builder::new()
-                .name("heapwatch-detach".to_owned())
-                .spawn_scoped(scope, move || drop(link));
-        }
-    });
 }
 
 impl Probes {
