@@ -182,6 +182,7 @@ fn print_check(probes: &Probes, config: &DaemonConfig) {
             );
         }
     }
+    println!("  ok      {}", probes.attachment());
     for line in probes.attached() {
         println!("  ok      {line}");
     }

@@ -8,6 +8,7 @@ mod placement;
 mod reader;
 mod symbols;
 mod tracefs;
+mod uprobe_multi;
 
 #[cfg(test)]
 mod stack_depth_tests;
@@ -34,6 +35,7 @@ pub use links::AttachedProbes;
 pub use placement::{NullFirstArg, Placement, place};
 pub use reader::{Backlog, EventReader};
 pub use tracefs::field_offset;
+use uprobe_multi::MultiPrograms;
 
 /// Where the probes fire.
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +146,21 @@ impl Programs {
     }
 }
 
+/// Set to `perf-event` to attach uprobes by perf events even where the
+/// kernel takes multi-uprobe links (tests use it to cover the fallback).
+pub const UPROBE_LINKS_ENV: &str = "HEAPWATCH_UPROBE_LINKS";
+
+/// heapwatch's eBPF object, built by the build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heapwatch"));
+
+/// How the allocator's uprobes are attached.
+enum Attachment {
+    /// By multi-uprobe links, one a program and file.
+    Multi(MultiPrograms),
+    /// By perf events, one a probe, aya's way; why multi-uprobe links are not used.
+    PerfEvents(String),
+}
+
 /// The C++ runtime, whose `operator new` call sites are remembered for the
 /// malloc inside (libstdc++ has no frame pointers to walk through).
 const CXX_RUNTIME: &str = "libstdc++.so.6";
@@ -240,6 +257,17 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// A multi-uprobe link was refused.
+    #[error("attach {program} to {library} by a multi-uprobe link: {source}")]
+    AttachMulti {
+        /// The program.
+        program: &'static str,
+        /// The file probed.
+        library: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A map is missing or unusable.
     #[error("eBPF map {name}: {source}")]
     Map {
@@ -264,15 +292,21 @@ pub struct Probes {
     attached: Vec<String>,
     /// Where the allocator probes go, found once.
     plan: Vec<PlannedProbe>,
-    /// The C++ runtime and its `operator new` symbols, when probed.
-    cxx_new: Option<(PathBuf, Vec<&'static str>)>,
+    /// The C++ runtime and its `operator new` symbols, with their file
+    /// offsets, when probed.
+    cxx_new: Option<(PathBuf, Vec<(&'static str, u64)>)>,
+    /// How the uprobes are attached.
+    attachment: Attachment,
 }
 
 /// One allocator function's probes, placed.
 #[derive(Clone, Copy)]
 struct PlannedProbe {
     function: &'static AllocatorFn,
+    /// From the function's start.
     offset: u64,
+    /// From the file's start.
+    file_offset: u64,
 }
 
 impl Probes {
@@ -284,8 +318,17 @@ impl Probes {
             .iter()
             .map(|(category, name, _)| format!("tracepoint {category}/{name}"))
             .collect();
+        let runtime = cxx_runtime();
+        let mut programs: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.entry).collect();
+        programs.push(RETURN_PROGRAM);
+        if runtime.is_some() {
+            programs.push(CXX_NEW_PROGRAM);
+        }
+        probes.load_uprobe_programs(&programs)?;
         probes.plan_allocator()?;
-        probes.plan_cxx_new()?;
+        if let Some(runtime) = runtime {
+            probes.plan_cxx_new(runtime)?;
+        }
         if let Some(scope) = uprobe_scope(config.targets) {
             probes.links = probes.attach_planned(scope)?;
         }
@@ -295,6 +338,7 @@ impl Probes {
     /// Attaches programs that do nothing to the allocator (the benchmark's floor).
     pub fn attach_floor(config: &ProbeConfig, at_entry: bool) -> Result<Self, ProbeError> {
         let mut probes = Self::load(config, Programs::Floor { at_entry })?;
+        probes.load_uprobe_programs(&[FLOOR_ENTRY_PROGRAM, FLOOR_RETURN_PROGRAM])?;
         probes.plan_allocator()?;
         let scope = uprobe_scope(config.targets).unwrap_or(UProbeScope::AllProcesses);
         probes.links = probes.attach_planned(scope)?;
@@ -318,6 +362,12 @@ impl Probes {
             attached: Vec::new(),
             plan: Vec::new(),
             cxx_new: None,
+            attachment: match std::env::var(UPROBE_LINKS_ENV).as_deref() {
+                Ok("perf-event") => {
+                    Attachment::PerfEvents(format!("{UPROBE_LINKS_ENV}=perf-event"))
+                }
+                _ => Attachment::Multi(MultiPrograms::default()),
+            },
         })
     }
 
@@ -329,6 +379,18 @@ impl Probes {
     /// Optional allocator functions the library lacks.
     pub fn skipped(&self) -> &[&'static str] {
         &self.skipped
+    }
+
+    /// How the uprobes are attached, for `heapwatch daemon --check`.
+    pub fn attachment(&self) -> String {
+        match &self.attachment {
+            Attachment::Multi(_) => "uprobes attached by multi-uprobe links".to_owned(),
+            Attachment::PerfEvents(why) => {
+                format!(
+                    "uprobes attached by perf events, one a probe (not multi-uprobe links: {why})"
+                )
+            }
+        }
     }
 
     /// What is attached, one line each, for `heapwatch daemon --check`.
@@ -378,14 +440,22 @@ impl Probes {
         Ok(sums)
     }
 
-    /// Loads the allocator programs and places each function's probes.
-    fn plan_allocator(&mut self) -> Result<(), ProbeError> {
-        let programs = self.programs;
-        for name in ALLOCATOR_FNS
-            .iter()
-            .map(|f| programs.entry(f))
-            .chain([programs.on_return()])
-        {
+    /// Loads the uprobe programs `names`: for multi-uprobe links where the
+    /// kernel takes them, else aya's way, for perf events.
+    fn load_uprobe_programs(&mut self, names: &[&'static str]) -> Result<(), ProbeError> {
+        if let Attachment::Multi(multi) = &mut self.attachment {
+            match MultiPrograms::load(OBJECT, &self.ebpf, names) {
+                Ok(loaded) => {
+                    *multi = loaded;
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "multi-uprobe links refused: attaching by perf events");
+                    self.attachment = Attachment::PerfEvents(err.to_string());
+                }
+            }
+        }
+        for &name in names {
             let program = uprobe(&mut self.ebpf, name)?;
             if program.fd().is_err() {
                 program.load().map_err(|source| ProbeError::Program {
@@ -394,6 +464,11 @@ impl Probes {
                 })?;
             }
         }
+        Ok(())
+    }
+
+    /// Places each allocator function's probes.
+    fn plan_allocator(&mut self) -> Result<(), ProbeError> {
         let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
         let table =
             symbols::read_symbols(&self.libc, &names).map_err(|source| ProbeError::Symbols {
@@ -415,9 +490,11 @@ impl Probes {
                 continue;
             }
             let placement = self.place(function, &table);
+            let start = table.file_offsets.get(function.name).copied();
             self.plan.push(PlannedProbe {
                 function,
                 offset: placement.offset,
+                file_offset: start.unwrap_or_default() + placement.offset,
             });
             let kinds = if function.returns {
                 "uprobe+uretprobe"
@@ -449,21 +526,8 @@ impl Probes {
         place(prologue.map_or(&[][..], Vec::as_slice), null)
     }
 
-    /// Loads the `operator new` program when the linker cache lists libstdc++.
-    fn plan_cxx_new(&mut self) -> Result<(), ProbeError> {
-        let cache = std::process::Command::new("ldconfig")
-            .arg("-p")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let Some(runtime) = library_in_ldconfig(&cache, CXX_RUNTIME) else {
-            return Ok(());
-        };
-        let program = uprobe(&mut self.ebpf, CXX_NEW_PROGRAM)?;
-        program.load().map_err(|source| ProbeError::Program {
-            name: CXX_NEW_PROGRAM,
-            source: Box::new(source),
-        })?;
+    /// Finds the `operator new` symbols of the C++ runtime `runtime`.
+    fn plan_cxx_new(&mut self, runtime: PathBuf) -> Result<(), ProbeError> {
         let table = symbols::read_symbols(&runtime, &[]).map_err(|source| ProbeError::Symbols {
             library: runtime.clone(),
             source,
@@ -472,7 +536,16 @@ impl Probes {
             .iter()
             .partition(|symbol| table.addresses.contains_key(**symbol));
         self.skipped.extend(absent);
-        for symbol in &present {
+        let present: Vec<(&'static str, u64)> = present
+            .into_iter()
+            .map(|symbol| {
+                (
+                    symbol,
+                    table.file_offsets.get(symbol).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (symbol, _) in &present {
             self.attached.push(format!(
                 "uprobe {symbol} in {} (call sites)",
                 runtime.display()
@@ -510,6 +583,16 @@ impl Probes {
                 source: Box::new(source),
             })
     }
+}
+
+/// The C++ runtime, when the linker cache lists it.
+fn cxx_runtime() -> Option<PathBuf> {
+    let cache = std::process::Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    library_in_ldconfig(&cache, CXX_RUNTIME)
 }
 
 fn check_privileges() -> Result<(), ProbeError> {
@@ -575,10 +658,7 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .map_max_entries("SLOT_HOLDERS", config.thread_slots)
         // THREADS, task-local storage, which only the programs use.
         .allow_unsupported_maps()
-        .load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/heapwatch"
-        )))
+        .load(OBJECT)
         .map_err(|e| ProbeError::Load(Box::new(e)))
 }
 

@@ -14,6 +14,8 @@ pub const PROLOGUE_BYTES: usize = 64;
 pub struct SymbolTable {
     /// Address of every defined dynamic and static symbol.
     pub addresses: HashMap<String, u64>,
+    /// Where in the file each such symbol's code lies (what a uprobe names).
+    pub file_offsets: HashMap<String, u64>,
     /// The first [`PROLOGUE_BYTES`] (fewer at a section's end) of each function asked for.
     pub prologues: HashMap<String, Vec<u8>>,
 }
@@ -23,6 +25,7 @@ pub fn read_symbols(path: &Path, functions: &[&str]) -> io::Result<SymbolTable> 
     let data = fs::read(path)?;
     let file = object::File::parse(&*data).map_err(io::Error::other)?;
     let mut addresses = HashMap::new();
+    let mut file_offsets = HashMap::new();
     let mut prologues = HashMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         let Ok(name) = symbol.name() else {
@@ -32,6 +35,16 @@ pub fn read_symbols(path: &Path, functions: &[&str]) -> io::Result<SymbolTable> 
             continue;
         }
         addresses.insert(name.to_owned(), symbol.address());
+        let section = symbol
+            .section_index()
+            .and_then(|index| file.section_by_index(index).ok());
+        let file_offset = section.and_then(|section| {
+            let (start, _) = section.file_range()?;
+            Some(symbol.address().checked_sub(section.address())? + start)
+        });
+        if let Some(offset) = file_offset {
+            file_offsets.insert(name.to_owned(), offset);
+        }
         if !functions.contains(&name) || prologues.contains_key(name) {
             continue;
         }
@@ -51,6 +64,7 @@ pub fn read_symbols(path: &Path, functions: &[&str]) -> io::Result<SymbolTable> 
     }
     Ok(SymbolTable {
         addresses,
+        file_offsets,
         prologues,
     })
 }
@@ -108,5 +122,12 @@ mod tests {
         assert!(table.addresses.contains_key("free"));
         assert_eq!(table.prologues["free"].len(), PROLOGUE_BYTES);
         assert!(!table.prologues.contains_key("malloc"), "not asked for");
+        let offset = table.file_offsets["free"];
+        let code = fs::read(&libc).expect("libc reads");
+        assert_eq!(
+            &code[offset as usize..][..PROLOGUE_BYTES],
+            &table.prologues["free"][..],
+            "the file offset holds the function's code"
+        );
     }
 }
