@@ -4,13 +4,20 @@
 //! than a whole malloc+free pair's probes) and free of its map's bucket
 //! collisions.
 
-use core::{ffi::c_void, mem::MaybeUninit, ptr};
+use core::{
+    ffi::c_void,
+    mem::{MaybeUninit, offset_of},
+    ptr,
+};
 
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{bpf_dynptr, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user,
-        generated::bpf_probe_read_user as bpf_probe_read_user_raw,
+        generated::{
+            bpf_dynptr_write, bpf_loop, bpf_probe_read_user as bpf_probe_read_user_raw,
+            bpf_ringbuf_discard_dynptr, bpf_ringbuf_reserve_dynptr, bpf_ringbuf_submit_dynptr,
+        },
     },
 };
 use profiler_common::{
@@ -108,29 +115,68 @@ unsafe fn sampled(thread: *mut ThreadState) -> bool {
 
 /// Writes the stack into a STACK record and marks it sent. The walk is done
 /// again into the record itself: no per-CPU scratch that another task on
-/// this CPU could overwrite, and a new stack is rare.
+/// this CPU could overwrite, and a new stack is rare. The record is written
+/// through a dynptr, whose offsets the helper checks as it runs: bounds the
+/// verifier kept for each frame's slot would make every turn of the walk a
+/// new state to verify.
 fn send(call: CallSite, limit: usize, flags: u16) {
-    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
+    let mut record = bpf_dynptr { __opaque: [0; 2] };
+    let events = (&raw const EVENTS).cast_mut().cast::<c_void>();
+    // SAFETY: `events` is the ring buffer map; `record` is a dynptr on this
+    // program's stack, discarded or submitted on every path.
+    let reserved = unsafe {
+        bpf_ringbuf_reserve_dynptr(events, size_of::<StackEvent>() as u32, 0, &mut record)
+    };
+    if reserved != 0 {
+        // SAFETY: a failed reservation's dynptr must still be discarded.
+        unsafe { bpf_ringbuf_discard_dynptr(&mut record, 0) };
         count_lost(tgid_of(bpf_get_current_pid_tgid()));
         return;
-    };
-    let record = entry.as_mut_ptr();
-    let (hash, depth) = walk(call, limit, flags, |index, frame| {
-        // SAFETY: the record is reserved for this program.
-        if let Some(slot) = unsafe { (*record).frames.get_mut(index) } {
-            *slot = frame;
-        }
-    });
-    // SAFETY: as above.
-    unsafe {
-        (*record).kind = kind::STACK;
-        (*record).depth = depth as u16;
-        (*record).flags = flags;
-        (*record).hash = hash;
     }
-    entry.submit(0);
+    let (hash, depth) = walk(call, limit, flags, |index, mut frame| {
+        let offset = offset_of!(StackEvent, frames) + index * size_of::<u64>();
+        // SAFETY: writes 8 bytes from a local; the helper refuses an
+        // offset past the record's end.
+        unsafe {
+            bpf_dynptr_write(
+                &record,
+                offset as u32,
+                (&raw mut frame).cast(),
+                size_of::<u64>() as u32,
+                0,
+            )
+        };
+    });
+    let mut header = StackHeader {
+        kind: kind::STACK,
+        depth: depth as u16,
+        flags,
+        hash,
+    };
+    // SAFETY: writes the header from a local at the record's start; the
+    // record is then submitted.
+    unsafe {
+        bpf_dynptr_write(
+            &record,
+            0,
+            (&raw mut header).cast(),
+            size_of::<StackHeader>() as u32,
+            0,
+        );
+        bpf_ringbuf_submit_dynptr(&mut record, 0);
+    }
     remember_stack(hash);
 }
+
+/// The fields of a [`StackEvent`] before its frames.
+#[repr(C)]
+struct StackHeader {
+    kind: u32,
+    depth: u16,
+    flags: u16,
+    hash: u64,
+}
+const _: () = assert!(size_of::<StackHeader>() == offset_of!(StackEvent, frames));
 
 /// Walks the user stack of `call`, at most `limit` frames: the immediate
 /// caller (an allocator starts no frame of its own: glibc's are built
@@ -168,37 +214,73 @@ fn walk(
 }
 
 /// Walks on from the frame at `fp`, frame `depth`, with the hash so far:
-/// through copies of the stack a window at a time. A function of its own
-/// (a BPF subprogram), so that the window takes stack only in walks that
-/// go this far: a program with 64 bytes of stack or more runs on a
-/// private stack, where each user read pays hardened usercopy's checks.
+/// through copies of the stack a window at a time, one frame a turn of
+/// `bpf_loop`, whose callback the verifier checks once, where a loop of its
+/// own it would follow path by path through every turn. A function of its
+/// own (a BPF subprogram), so that the window takes stack only in walks that
+/// go this far: a program with 64 bytes of stack or more runs on a private
+/// stack, where each user read pays hardened usercopy's checks.
 #[inline(never)]
-fn walk_on(
-    mut fp: u64,
-    mut depth: usize,
-    mut hash: u64,
+fn walk_on<K: FnMut(usize, u64)>(
+    fp: u64,
+    depth: usize,
+    hash: u64,
     limit: usize,
-    keep: &mut impl FnMut(usize, u64),
+    keep: &mut K,
 ) -> (u64, usize) {
-    let mut window = StackWindow::new();
-    while depth < limit && depth < MAX_STACK_DEPTH {
-        // A frame is (saved frame pointer, return address).
-        let Some([next, ret]) = window.frame(fp) else {
-            break;
-        };
-        if ret == 0 {
-            break;
-        }
-        keep(depth, ret);
-        hash = stack_hash_step(hash, ret);
-        depth += 1;
-        // Frames lie at rising addresses; anything else is not a frame chain.
-        if next <= fp {
-            break;
-        }
-        fp = unbounded(next);
+    let mut walk = Walk {
+        fp,
+        depth,
+        hash,
+        window: StackWindow::new(),
+        keep,
+    };
+    let turns = limit.min(MAX_STACK_DEPTH).saturating_sub(depth);
+    // SAFETY: the callback takes the context it is given, `walk`, which
+    // lives until bpf_loop returns.
+    unsafe {
+        bpf_loop(
+            turns as u32,
+            step::<K> as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    (walk.hash, walk.depth)
+}
+
+/// A walk in progress, handed to each turn of `bpf_loop`.
+struct Walk<'a, K> {
+    /// The frame to read next.
+    fp: u64,
+    /// Frames walked.
+    depth: usize,
+    /// Their hash.
+    hash: u64,
+    window: StackWindow,
+    keep: &'a mut K,
+}
+
+/// One turn of the walk: reads the frame at `walk.fp`; 1 ends the walk.
+extern "C" fn step<K: FnMut(usize, u64)>(_turn: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the context walk_on gave it, a live Walk.
+    let walk = unsafe { &mut *walk.cast::<Walk<'_, K>>() };
+    // A frame is (saved frame pointer, return address).
+    let Some([next, ret]) = walk.window.frame(walk.fp) else {
+        return 1;
+    };
+    if ret == 0 {
+        return 1;
     }
-    (hash, depth)
+    (walk.keep)(walk.depth, ret);
+    walk.hash = stack_hash_step(walk.hash, ret);
+    walk.depth += 1;
+    // Frames lie at rising addresses; anything else is not a frame chain.
+    if next <= walk.fp {
+        return 1;
+    }
+    walk.fp = unbounded(next);
+    0
 }
 
 /// Always 0, in writable memory: the verifier cannot know its value.

@@ -64,6 +64,7 @@ impl MultiPrograms {
     pub fn load(object: &[u8], ebpf: &Ebpf, names: &[&'static str]) -> Result<Self, MultiError> {
         let mut obj =
             aya_obj::Object::parse(object).map_err(|e| MultiError::Object(e.to_string()))?;
+        let btf = load_btf(&mut obj)?;
         let definitions = obj.maps.clone();
         let fds = ebpf
             .maps()
@@ -94,7 +95,7 @@ impl MultiPrograms {
                 .functions
                 .get(&program.function_key())
                 .ok_or(MultiError::Missing(name))?;
-            let fd = load_program(name, &function.instructions, &program.license)?;
+            let fd = load_program(name, function, &program.license, &btf)?;
             programs.insert(name, fd);
         }
         Ok(Self { programs })
@@ -146,13 +147,45 @@ pub struct MultiLink {
 /// Bytes of verifier log kept when a program is refused.
 const LOG_BYTES: usize = 64 * 1024;
 
+/// The object's BTF, fixed up as aya does and loaded: programs that hand a
+/// callback to a helper (the stack walk's `bpf_loop`) need their functions
+/// described.
+fn load_btf(obj: &mut aya_obj::Object) -> Result<OwnedFd, MultiError> {
+    // Every BTF feature: kernels old enough to lack one lack multi-uprobe
+    // links too, and take perf events instead.
+    let features = aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
+    let btf = obj
+        .fixup_and_sanitize_btf(&features)
+        .map_err(|e| MultiError::Object(e.to_string()))?
+        .ok_or_else(|| MultiError::Object("the object has no BTF".to_owned()))?;
+    let bytes = btf.to_bytes();
+    // SAFETY: a zeroed bpf_attr is a valid value of the plain-data union.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: the anonymous member 7 is the one BPF_BTF_LOAD reads; `bytes`
+    // outlives the call.
+    unsafe {
+        let load = &mut attr.__bindgen_anon_7;
+        load.btf = bytes.as_ptr() as u64;
+        load.btf_size = bytes.len() as u32;
+    }
+    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr).map_err(|source| MultiError::Load {
+        name: "BTF",
+        source,
+        log: String::new(),
+    })
+}
+
 /// Loads one program for multi-uprobe links; on refusal, loads it again
 /// with the verifier's log to say why.
 fn load_program(
     name: &'static str,
-    instructions: &[aya_obj::generated::bpf_insn],
+    function: &aya_obj::Function,
     license: &CString,
+    btf: &OwnedFd,
 ) -> Result<OwnedFd, MultiError> {
+    let instructions = &function.instructions;
+    let func_info = function.func_info.func_info_bytes();
+    let line_info = function.line_info.line_info_bytes();
     let attempt = |log: &mut [u8]| {
         // SAFETY: a zeroed bpf_attr is a valid value of the plain-data union.
         let mut attr: bpf_attr = unsafe { mem::zeroed() };
@@ -168,6 +201,13 @@ fn load_program(
             for (slot, byte) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
                 *slot = byte as libc::c_char;
             }
+            load.prog_btf_fd = btf.as_raw_fd() as u32;
+            load.func_info = func_info.as_ptr() as u64;
+            load.func_info_cnt = function.func_info.len() as u32;
+            load.func_info_rec_size = function.func_info_rec_size as u32;
+            load.line_info = line_info.as_ptr() as u64;
+            load.line_info_cnt = function.line_info.len() as u32;
+            load.line_info_rec_size = function.line_info_rec_size as u32;
             if !log.is_empty() {
                 load.log_level = 1;
                 load.log_buf = log.as_mut_ptr() as u64;
