@@ -1,15 +1,19 @@
-//! Process lifecycle: exec, exit and new processes.
+//! Process lifecycle: exec, exit and new processes. Exec and exit are raw
+//! tracepoints: their arguments are all they need, and detaching one does
+//! not wait for a grace period, as a perf event's does.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use profiler_common::{Counter, kind};
 
 use crate::{
     filter::traced,
     maps::{
-        EVERY_LIFECYCLE, EXEC_OLD_PID_OFFSET, EXIT_GROUP_DEAD_OFFSET, FOLLOW_FORKS,
-        NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count,
+        EVERY_LIFECYCLE, EXIT_HAS_GROUP_DEAD, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET,
+        NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count,
     },
     record::emit,
     tgid_of,
@@ -18,14 +22,12 @@ use crate::{
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// sched_process_exec: the process's old image and heap are gone, and so is
-/// the state its one remaining thread kept for it.
-#[tracepoint]
-pub fn process_exec(ctx: TracePointContext) -> u32 {
+/// sched_process_exec(task, old_pid, bprm): the process's old image and
+/// heap are gone, and so is the state its one remaining thread kept for it.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the offset comes from the tracepoint's format file, read at load.
-    let old_tid = unsafe { ctx.read_at::<i32>(EXEC_OLD_PID_OFFSET.load() as usize) }
-        .map_or(pid_tgid as u32, |tid| tid as u32);
+    let old_tid = ctx.arg::<u64>(1) as u32;
     reset_for_exec(old_tid, pid_tgid);
     if reported(tgid_of(pid_tgid)) {
         emit(kind::EXEC, pid_tgid, 0);
@@ -33,10 +35,10 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sched_process_exit, at every thread's exit: frees the thread's slot, and
-/// reports the process's end.
-#[tracepoint]
-pub fn process_exit(ctx: TracePointContext) -> u32 {
+/// sched_process_exit(task, group_dead), at every thread's exit: frees the
+/// thread's slot, and reports the process's end.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn process_exit(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
     release_slot(pid_tgid as u32);
@@ -86,11 +88,9 @@ pub fn new_task(ctx: TracePointContext) -> u32 {
 }
 
 /// True when the exiting thread is the process's last one.
-fn group_dead(ctx: &TracePointContext, pid_tgid: u64) -> bool {
-    let offset = EXIT_GROUP_DEAD_OFFSET.load();
-    if offset == 0 {
+fn group_dead(ctx: &RawTracePointContext, pid_tgid: u64) -> bool {
+    if EXIT_HAS_GROUP_DEAD.load() == 0 {
         return pid_tgid as u32 == tgid_of(pid_tgid);
     }
-    // SAFETY: the offset comes from the tracepoint's format file, read at load.
-    unsafe { ctx.read_at::<u8>(offset as usize) }.is_ok_and(|dead| dead != 0)
+    ctx.arg::<u64>(1) as u8 != 0
 }

@@ -37,12 +37,10 @@ pub static STACK_SAMPLE_EVERY: Global<u32> = Global::new(1);
 /// Slots of `THREAD_SLOTS` less one (their number is a power of two).
 #[unsafe(no_mangle)]
 pub static THREAD_SLOT_MASK: Global<u32> = Global::new(THREAD_SLOTS_LEN - 1);
-/// Offset of `group_dead` in sched_process_exit's record; 0 when the kernel lacks it.
+/// 1 when sched_process_exit passes `group_dead` (its second argument); 0
+/// when the kernel lacks it.
 #[unsafe(no_mangle)]
-pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
-/// Offset of `old_pid` in sched_process_exec's record.
-#[unsafe(no_mangle)]
-pub static EXEC_OLD_PID_OFFSET: Global<u32> = Global::new(16);
+pub static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
 /// Offset of `pid` in task_newtask's record.
 #[unsafe(no_mangle)]
 pub static NEWTASK_PID_OFFSET: Global<u32> = Global::new(8);

@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{
-        ProgramError, TracePoint, UProbe,
+        ProgramError, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
@@ -177,12 +177,16 @@ const CXX_NEW_SYMBOLS: [&str; 8] = [
     "_ZnamSt11align_val_tRKSt9nothrow_t",
 ];
 
-/// Tracepoints: (category, name, program).
-const TRACEPOINTS: [(&str, &str, &str); 3] = [
-    ("sched", "sched_process_exec", "process_exec"),
-    ("sched", "sched_process_exit", "process_exit"),
-    ("task", "task_newtask", "new_task"),
+/// Raw tracepoints: (name, program). Detached without waiting for a grace period.
+const RAW_TRACEPOINTS: [(&str, &str); 2] = [
+    ("sched_process_exec", "process_exec"),
+    ("sched_process_exit", "process_exit"),
 ];
+
+/// The tracepoint of new processes, read through its record's format:
+/// (category, name, program). A perf event, detached after a grace period:
+/// attached only where new processes matter.
+const NEW_TASK_TRACEPOINT: (&str, &str, &str) = ("task", "task_newtask", "new_task");
 
 /// What can go wrong while loading and attaching.
 #[derive(Debug, Error)]
@@ -313,11 +317,7 @@ impl Probes {
     /// Loads the object and attaches every program.
     pub fn attach(config: &ProbeConfig) -> Result<Self, ProbeError> {
         let mut probes = Self::load(config, Programs::Tracing)?;
-        attach_tracepoints(&mut probes.ebpf)?;
-        probes.attached = TRACEPOINTS
-            .iter()
-            .map(|(category, name, _)| format!("tracepoint {category}/{name}"))
-            .collect();
+        probes.attached = attach_tracepoints(&mut probes.ebpf, config.targets)?;
         let runtime = cxx_runtime();
         let mut programs: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.entry).collect();
         programs.push(RETURN_PROGRAM);
@@ -640,6 +640,9 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
     let self_tgid = std::process::id();
     let wakeup_bytes = u64::from(config.ring_bytes / 8);
     EbpfLoader::new()
+        // The programs read nothing through the kernel's types (no CO-RE):
+        // parsing the kernel's BTF would only cost time at every start.
+        .btf(None)
         .override_global("SELF_TGID", &self_tgid, true)
         .override_global("FILTER_MODE", &mode, true)
         .override_global("FOLLOW_FORKS", &follow, true)
@@ -647,11 +650,10 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("PROBES_SCOPED", &probes_scoped, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("STACK_SAMPLE_EVERY", &config.stack_sample.max(1), true)
-        .override_global("EXIT_GROUP_DEAD_OFFSET", &offsets.exit_group_dead, true)
+        .override_global("EXIT_HAS_GROUP_DEAD", &offsets.exit_has_group_dead, true)
         .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
         .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)
         .override_global("THREAD_SLOT_MASK", &(config.thread_slots - 1), true)
-        .override_global("EXEC_OLD_PID_OFFSET", &offsets.exec_old_pid, true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .map_max_entries("THREAD_SLOTS", config.thread_slots)
         .map_max_entries("SLOT_CLAIMS", config.thread_slots)
@@ -686,15 +688,13 @@ impl KnownStacks {
 
 /// Record layouts of the tracepoints, read from this kernel's tracefs.
 struct TracepointOffsets {
-    exec_old_pid: u32,
-    exit_group_dead: u32,
+    exit_has_group_dead: u32,
     newtask_pid: u32,
     newtask_flags: u32,
 }
 
 impl TracepointOffsets {
     fn read() -> Result<Self, ProbeError> {
-        let exec = tracefs::read_format("sched", "sched_process_exec").unwrap_or_default();
         let exit = tracefs::read_format("sched", "sched_process_exit").unwrap_or_default();
         let newtask = tracefs::read_format("task", "task_newtask").unwrap_or_default();
         let required = |format: &str, tracepoint: &str, field| {
@@ -704,8 +704,7 @@ impl TracepointOffsets {
             })
         };
         Ok(Self {
-            exec_old_pid: required(&exec, "sched/sched_process_exec", "old_pid")?,
-            exit_group_dead: field_offset(&exit, "group_dead").unwrap_or(0),
+            exit_has_group_dead: u32::from(field_offset(&exit, "group_dead").is_some()),
             newtask_pid: required(&newtask, "task/task_newtask", "pid")?,
             newtask_flags: required(&newtask, "task/task_newtask", "clone_flags")?,
         })
@@ -727,23 +726,51 @@ fn tgid_map<'a, V: aya::Pod>(
     aya::maps::HashMap::try_from(map).map_err(|source| map_error(name, source))
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for (category, name, program_name) in TRACEPOINTS {
-        let program: &mut TracePoint = program_mut(ebpf, program_name)?;
+/// Attaches the lifecycle programs; returns a line for each, for `--check`.
+/// New processes matter where processes are picked as they appear or
+/// children followed; a lone process's children are not traced.
+fn attach_tracepoints(ebpf: &mut Ebpf, targets: Targets) -> Result<Vec<String>, ProbeError> {
+    let mut attached = Vec::new();
+    for (name, program_name) in RAW_TRACEPOINTS {
+        let program: &mut RawTracePoint = program_mut(ebpf, program_name)?;
         program.load().map_err(|source| ProbeError::Program {
             name: program_name,
             source: Box::new(source),
         })?;
-        program
-            .attach(category, name)
-            .map_err(|source| ProbeError::Attach {
-                what: "tracepoint",
-                function: format!("{category}/{name}"),
-                library: PathBuf::from("the kernel"),
-                source: Box::new(source),
-            })?;
+        program.attach(name).map_err(|source| ProbeError::Attach {
+            what: "raw tracepoint",
+            function: name.to_owned(),
+            library: PathBuf::from("the kernel"),
+            source: Box::new(source),
+        })?;
+        attached.push(format!("raw tracepoint {name}"));
     }
-    Ok(())
+    let lone = matches!(
+        targets,
+        Targets::Process {
+            follow_forks: false,
+            ..
+        }
+    );
+    if lone {
+        return Ok(attached);
+    }
+    let (category, name, program_name) = NEW_TASK_TRACEPOINT;
+    let program: &mut TracePoint = program_mut(ebpf, program_name)?;
+    program.load().map_err(|source| ProbeError::Program {
+        name: program_name,
+        source: Box::new(source),
+    })?;
+    program
+        .attach(category, name)
+        .map_err(|source| ProbeError::Attach {
+            what: "tracepoint",
+            function: format!("{category}/{name}"),
+            library: PathBuf::from("the kernel"),
+            source: Box::new(source),
+        })?;
+    attached.push(format!("tracepoint {category}/{name}"));
+    Ok(attached)
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
