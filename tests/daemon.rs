@@ -197,6 +197,42 @@ fn sigint_and_sigkill_leave_nothing_attached() {
 
 #[test]
 #[ignore = "needs root"]
+fn both_ways_of_attaching_are_used_as_asked_and_stop_leaves_nothing() {
+    let config = config_file("");
+    for (env, link_type, said) in [
+        (
+            &[][..],
+            "uprobe_multi",
+            "uprobes attached by multi-uprobe links",
+        ),
+        (
+            &[("HEAPWATCH_UPROBE_LINKS", "perf-event")][..],
+            "perf_event",
+            "uprobes attached by perf events, one a probe (not multi-uprobe links: HEAPWATCH_UPROBE_LINKS=perf-event)",
+        ),
+    ] {
+        let baseline = BpfBaseline::take();
+        let check = heapwatch()
+            .envs(env.iter().copied())
+            .args(["daemon", "--check", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run daemon --check");
+        let stdout = String::from_utf8_lossy(&check.stdout);
+        assert!(stdout.contains(said), "{env:?}: {said} not said:\n{stdout}");
+        let mut daemon = Daemon::start_with_env(&config, &[], env);
+        let types = baseline.new_link_types();
+        assert!(
+            types.iter().any(|t| t == link_type),
+            "{env:?}: links of kinds {types:?}, not {link_type}"
+        );
+        assert_eq!(daemon.stop().code(), Some(0), "{env:?}");
+        baseline.assert_nothing_left();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
 fn check_reports_every_probe() {
     let baseline = BpfBaseline::take();
     let config = config_file("");
@@ -216,7 +252,9 @@ fn check_reports_every_probe() {
         "at malloc+0: `push r12` at +0 is emulated (one trap)",
         "uprobe free in",
         "at free+9: past `test rdi, rdi`, `je (taken on NULL, which needs no accounting)`: `push rbp` at +9 is emulated (one trap)",
-        "tracepoint sched/sched_process_exit",
+        "uprobes attached by multi-uprobe links",
+        "raw tracepoint sched_process_exit",
+        "tracepoint task/task_newtask",
     ] {
         assert!(stdout.contains(probe), "{probe} missing:\n{stdout}");
     }

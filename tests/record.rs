@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    BpfBaseline, KillOnDrop, Summary, fixture, functions, heapwatch, record, sampled_functions,
-    valgrind,
+    BpfBaseline, KillOnDrop, Summary, fixture, functions, heapwatch, record, record_with_env,
+    sampled_functions, valgrind,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -565,4 +565,45 @@ fn a_binary_rendering_needs_an_output_file() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--format pprof needs -o FILE"), "{stderr}");
+}
+
+/// How heapwatch attaches its uprobes, as `HEAPWATCH_UPROBE_LINKS` asks, and
+/// the kind of BPF link each way makes.
+const ATTACHMENTS: [(&[(&str, &str)], &str); 2] = [
+    (&[], "uprobe_multi"),
+    (&[("HEAPWATCH_UPROBE_LINKS", "perf-event")], "perf_event"),
+];
+
+#[test]
+#[ignore = "needs root"]
+fn both_ways_of_attaching_trace_exactly_and_leave_nothing() {
+    let leak = fixture("leak");
+    let command = [leak.to_str().expect("utf-8 path")];
+    let theirs = valgrind(&command);
+    for (env, link_type) in ATTACHMENTS {
+        let recorded = record_with_env(&[], &command, env);
+        recorded.assert_exact();
+        assert_eq!(recorded.summaries(), theirs, "{env:?}");
+
+        let baseline = BpfBaseline::take();
+        let mut running = heapwatch()
+            .envs(env.iter().copied())
+            .args(["record", "--", "sleep", "3"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run heapwatch record");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut types = baseline.new_link_types();
+        while !types.iter().any(|t| t == link_type) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+            types = baseline.new_link_types();
+        }
+        let status = running.wait().expect("wait for heapwatch record");
+        assert!(status.success(), "{env:?}: {status}");
+        assert!(
+            types.iter().any(|t| t == link_type),
+            "{env:?}: links of kinds {types:?}, not {link_type}"
+        );
+        baseline.assert_nothing_left();
+    }
 }

@@ -91,10 +91,13 @@ pub unsafe fn site(call: CallSite, thread: *mut ThreadState) -> u64 {
 /// in `STACK_SAMPLE_EVERY` on average, at random intervals counted down in
 /// `thread` (a random number for each allocation would cost a helper call).
 ///
+/// A subprogram of its own: inlined, the registers its helper call
+/// clobbers pushed the allocation's programs past 64 bytes of stack.
+///
 /// # Safety
 ///
 /// `thread` is the current thread's state.
-#[inline(always)]
+#[inline(never)]
 unsafe fn sampled(thread: *mut ThreadState) -> bool {
     let every = STACK_SAMPLE_EVERY.load();
     if every <= 1 {
@@ -118,7 +121,10 @@ unsafe fn sampled(thread: *mut ThreadState) -> bool {
 /// this CPU could overwrite, and a new stack is rare. The record is written
 /// through a dynptr, whose offsets the helper checks as it runs: bounds the
 /// verifier kept for each frame's slot would make every turn of the walk a
-/// new state to verify.
+/// new state to verify. A subprogram of its own: its dynptr and header
+/// would take the allocation's programs past 64 bytes of stack, onto a
+/// private stack, for every allocation and not only a new stack's.
+#[inline(never)]
 fn send(call: CallSite, limit: usize, flags: u16) {
     let mut record = bpf_dynptr { __opaque: [0; 2] };
     let events = (&raw const EVENTS).cast_mut().cast::<c_void>();

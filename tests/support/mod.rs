@@ -149,9 +149,15 @@ impl Recorded {
 
 /// Runs `heapwatch record [flags] -- command...` with a JSON report.
 pub fn record(flags: &[&str], command: &[&str]) -> Recorded {
+    record_with_env(flags, command, &[])
+}
+
+/// As [`record`], with extra environment variables.
+pub fn record_with_env(flags: &[&str], command: &[&str], env: &[(&str, &str)]) -> Recorded {
     let baseline = BpfBaseline::take();
     let json = tempfile_path("report.json");
     let output = heapwatch()
+        .envs(env.iter().copied())
         .arg("record")
         .args(flags)
         .arg("--json")
@@ -240,6 +246,23 @@ impl BpfBaseline {
             .into_iter()
             .filter(|id| !self.links.contains(id))
             .collect()
+    }
+
+    /// The kinds (`bpftool link show`'s `type`) of the heapwatch links
+    /// attached since the baseline, sorted, each once.
+    pub fn new_link_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = heapwatch_links()
+            .into_iter()
+            .filter(|link| {
+                link["id"]
+                    .as_u64()
+                    .is_some_and(|id| !self.links.contains(&id))
+            })
+            .filter_map(|link| Some(link["type"].as_str()?.to_owned()))
+            .collect();
+        types.sort();
+        types.dedup();
+        types
     }
 
     /// Asserts that no heapwatch link or program made since the baseline is
