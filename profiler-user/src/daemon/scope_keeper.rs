@@ -132,8 +132,11 @@ impl ScopeKeeper {
             self.forget(pid);
             tracing::info!(pid, "scope: no longer selected");
         }
-        // Each detach waits for a grace period: off this thread.
-        thread::spawn(move || drop(probes));
+        // Detaching waits for a grace period: off this thread.
+        thread::spawn(move || {
+            drop(probes);
+            tracing::debug!(pid, "scope: detached");
+        });
     }
 
     fn release(&self, pid: u32) {

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 
 use crate::{packages, run::workspace_root, toolchain};
 
+mod lifecycle;
+
 /// What to measure.
 pub struct BenchOptions {
     /// malloc(64)+free pairs per thread and run.
@@ -78,6 +80,8 @@ struct Tools {
     heapwatch: PathBuf,
     churn: PathBuf,
     many_sites: PathBuf,
+    /// The seed's leak (tests/fixtures/leak.c).
+    leak: PathBuf,
     libc: String,
     dir: PathBuf,
 }
@@ -111,8 +115,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         .into_iter()
         .map(|blocks| live_allocations(&tools, blocks))
         .collect::<Result<Vec<_>>>()?;
-    let report = summarize(&results, options, &[scope, sustained], &live);
+    let mut report = summarize(&results, options, &[scope, sustained], &live);
+    report["lifecycle"] = lifecycle::lifecycle(&tools, options.runs)?;
     print_table(&report);
+    lifecycle::print(&report["lifecycle"]);
     let path = workspace_root().join("target/bench.json");
     fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     println!("\nJSON: {}", path.display());
@@ -145,6 +151,7 @@ fn prepare() -> Result<Tools> {
         heapwatch: root.join("target/release/heapwatch"),
         churn: compile("churn")?,
         many_sites: compile("many_sites")?,
+        leak: compile("leak")?,
         libc,
         dir,
     })
@@ -328,11 +335,21 @@ impl Daemon {
 impl Drop for Daemon {
     /// SIGTERM: the daemon detaches everything and exits.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = signal(self.child.id(), "TERM");
         let _ = self.child.wait();
     }
+}
+
+/// Sends signal `name` (TERM, INT, ...) to process `pid`.
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
+    }
+    Ok(())
 }
 
 /// The sum of a metric family's samples in a /metrics text.
