@@ -260,7 +260,7 @@ impl BpfBaseline {
                     .as_u64()
                     .is_some_and(|id| !self.links.contains(&id))
             })
-            .filter_map(|link| Some(link["type"].as_str()?.to_owned()))
+            .filter_map(|link| link_type(&link["type"]))
             .collect();
         types.sort();
         types.dedup();
@@ -288,6 +288,18 @@ impl BpfBaseline {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A link's kind as `bpftool link show` gives it. Debian 12's bpftool lists
+/// the kinds its own kernel headers lacked by number: a multi-uprobe link
+/// (`BPF_LINK_TYPE_UPROBE_MULTI`) is 12.
+fn link_type(kind: &Value) -> Option<String> {
+    match kind {
+        Value::String(name) => Some(name.clone()),
+        Value::Number(n) if n.as_u64() == Some(12) => Some("uprobe_multi".to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

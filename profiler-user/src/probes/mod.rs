@@ -261,6 +261,16 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// A function the allocator must have is not in the library.
+    #[error(
+        "attach uprobe to {function} in {library}: {function} does not appear in its symbol table (is it the C library? name the program's allocator library with --libc PATH)"
+    )]
+    MissingFunction {
+        /// The function.
+        function: &'static str,
+        /// The library.
+        library: PathBuf,
+    },
     /// A multi-uprobe link was refused.
     #[error("attach {program} to {library} by a multi-uprobe link: {source}")]
     AttachMulti {
@@ -489,12 +499,17 @@ impl Probes {
                 self.skipped.push(function.name);
                 continue;
             }
+            let start = table.file_offsets.get(function.name).copied().ok_or_else(|| {
+                ProbeError::MissingFunction {
+                    function: function.name,
+                    library: self.libc.clone(),
+                }
+            })?;
             let placement = self.place(function, &table);
-            let start = table.file_offsets.get(function.name).copied();
             self.plan.push(PlannedProbe {
                 function,
                 offset: placement.offset,
-                file_offset: start.unwrap_or_default() + placement.offset,
+                file_offset: start + placement.offset,
             });
             let kinds = if function.returns {
                 "uprobe+uretprobe"
