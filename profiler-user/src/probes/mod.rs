@@ -499,12 +499,14 @@ impl Probes {
                 self.skipped.push(function.name);
                 continue;
             }
-            let start = table.file_offsets.get(function.name).copied().ok_or_else(|| {
-                ProbeError::MissingFunction {
+            let start = table
+                .file_offsets
+                .get(function.name)
+                .copied()
+                .ok_or_else(|| ProbeError::MissingFunction {
                     function: function.name,
                     library: self.libc.clone(),
-                }
-            })?;
+                })?;
             let placement = self.place(function, &table);
             self.plan.push(PlannedProbe {
                 function,
