@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    BpfBaseline, KillOnDrop, Summary, fixture, functions, heapwatch, record, record_with_env,
-    sampled_functions, valgrind,
+    BpfBaseline, KillOnDrop, Summary, c_fixture_with, fixture, functions, heapwatch, record,
+    record_with_env, sampled_functions, valgrind, valgrind_with,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -606,4 +606,82 @@ fn both_ways_of_attaching_trace_exactly_and_leave_nothing() {
         );
         baseline.assert_nothing_left();
     }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn programs_on_other_allocators_match_valgrind() {
+    let leak = |binary: &str, compiler: &str, args: &[&str]| {
+        let path = c_fixture_with("leak", binary, compiler, args);
+        path.to_str().expect("utf-8 path").to_owned()
+    };
+    let jemalloc = leak("leak_jemalloc", "gcc", &["-ljemalloc"]);
+    let glibc = leak("leak_glibc", "gcc", &[]);
+    let static_musl = leak("leak_musl_static", "musl-gcc", &["-static"]);
+    // (what runs, LD_PRELOAD, valgrind's name for the allocator's library,
+    // its file, whether valgrind's summary is the program's own)
+    let cases = [
+        (&jemalloc, "", "*jemalloc*", "libjemalloc.so.2", true),
+        (
+            &glibc,
+            "libmimalloc.so.2",
+            "*mimalloc*",
+            "libmimalloc.so.2",
+            true,
+        ),
+        // Under valgrind, tcmalloc makes two small allocations (24 bytes)
+        // that it does not make bare: its leak's site is compared instead.
+        (
+            &glibc,
+            "libtcmalloc_minimal.so.4",
+            "*tcmalloc*",
+            "libtcmalloc_minimal.so.4",
+            false,
+        ),
+    ];
+    for (program, preload, soname, library, summary_comparable) in cases {
+        let env = [("LD_PRELOAD", preload)];
+        let env = if preload.is_empty() {
+            &env[..0]
+        } else {
+            &env[..]
+        };
+        let theirs = valgrind_with(
+            &[&format!("--soname-synonyms=somalloc={soname}")],
+            env,
+            &[program],
+        );
+        let recorded = record_with_env(&[], &[program], env);
+        recorded.assert_exact();
+        if summary_comparable {
+            assert_eq!(
+                recorded.summaries(),
+                theirs,
+                "{library}\n{}",
+                recorded.stderr()
+            );
+        }
+        assert!(
+            recorded.report["allocator_library"]
+                .as_str()
+                .is_some_and(|path| path.ends_with(library)),
+            "{library} not probed: {}",
+            recorded.report["allocator_library"]
+        );
+        let site = site_holding(&recorded.processes()[0], 400_000_000);
+        assert_eq!(site["live_blocks"], 100_000u64, "{library}: {site}");
+        assert_eq!(functions(&site)[..2], ["leak", "main"], "{library}: {site}");
+    }
+    // valgrind cannot replace a static program's malloc: the same source on
+    // glibc gives the figures.
+    let theirs = valgrind(&[&glibc]);
+    let recorded = record(&[], &[&static_musl]);
+    recorded.assert_exact();
+    assert_eq!(
+        recorded.summaries(),
+        theirs,
+        "static musl\n{}",
+        recorded.stderr()
+    );
+    assert_eq!(recorded.report["allocator_library"], static_musl.as_str());
 }

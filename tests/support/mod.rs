@@ -45,14 +45,32 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 /// Builds tests/fixtures/NAME.{c,cpp,rs} with frame pointers and debug info
 /// and returns the binary's path.
 pub fn fixture(name: &str) -> PathBuf {
+    let (_, compiler) = compiler_for(&fixture_sources(), name);
+    fixture_built_by(name, name, compiler, &[])
+}
+
+/// Builds the C fixture NAME with `compiler` (`gcc`, `musl-gcc`) and the
+/// extra arguments `args` (after the source: libraries to link), frame
+/// pointers and debug info as every fixture, into a binary named `binary`.
+pub fn c_fixture_with(name: &str, binary: &str, compiler: &str, args: &[&str]) -> PathBuf {
+    let mut command = Command::new(compiler);
+    command.args(["-O1", "-g", "-fno-omit-frame-pointer"]);
+    fixture_built_by(name, binary, command, args)
+}
+
+fn fixture_sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn fixture_built_by(name: &str, binary: &str, mut compiler: Command, args: &[&str]) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     std::fs::create_dir_all(&out_dir).expect("create the fixtures' build directory");
-    let binary = out_dir.join(name);
-    let (source, mut compiler) = compiler_for(&sources, name);
+    let binary = out_dir.join(binary);
+    let (source, _) = compiler_for(&fixture_sources(), name);
     let status = compiler
         .arg(&source)
+        .args(args)
         .arg("-o")
         .arg(&binary)
         .status()
@@ -184,8 +202,16 @@ pub fn record_with_env(flags: &[&str], command: &[&str], env: &[(&str, &str)]) -
 
 /// valgrind's summaries of `command`, one per process, in the order printed.
 pub fn valgrind(command: &[&str]) -> Vec<Summary> {
+    valgrind_with(&[], &[], command)
+}
+
+/// As [`valgrind`], with extra valgrind options (`--soname-synonyms`) and
+/// environment variables (`LD_PRELOAD`).
+pub fn valgrind_with(options: &[&str], env: &[(&str, &str)], command: &[&str]) -> Vec<Summary> {
     let output = Command::new("valgrind")
+        .envs(env.iter().copied())
         .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
+        .args(options)
         .args(command)
         .stdin(Stdio::null())
         .output()

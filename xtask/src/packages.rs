@@ -10,7 +10,8 @@ use crate::toolchain::run;
 /// (binutils) for their build ids, valgrind to compare with, bpftool to list
 /// what is attached and count stack-map entries, a Prometheus server and
 /// promtool, systemd-analyze for the unit, useradd and setpriv for the
-/// unprivileged-user tests.
+/// unprivileged-user tests, and other allocators (jemalloc, tcmalloc,
+/// mimalloc, static musl) for programs that do not use the C library's.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -24,6 +25,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "libcap2-bin",
     "bpftrace",
+    "libjemalloc-dev",
+    "libtcmalloc-minimal4",
+    "libmimalloc-dev",
+    "musl-tools",
 ];
 
 /// Installs the packages not yet installed (apt-get update first, once).

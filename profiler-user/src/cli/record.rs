@@ -34,7 +34,8 @@ pub struct RecordArgs {
     /// Show at most K sites per process.
     #[arg(long, value_name = "K", default_value_t = DEFAULT_TOP_SITES, value_parser = parse_top, allow_negative_numbers = true)]
     pub top: u32,
-    /// The allocator library to probe (default: the C library heapwatch itself uses).
+    /// The allocator library to probe (default: the file CMD's malloc comes
+    /// from: itself if static, LD_PRELOAD's, or a library it links).
     #[arg(long, value_name = "PATH")]
     pub libc: Option<PathBuf>,
     /// Ring-buffer size in KiB (a power of two, at least 4).

@@ -1,5 +1,5 @@
-//! Finding the libraries to probe: the C library processes map, and the C++
-//! runtime from the dynamic linker's cache.
+//! Finding the libraries to probe: the C library processes map, and
+//! libraries by soname from the dynamic linker's cache.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,15 @@ pub fn libc_in_maps(maps: &str) -> Option<PathBuf> {
         .into_iter()
         .find(|m| is_libc_name(&m.path))
         .map(|m| m.path.to_path_buf())
+}
+
+/// The dynamic linker's cache, as `ldconfig -p` prints it (empty if it cannot run).
+pub fn linker_cache() -> String {
+    std::process::Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// The path of the 64-bit `soname` in the text of `ldconfig -p`.

@@ -1,6 +1,7 @@
 //! Loading heapwatch's eBPF object, attaching its programs to the allocator
 //! and the process lifecycle tracepoints, and reading what they report.
 
+mod allocator;
 mod caps;
 mod libc;
 mod links;
@@ -29,8 +30,9 @@ use aya::{
 use profiler_common::{Counter, filter_mode, known_stack_slots};
 use thiserror::Error;
 
+pub use allocator::allocator_of;
 pub use caps::missing_capabilities;
-pub use libc::{libc_in_maps, library_in_ldconfig};
+pub use libc::{libc_in_maps, library_in_ldconfig, linker_cache};
 pub use links::AttachedProbes;
 pub use placement::{NullFirstArg, Placement, place};
 pub use reader::{Backlog, EventReader};
@@ -95,12 +97,13 @@ const fn allocator(
 
 /// The malloc family, and glibc's first step of a thread's exit (after
 /// which a free of a block not live is glibc emptying its per-thread cache).
-/// The optional ones are absent from some C libraries.
+/// All but malloc may be absent: some allocators lack the rarer ones, and a
+/// static build keeps only the functions it calls.
 const ALLOCATOR_FNS: [AllocatorFn; 11] = [
     allocator("malloc", "size_arg0_entry", true, true),
-    allocator("calloc", "calloc_entry", true, true),
-    allocator("realloc", "realloc_entry", true, true),
-    allocator("free", "free_entry", false, true),
+    allocator("calloc", "calloc_entry", true, false),
+    allocator("realloc", "realloc_entry", true, false),
+    allocator("free", "free_entry", false, false),
     allocator("reallocarray", "reallocarray_entry", true, false),
     allocator("posix_memalign", "posix_memalign_entry", true, false),
     allocator("aligned_alloc", "size_arg1_entry", true, false),
@@ -604,12 +607,7 @@ impl Probes {
 
 /// The C++ runtime, when the linker cache lists it.
 fn cxx_runtime() -> Option<PathBuf> {
-    let cache = std::process::Command::new("ldconfig")
-        .arg("-p")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    library_in_ldconfig(&cache, CXX_RUNTIME)
+    library_in_ldconfig(&linker_cache(), CXX_RUNTIME)
 }
 
 fn check_privileges() -> Result<(), ProbeError> {

@@ -15,7 +15,7 @@ pub use command::{CommandError, resolve_command};
 pub use floor::{FloorOptions, floor};
 
 use crate::{
-    probes::{EventReader, ProbeConfig, ProbeError, Probes, Targets},
+    probes::{EventReader, ProbeConfig, ProbeError, Probes, Targets, allocator_of, linker_cache},
     report::{CommandStatus, ProcessReport, RecordReport, SiteSelection, draft_of},
     session::{Retention, Session},
     signals::delegate_signals,
@@ -100,7 +100,7 @@ impl Recording {
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     let (mut command, pid) = HeldCommand::spawn(&options.command)?;
     let mut probes = Probes::attach(&ProbeConfig {
-        libc: options.libc.clone(),
+        libc: options.libc.clone().or_else(|| command.allocator()),
         targets: Targets::Process {
             pid,
             follow_forks: options.follow_forks,
@@ -136,6 +136,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
 /// The command's process, forked and held before exec, with its name for errors.
 struct HeldCommand {
     name: String,
+    program: PathBuf,
     child: HeldChild,
 }
 
@@ -150,12 +151,26 @@ impl HeldCommand {
             Ok((child, pid))
         });
         match spawned {
-            Ok((child, pid)) => Ok((Self { name, child }, pid)),
+            Ok((child, pid)) => Ok((
+                Self {
+                    name,
+                    program,
+                    child,
+                },
+                pid,
+            )),
             Err(source) => Err(RecordError::Spawn {
                 command: name,
                 source,
             }),
         }
+    }
+
+    /// The file providing the command's `malloc` as it will run (its own,
+    /// `LD_PRELOAD`'s or a library's it needs), if one is in reach.
+    fn allocator(&self) -> Option<PathBuf> {
+        let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
+        allocator_of(&self.program, &preload, &linker_cache())
     }
 
     /// Lets the command exec.
