@@ -16,8 +16,8 @@ use super::{
 /// One attachment: a perf event (one probe) or a multi-uprobe link (a
 /// program at every offset of one file). Dropping it detaches it.
 enum Link {
-    PerfEvent(#[allow(dead_code)] UProbeLink),
-    Multi(#[allow(dead_code)] MultiLink),
+    PerfEvent(UProbeLink),
+    Multi(MultiLink),
 }
 
 /// A set of attached probes. Dropping it detaches them; detaching waits for
