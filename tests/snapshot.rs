@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    Workload,
+    Workload, c_fixture_with,
     daemon::{Daemon, api_reply},
     fixture, functions, heapwatch,
     process::Gated,
@@ -627,5 +627,43 @@ fn the_documented_schema_accepts_a_snapshot_and_refuses_what_heapwatch_never_wri
         *json.pointer_mut(pointer).expect("a field") = bad;
         let refused = std::panic::catch_unwind(|| support::assert_matches_schema(&json));
         assert!(refused.is_err(), "{pointer} accepted: {json}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn without_a_daemon_a_process_is_traced_through_its_own_allocator() {
+    let jemalloc = c_fixture_with(
+        "workload",
+        "workload_jemalloc",
+        "gcc",
+        &["-pthread", "-ljemalloc"],
+    );
+    let static_musl = c_fixture_with(
+        "workload",
+        "workload_musl_static",
+        "musl-gcc",
+        &["-pthread", "-static"],
+    );
+    for binary in [jemalloc, static_musl] {
+        let leak = Workload::start(&binary, "leak");
+        let json = traced_snapshot(leak.pid(), &["--format", "json"]);
+        let json: Value = serde_json::from_slice(&json.stdout).expect("JSON snapshot");
+        let site = &json["sites"][0];
+        assert_eq!(
+            functions(site)[..2],
+            ["leak_step", "main"],
+            "{binary:?}: {site}"
+        );
+        let blocks = site["live_blocks"].as_u64().expect("blocks");
+        assert!(
+            blocks >= 5,
+            "a leak every 100 ms for 1 s: {binary:?}: {site}"
+        );
+        assert_eq!(
+            site["live_bytes"].as_u64(),
+            Some(1024 * blocks),
+            "{binary:?}: {site}"
+        );
     }
 }

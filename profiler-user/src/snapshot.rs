@@ -7,6 +7,7 @@ use std::{
     convert::Infallible,
     io,
     num::NonZeroU32,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -16,12 +17,12 @@ use thiserror::Error;
 use crate::{
     api::{ProcessListEntry, Request, call},
     config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
-    probes::{ProbeConfig, ProbeError, Probes, Targets, libc_in_maps},
+    probes::{self, ProbeConfig, ProbeError, Probes, Targets, libc_in_maps, linker_cache},
     procinfo::{is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteSelection, draft_of},
     session::{Retention, Session},
     signals::{stop_on_signals, stop_requested},
-    stacks::Symbols,
+    stacks::{Symbols, parse_maps},
     tracker::{ProcessState, TrackerConfig},
 };
 
@@ -189,11 +190,42 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
     Ok(report)
 }
 
-/// The C library process `pid` maps, through its root (its mount namespace).
+/// The file process `pid` takes `malloc` from, as `record` finds a
+/// command's (its executable, `LD_PRELOAD`'s, a library it needs), when the
+/// process maps it; else the C library it maps. Through its root (its mount
+/// namespace).
 fn allocator_of(pid: u32) -> Result<PathBuf, TraceError> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|_| TraceError::NoSuchProcess(pid))?;
-    let libc = libc_in_maps(&maps).ok_or(TraceError::NoLibc(pid))?;
-    let relative = libc.strip_prefix("/").unwrap_or(&libc);
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let preload = preload_of(pid);
+    let found = probes::allocator_of(&exe, &preload, &linker_cache());
+    if found.as_ref() == Some(&exe) {
+        return Ok(exe);
+    }
+    // The linker cache and the process may name one file by two paths
+    // (/lib and /usr/lib): the mapping is matched by inode and name.
+    let mapped = parse_maps(&maps);
+    let library = found
+        .and_then(|path| {
+            let inode = std::fs::metadata(&path).ok()?.ino();
+            mapped
+                .iter()
+                .find(|m| m.inode == inode && m.path.file_name() == path.file_name())
+                .map(|m| m.path.to_path_buf())
+        })
+        .or_else(|| libc_in_maps(&maps))
+        .ok_or(TraceError::NoLibc(pid))?;
+    let relative = library.strip_prefix("/").unwrap_or(&library);
     Ok(PathBuf::from(format!("/proc/{pid}/root")).join(relative))
+}
+
+/// Process `pid`'s `LD_PRELOAD` (empty when unset or unreadable).
+fn preload_of(pid: u32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .unwrap_or_default()
 }
