@@ -252,12 +252,12 @@ pub fn event_kind_label(kind: EventKind) -> &'static str {
     }
 }
 
-/// Where a kernel counter is exported: its family and its `reason` label.
-fn kernel_counter_series(counter: Counter) -> (Metric, &'static str) {
+/// Where a kernel counter is exported: its family and its labels.
+fn kernel_counter_series(counter: Counter) -> (Metric, &'static [&'static str]) {
     match counter {
-        Counter::RingbufFull => (Metric::EventsLost, ""),
-        Counter::Unpaired => (Metric::KernelDrops, "unpaired"),
-        Counter::TargetsFull => (Metric::KernelDrops, "targets_full"),
+        Counter::RingbufFull => (Metric::EventsLost, &[]),
+        Counter::Unpaired => (Metric::KernelDrops, &["unpaired"]),
+        Counter::TargetsFull => (Metric::KernelDrops, &["targets_full"]),
     }
 }
 
@@ -352,17 +352,15 @@ impl Collector {
         }
     }
 
-    /// Sets the series `labels` to `value` (a counter's series is made anew
-    /// at each update, so setting is adding to zero).
-    fn set(&self, labels: &[&str], value: f64) {
-        match self {
-            Self::Gauge(v) => v.with_label_values(labels).set(value as i64),
-            Self::RealGauge(v) => v.with_label_values(labels).set(value),
-            Self::Counter(v) => v.with_label_values(labels).inc_by(value as u64),
+    /// Sets a real-valued series; only a real gauge holds one.
+    fn set_real(&self, labels: &[&str], value: f64) {
+        if let Self::RealGauge(v) = self {
+            v.with_label_values(labels).set(value);
         }
     }
 
-    /// Sets a whole-number series exactly.
+    /// Sets a whole-number series exactly (a counter's series is made anew
+    /// at each update, so setting is adding to zero).
     fn set_whole(&self, labels: &[&str], value: u64) {
         match self {
             Self::Gauge(v) => v.with_label_values(labels).set(saturate(value)),
@@ -419,8 +417,7 @@ impl Metrics {
                 .set_whole(&[event_kind_label(kind)], own.session.events[kind as usize]);
         }
         for counter in Counter::ALL {
-            let (metric, reason) = kernel_counter_series(counter);
-            let labels: &[&str] = if reason.is_empty() { &[] } else { &[reason] };
+            let (metric, labels) = kernel_counter_series(counter);
             self.collector(metric)
                 .set_whole(labels, own.kernel[counter as usize]);
         }
@@ -453,7 +450,7 @@ impl Metrics {
             self.collector(metric).set_whole(&labels, value);
         }
         self.collector(Metric::ProcessGrowthRate)
-            .set(&labels, row.growth_rate);
+            .set_real(&labels, row.growth_rate);
     }
 
     /// The text exposition of every metric, consistent with one update.
