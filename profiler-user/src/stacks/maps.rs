@@ -3,6 +3,8 @@
 
 use std::{path::Path, sync::Arc};
 
+use super::files::MappedFile;
+
 /// One executable, file-backed mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -18,6 +20,9 @@ pub struct Mapping {
     pub inode: u64,
     /// The file's GNU build id, once read ([`super::SiteResolver`] fills it in).
     pub build_id: Option<Arc<[u8]>>,
+    /// The file as the process maps it, once opened ([`super::SiteResolver`]
+    /// opens it).
+    pub file: Option<Arc<MappedFile>>,
 }
 
 /// Where a return address lies in a mapped file.
@@ -29,6 +34,9 @@ pub struct Location {
     pub build_id: Option<Arc<[u8]>>,
     /// The offset in the file.
     pub offset: u64,
+    /// The file as the process mapped it, held open: its symbols are read
+    /// from it, not from whatever the path names now.
+    pub file: Option<Arc<MappedFile>>,
 }
 
 /// The executable file mappings listed in a /proc/PID/maps text.
@@ -36,14 +44,20 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// What the kernel appends to the path of a file deleted since it was mapped.
+const DELETED: &str = " (deleted)";
+
 fn parse_line(line: &str) -> Option<Mapping> {
-    let mut fields = line.split_whitespace();
+    // Fields are one space apart; the path, padded, is the rest of the line
+    // and may hold spaces.
+    let mut fields = line.splitn(6, ' ');
     let range = fields.next()?;
     let perms = fields.next()?;
     let offset = fields.next()?;
     let _device = fields.next()?;
     let inode = fields.next()?;
-    let path = fields.next()?;
+    let path = fields.next()?.trim_start();
+    let path = path.strip_suffix(DELETED).unwrap_or(path);
     if !perms.contains('x') || !path.starts_with('/') {
         return None;
     }
@@ -55,6 +69,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         path: Arc::from(Path::new(path)),
         inode: inode.parse().ok()?,
         build_id: None,
+        file: None,
     })
 }
 
@@ -67,6 +82,7 @@ pub fn normalize(mappings: &[Mapping], address: u64) -> Option<Location> {
             path: Arc::clone(&m.path),
             build_id: m.build_id.clone(),
             offset: address - m.start + m.file_offset,
+            file: m.file.clone(),
         })
 }
 
@@ -106,6 +122,16 @@ mod tests {
         assert_eq!((at.offset, at.build_id), (0x28010, None));
         assert_eq!(normalize(&maps, 0x5581a2a00010), None);
         assert_eq!(normalize(&maps, 0x7ffd0e1f0000), None);
+    }
+
+    #[test]
+    fn paths_keep_their_spaces_and_lose_the_deleted_mark() {
+        let maps = parse_maps(
+            "1000-2000 r-xp 00000000 fe:01 7 /tmp/a b/prog (deleted)\n\
+             3000-4000 r-xp 00000000 fe:01 8 /tmp/c\n",
+        );
+        assert_eq!(&*maps[0].path, Path::new("/tmp/a b/prog"));
+        assert_eq!(&*maps[1].path, Path::new("/tmp/c"));
     }
 
     #[test]

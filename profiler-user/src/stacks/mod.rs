@@ -2,6 +2,7 @@
 //! build id, offset) while their process lives, symbolized later with
 //! blazesym, even after the process has gone.
 
+mod files;
 mod maps;
 mod service;
 mod symbols;
@@ -15,6 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use files::{FileId, MappedFile, OpenFiles, open_mapped};
 pub use maps::{Location, Mapping, normalize, parse_maps};
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
@@ -124,15 +126,13 @@ impl StackTable {
     }
 }
 
-/// A file as a path and an inode: one version of it.
-type FileVersion = (Arc<Path>, u64);
-
 /// Normalizes each process's allocation sites once, while it lives.
 #[derive(Default)]
 pub struct SiteResolver {
     maps: HashMap<u32, Vec<Mapping>>,
     stacks: FastMap<(u32, RawSite), Arc<Stack>>,
-    build_ids: HashMap<FileVersion, Option<Arc<[u8]>>>,
+    files: OpenFiles,
+    build_ids: HashMap<FileId, Option<Arc<[u8]>>>,
 }
 
 impl SiteResolver {
@@ -203,18 +203,25 @@ impl SiteResolver {
         Frame { address, location }
     }
 
-    /// The process's executable mappings with their files' build ids.
+    /// The process's executable mappings, each with its file opened as the
+    /// process maps it and that file's build id.
     fn read_maps(&mut self, tgid: u32) -> Vec<Mapping> {
         let mut mappings = fs::read_to_string(format!("/proc/{tgid}/maps"))
             .map(|text| parse_maps(&text))
             .unwrap_or_default();
         for mapping in &mut mappings {
+            let Some(file) = open_mapped(tgid, mapping) else {
+                continue;
+            };
+            let file = self.files.share(file);
             mapping.build_id = self
                 .build_ids
-                .entry((Arc::clone(&mapping.path), mapping.inode))
-                .or_insert_with(|| read_build_id(&mapping.path))
+                .entry(file.id)
+                .or_insert_with(|| read_build_id(&file.path()))
                 .clone();
+            mapping.file = Some(file);
         }
+        self.build_ids.retain(|id, _| self.files.holds(id));
         mappings
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer, source::Elf, source::Source};
 use serde::{Deserialize, Serialize};
 
-use super::{Frame, Location, Stack, read_build_id};
+use super::{FileId, Frame, Location, Stack, read_build_id};
 
 /// A frame with its symbol, as reports show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +31,9 @@ pub struct SymFrame {
 /// Frames resolved per (file, build id, offset) kept by default.
 pub const DEFAULT_CACHE_FRAMES: usize = 65_536;
 
-type CacheKey = (Arc<Path>, Option<Arc<[u8]>>, u64);
+/// A location: the path shown, the build id, the file (two files may share
+/// a path and lack a build id: a container's and the host's) and the offset.
+type CacheKey = (Arc<Path>, Option<Arc<[u8]>>, Option<FileId>, u64);
 
 /// Symbolizes frames, caching each location in a cache of bounded size.
 ///
@@ -113,6 +115,7 @@ impl Symbols {
         let key = (
             Arc::clone(&location.path),
             location.build_id.clone(),
+            location.file.as_ref().map(|file| file.id),
             location.offset,
         );
         if let Some(hit) = self.young.get(&key) {
@@ -130,15 +133,22 @@ impl Symbols {
         resolved
     }
 
-    /// Symbols of `location` from its file, unless the file on disk is no
-    /// longer the one the process mapped (another build id): then none.
+    /// Symbols of `location` from the file the process mapped, held open;
+    /// without it, from its path unless the file there is no longer the one
+    /// the process mapped (another build id): then none.
     fn lookup(&self, location: &Location) -> Resolved {
-        if location.build_id.is_some() && read_build_id(&location.path) != location.build_id {
-            return Resolved::default();
-        }
+        let path = match &location.file {
+            Some(file) => file.path(),
+            None if location.build_id.is_some()
+                && read_build_id(&location.path) != location.build_id =>
+            {
+                return Resolved::default();
+            }
+            None => location.path.to_path_buf(),
+        };
         // A return address: look up the call instruction just before it.
         let input = Input::FileOffset(location.offset.saturating_sub(1));
-        let source = Source::Elf(Elf::new(location.path.to_path_buf()));
+        let source = Source::Elf(Elf::new(path));
         match self.symbolizer.symbolize_single(&source, input) {
             Ok(Symbolized::Sym(sym)) => {
                 let code = sym.code_info.as_deref();
