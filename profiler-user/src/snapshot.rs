@@ -7,7 +7,6 @@ use std::{
     convert::Infallible,
     io,
     num::NonZeroU32,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -17,12 +16,13 @@ use thiserror::Error;
 use crate::{
     api::{ProcessListEntry, Request, call},
     config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
-    probes::{self, ProbeConfig, ProbeError, Probes, Targets, libc_in_maps, linker_cache},
+    coverage::{Coverage, Discovery, Untraced},
+    probes::{ProbeConfig, ProbeError, Probes, Targets},
     procinfo::{is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteSelection, draft_of},
     session::{Retention, Session},
     signals::{stop_on_signals, stop_requested},
-    stacks::{Symbols, parse_maps},
+    stacks::Symbols,
     tracker::{ProcessState, TrackerConfig},
 };
 
@@ -62,9 +62,15 @@ pub enum TraceError {
     NoSuchProcess(u32),
     /// The process maps no C library.
     #[error(
-        "process {0} maps no C library (statically linked?): heapwatch traces the C library's malloc family"
+        "process {pid} maps no allocator heapwatch can trace ({}): heapwatch traces the malloc family of glibc, musl, jemalloc, tcmalloc, mimalloc and static executables with symbols",
+        reason.label()
     )]
-    NoLibc(u32),
+    Untraced {
+        /// The process.
+        pid: u32,
+        /// Why.
+        reason: Untraced,
+    },
     /// The probes could not be loaded or attached.
     #[error(transparent)]
     Probes(#[from] ProbeError),
@@ -146,9 +152,10 @@ fn ask_snapshot(request: &SnapshotRequest) -> Result<ProcessReport, QueryError> 
 /// SIGINT/SIGTERM) and reports what it allocated then and still holds.
 fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport, TraceError> {
     let pid = NonZeroU32::new(request.pid).ok_or(TraceError::NoSuchProcess(request.pid))?;
-    let libc = allocator_of(pid.get())?;
+    let (libc, also) = allocators_of(pid.get())?;
     let mut probes = Probes::attach(&ProbeConfig {
         libc: Some(libc),
+        also,
         targets: Targets::Process {
             pid,
             follow_forks: false,
@@ -190,42 +197,24 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
     Ok(report)
 }
 
-/// The file process `pid` takes `malloc` from, as `record` finds a
-/// command's (its executable, `LD_PRELOAD`'s, a library it needs), when the
-/// process maps it; else the C library it maps. Through its root (its mount
-/// namespace).
-fn allocator_of(pid: u32) -> Result<PathBuf, TraceError> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|_| TraceError::NoSuchProcess(pid))?;
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let preload = preload_of(pid);
-    let found = probes::allocator_of(&exe, &preload, &linker_cache());
-    if found.as_ref() == Some(&exe) {
-        return Ok(exe);
+/// The files providing process `pid`'s allocator, each through the
+/// process's own view of it: the C library's first where it is one.
+fn allocators_of(pid: u32) -> Result<(PathBuf, Vec<PathBuf>), TraceError> {
+    match Discovery::new().running(pid) {
+        None => Err(TraceError::NoSuchProcess(pid)),
+        Some(Coverage::Untraced(reason)) => Err(TraceError::Untraced { pid, reason }),
+        Some(Coverage::Traced(mut files)) => {
+            files.sort_by_key(|file| !is_c_library(&file.shown));
+            let mut paths = files.into_iter().map(|file| file.path);
+            let first = paths.next().ok_or(TraceError::NoSuchProcess(pid))?;
+            Ok((first, paths.collect()))
+        }
     }
-    // The linker cache and the process may name one file by two paths
-    // (/lib and /usr/lib): the mapping is matched by inode and name.
-    let mapped = parse_maps(&maps);
-    let library = found
-        .and_then(|path| {
-            let inode = std::fs::metadata(&path).ok()?.ino();
-            mapped
-                .iter()
-                .find(|m| m.inode == inode && m.path.file_name() == path.file_name())
-                .map(|m| m.path.to_path_buf())
-        })
-        .or_else(|| libc_in_maps(&maps))
-        .ok_or(TraceError::NoLibc(pid))?;
-    let relative = library.strip_prefix("/").unwrap_or(&library);
-    Ok(PathBuf::from(format!("/proc/{pid}/root")).join(relative))
 }
 
-/// Process `pid`'s `LD_PRELOAD` (empty when unset or unreadable).
-fn preload_of(pid: u32) -> String {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    environ
-        .split(|&b| b == 0)
-        .find_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
-        .unwrap_or_default()
+/// True for the C library's file (`libc.so.6`, musl's `libc.so`).
+fn is_c_library(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("libc.") || name.starts_with("ld-musl"))
 }

@@ -161,6 +161,7 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
 fn probe_config(config: &DaemonConfig) -> ProbeConfig {
     ProbeConfig {
         libc: config.libc.clone(),
+        also: Vec::new(),
         targets: match config.scope {
             Scope::All => Targets::AllProcesses,
             Scope::Only(_) => Targets::Selected,

@@ -4,13 +4,17 @@
 //! (`Targets::Selected`), whose breakpoints the kernel inserts into that
 //! process only.
 
-use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
+use std::{
+    collections::BTreeMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::uprobe::{UProbeLink, UProbeLinkId, UProbeScope};
 
 use super::{
-    Attachment, CXX_NEW_PROGRAM, ProbeError, Probes, add_target, map_error, tgid_map, uprobe,
-    uprobe_multi::MultiLink,
+    AllocatorPlan, Attachment, CXX_NEW_PROGRAM, ProbeError, Probes, add_target, map_error,
+    tgid_map, uprobe, uprobe_multi::MultiLink,
 };
 
 /// One attachment: a perf event (one probe) or a multi-uprobe link (a
@@ -26,6 +30,32 @@ enum Link {
 pub struct AttachedProbes {
     returns: Vec<Link>,
     entries: Vec<Link>,
+}
+
+impl AttachedProbes {
+    fn push(&mut self, returns: bool, link: Link) {
+        if returns {
+            self.returns.push(link);
+        } else {
+            self.entries.push(link);
+        }
+    }
+
+    /// True when nothing is attached.
+    pub fn is_empty(&self) -> bool {
+        self.returns.is_empty() && self.entries.is_empty()
+    }
+}
+
+/// One probe to attach: a program at an offset of a file.
+struct Probe {
+    program: &'static str,
+    /// A return probe.
+    returns: bool,
+    file: PathBuf,
+    file_offset: u64,
+    /// The symbol there, for errors.
+    symbol: String,
 }
 
 impl Drop for AttachedProbes {
@@ -78,21 +108,77 @@ impl Probes {
         }
     }
 
-    /// Attaches every planned probe with `scope`.
+    /// Attaches the probes planned at load (the allocator and the C++
+    /// runtime's `operator new`) with `scope`.
     pub(super) fn attach_planned(
         &mut self,
         scope: UProbeScope,
     ) -> Result<AttachedProbes, ProbeError> {
+        let mut probes: Vec<Probe> = self
+            .plans
+            .iter()
+            .flat_map(|plan| self.probes_of(plan))
+            .collect();
+        if let Some((runtime, symbols)) = &self.cxx_new {
+            probes.extend(symbols.iter().map(|&(symbol, file_offset)| Probe {
+                program: CXX_NEW_PROGRAM,
+                returns: false,
+                file: runtime.clone(),
+                file_offset,
+                symbol: symbol.to_owned(),
+            }));
+        }
+        self.attach_probes(&probes, scope)
+    }
+
+    /// Attaches the probes of another allocator's file, `plan`, with
+    /// `scope`: every process that maps that file (its inode), or one.
+    pub fn attach_allocator(
+        &mut self,
+        plan: &AllocatorPlan,
+        scope: UProbeScope,
+    ) -> Result<AttachedProbes, ProbeError> {
+        let probes = self.probes_of(plan);
+        self.attach_probes(&probes, scope)
+    }
+
+    /// The probes of `plan`'s functions: entries and returns.
+    fn probes_of(&self, plan: &AllocatorPlan) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for planned in &plan.probes {
+            let probe = |program, returns| Probe {
+                program,
+                returns,
+                file: plan.path.clone(),
+                file_offset: planned.file_offset,
+                symbol: planned.symbol.clone(),
+            };
+            if planned.kind.returns {
+                probes.push(probe(self.programs.on_return(), true));
+            }
+            probes.push(probe(self.programs.entry(planned.kind.entry), false));
+        }
+        probes
+    }
+
+    fn attach_probes(
+        &mut self,
+        probes: &[Probe],
+        scope: UProbeScope,
+    ) -> Result<AttachedProbes, ProbeError> {
         match &self.attachment {
-            Attachment::Multi(_) => self.attach_planned_multi(scope),
-            Attachment::PerfEvents(_) => self.attach_planned_perf(scope),
+            Attachment::Multi(_) => self.attach_multi(probes, scope),
+            Attachment::PerfEvents(_) => self.attach_perf(probes, scope),
         }
     }
 
-    /// Attaches the planned probes by multi-uprobe links: one for the
-    /// return program and one for each entry program, at every offset it
-    /// serves, and one for `operator new`.
-    fn attach_planned_multi(&self, scope: UProbeScope) -> Result<AttachedProbes, ProbeError> {
+    /// Attaches `probes` by multi-uprobe links: one for each program and
+    /// file, at every offset it serves there.
+    fn attach_multi(
+        &self,
+        probes: &[Probe],
+        scope: UProbeScope,
+    ) -> Result<AttachedProbes, ProbeError> {
         let Attachment::Multi(multi) = &self.attachment else {
             return Ok(AttachedProbes::default());
         };
@@ -100,76 +186,49 @@ impl Probes {
             UProbeScope::OneProcess(pid) => Some(pid),
             _ => None,
         };
-        let link = |program: &'static str, library: &Path, offsets: &[u64], returns: bool| {
-            multi
-                .link(program, library, offsets, returns, pid)
+        let mut links: BTreeMap<(bool, &'static str, &Path), Vec<u64>> = BTreeMap::new();
+        for probe in probes {
+            links
+                .entry((probe.returns, probe.program, &probe.file))
+                .or_default()
+                .push(probe.file_offset);
+        }
+        let mut attached = AttachedProbes::default();
+        for ((returns, program, library), offsets) in links {
+            let link = multi
+                .link(program, library, &offsets, returns, pid)
                 .map(Link::Multi)
                 .map_err(|source| ProbeError::AttachMulti {
                     program,
                     library: library.to_owned(),
                     source,
-                })
-        };
-        let mut entries: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
-        let mut returns = Vec::new();
-        for planned in &self.plan {
-            let function = planned.function;
-            if function.returns {
-                returns.push(planned.file_offset);
-            }
-            entries
-                .entry(self.programs.entry(function))
-                .or_default()
-                .push(planned.file_offset);
+                })?;
+            attached.push(returns, link);
         }
-        let mut probes = AttachedProbes::default();
-        if !returns.is_empty() {
-            let program = self.programs.on_return();
-            probes
-                .returns
-                .push(link(program, &self.libc, &returns, true)?);
-        }
-        for (program, offsets) in &entries {
-            probes
-                .entries
-                .push(link(program, &self.libc, offsets, false)?);
-        }
-        if let Some((runtime, symbols)) = &self.cxx_new {
-            let offsets: Vec<u64> = symbols.iter().map(|&(_, offset)| offset).collect();
-            probes
-                .entries
-                .push(link(CXX_NEW_PROGRAM, runtime, &offsets, false)?);
-        }
-        Ok(probes)
+        Ok(attached)
     }
 
-    /// Attaches the planned probes by perf events, one a probe.
-    fn attach_planned_perf(&mut self, scope: UProbeScope) -> Result<AttachedProbes, ProbeError> {
-        let mut probes = AttachedProbes::default();
-        for planned in self.plan.clone() {
-            let function = planned.function;
-            if function.returns {
-                let program = self.programs.on_return();
-                let link = self.attach_one(program, function.name, planned.offset, None, scope)?;
-                probes
-                    .returns
-                    .push(Link::PerfEvent(self.own(program, link)?));
-            }
-            let program = self.programs.entry(function);
-            let link = self.attach_one(program, function.name, planned.offset, None, scope)?;
-            probes
-                .entries
-                .push(Link::PerfEvent(self.own(program, link)?));
+    /// Attaches `probes` by perf events, one a probe.
+    fn attach_perf(
+        &mut self,
+        probes: &[Probe],
+        scope: UProbeScope,
+    ) -> Result<AttachedProbes, ProbeError> {
+        let mut attached = AttachedProbes::default();
+        for probe in probes {
+            let link = self.attach_one(
+                probe.program,
+                &probe.symbol,
+                probe.file_offset,
+                &probe.file,
+                scope,
+            )?;
+            attached.push(
+                probe.returns,
+                Link::PerfEvent(self.own(probe.program, link)?),
+            );
         }
-        if let Some((runtime, symbols)) = self.cxx_new.clone() {
-            for (symbol, _) in symbols {
-                let link = self.attach_one(CXX_NEW_PROGRAM, symbol, 0, Some(&runtime), scope)?;
-                probes
-                    .entries
-                    .push(Link::PerfEvent(self.own(CXX_NEW_PROGRAM, link)?));
-            }
-        }
-        Ok(probes)
+        Ok(attached)
     }
 
     /// Takes a link out of its program's keeping, so that dropping it detaches it.

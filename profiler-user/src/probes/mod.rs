@@ -6,6 +6,7 @@ mod caps;
 mod libc;
 mod links;
 mod placement;
+mod plan;
 mod reader;
 mod symbols;
 mod tracefs;
@@ -30,11 +31,12 @@ use aya::{
 use profiler_common::{Counter, filter_mode, known_stack_slots};
 use thiserror::Error;
 
-pub use allocator::allocator_of;
+pub use allocator::{FileFacts, allocators_in_reach, allocators_of, read_facts};
 pub use caps::missing_capabilities;
 pub use libc::{libc_in_maps, library_in_ldconfig, linker_cache};
 pub use links::AttachedProbes;
 pub use placement::{NullFirstArg, Placement, place};
+pub use plan::{AllocatorPlan, PREFIXES, plan_allocator, provides_allocator};
 pub use reader::{Backlog, EventReader};
 pub use tracefs::field_offset;
 use uprobe_multi::MultiPrograms;
@@ -62,6 +64,9 @@ pub enum Targets {
 pub struct ProbeConfig {
     /// The C library to probe; `None` finds the one heapwatch itself maps.
     pub libc: Option<PathBuf>,
+    /// Other allocators' files in the traced programs' reach, probed alike
+    /// (the C library under an interposer, a prefixed jemalloc beside it).
+    pub also: Vec<PathBuf>,
     /// Which processes are traced.
     pub targets: Targets,
     /// Ring-buffer size in bytes (a power of two, at least a page).
@@ -72,46 +77,6 @@ pub struct ProbeConfig {
     /// two); the others' goes to task storage.
     pub thread_slots: u32,
 }
-
-/// A probed allocator function.
-struct AllocatorFn {
-    name: &'static str,
-    entry: &'static str,
-    returns: bool,
-    required: bool,
-}
-
-const fn allocator(
-    name: &'static str,
-    entry: &'static str,
-    returns: bool,
-    required: bool,
-) -> AllocatorFn {
-    AllocatorFn {
-        name,
-        entry,
-        returns,
-        required,
-    }
-}
-
-/// The malloc family, and glibc's first step of a thread's exit (after
-/// which a free of a block not live is glibc emptying its per-thread cache).
-/// All but malloc may be absent: some allocators lack the rarer ones, and a
-/// static build keeps only the functions it calls.
-const ALLOCATOR_FNS: [AllocatorFn; 11] = [
-    allocator("malloc", "size_arg0_entry", true, true),
-    allocator("calloc", "calloc_entry", true, false),
-    allocator("realloc", "realloc_entry", true, false),
-    allocator("free", "free_entry", false, false),
-    allocator("reallocarray", "reallocarray_entry", true, false),
-    allocator("posix_memalign", "posix_memalign_entry", true, false),
-    allocator("aligned_alloc", "size_arg1_entry", true, false),
-    allocator("memalign", "size_arg1_entry", true, false),
-    allocator("valloc", "size_arg0_entry", true, false),
-    allocator("pvalloc", "size_arg0_entry", true, false),
-    allocator("__call_tls_dtors", "thread_exit_entry", false, false),
-];
 
 const RETURN_PROGRAM: &str = "alloc_return";
 
@@ -134,9 +99,10 @@ pub enum Programs {
 }
 
 impl Programs {
-    fn entry(self, function: &AllocatorFn) -> &'static str {
+    /// The program at the entry of a function the tracing program `entry` probes.
+    fn entry(self, entry: &'static str) -> &'static str {
         match self {
-            Self::Tracing => function.entry,
+            Self::Tracing => entry,
             Self::Floor { .. } => FLOOR_ENTRY_PROGRAM,
         }
     }
@@ -304,26 +270,21 @@ pub struct Probes {
     links: AttachedProbes,
     ebpf: Ebpf,
     programs: Programs,
+    /// The allocator probed at load: the C library, or the one named.
     libc: PathBuf,
-    skipped: Vec<&'static str>,
     attached: Vec<String>,
-    /// Where the allocator probes go, found once.
-    plan: Vec<PlannedProbe>,
+    /// Where the allocators' probes go, found once: that library's, then
+    /// the others'.
+    plans: Vec<AllocatorPlan>,
+    /// The other allocators' files.
+    also: Vec<PathBuf>,
     /// The C++ runtime and its `operator new` symbols, with their file
     /// offsets, when probed.
     cxx_new: Option<(PathBuf, Vec<(&'static str, u64)>)>,
+    /// The `operator new` symbols the C++ runtime lacks.
+    cxx_absent: Vec<&'static str>,
     /// How the uprobes are attached.
     attachment: Attachment,
-}
-
-/// One allocator function's probes, placed.
-#[derive(Clone, Copy)]
-struct PlannedProbe {
-    function: &'static AllocatorFn,
-    /// From the function's start.
-    offset: u64,
-    /// From the file's start.
-    file_offset: u64,
 }
 
 impl Probes {
@@ -332,7 +293,7 @@ impl Probes {
         let mut probes = Self::load(config, Programs::Tracing)?;
         probes.attached = attach_tracepoints(&mut probes.ebpf, config.targets)?;
         let runtime = cxx_runtime();
-        let mut programs: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.entry).collect();
+        let mut programs: Vec<&'static str> = plan::ENTRY_PROGRAMS.to_vec();
         programs.push(RETURN_PROGRAM);
         if runtime.is_some() {
             programs.push(CXX_NEW_PROGRAM);
@@ -371,10 +332,11 @@ impl Probes {
             programs,
             links: AttachedProbes::default(),
             libc,
-            skipped: Vec::new(),
             attached: Vec::new(),
-            plan: Vec::new(),
+            plans: Vec::new(),
+            also: config.also.clone(),
             cxx_new: None,
+            cxx_absent: Vec::new(),
             attachment: match std::env::var(UPROBE_LINKS_ENV).as_deref() {
                 Ok("perf-event") => {
                     Attachment::PerfEvents(format!("{UPROBE_LINKS_ENV}=perf-event"))
@@ -389,9 +351,17 @@ impl Probes {
         &self.libc
     }
 
-    /// Optional allocator functions the library lacks.
-    pub fn skipped(&self) -> &[&'static str] {
-        &self.skipped
+    /// Standard allocator functions the library lacks, and `operator new`
+    /// symbols the C++ runtime lacks.
+    pub fn skipped(&self) -> Vec<String> {
+        let absent = self
+            .plans
+            .iter()
+            .take(1)
+            .flat_map(|plan| plan.absent.iter().cloned());
+        absent
+            .chain(self.cxx_absent.iter().map(|&symbol| symbol.to_owned()))
+            .collect()
     }
 
     /// How the uprobes are attached, for `heapwatch daemon --check`.
@@ -480,70 +450,15 @@ impl Probes {
         Ok(())
     }
 
-    /// Places each allocator function's probes.
+    /// Places the probes of the allocators probed at load.
     fn plan_allocator(&mut self) -> Result<(), ProbeError> {
-        let names: Vec<&'static str> = ALLOCATOR_FNS.iter().map(|f| f.name).collect();
-        let table =
-            symbols::read_symbols(&self.libc, &names).map_err(|source| ProbeError::Symbols {
-                library: self.libc.clone(),
-                source,
-            })?;
-        let aliases = symbols::aliases(&names, &table.addresses);
-        for function in &ALLOCATOR_FNS {
-            if let Some(probed) = aliases.get(function.name) {
-                self.attached.push(format!(
-                    "{} is {probed} in {} (probed once)",
-                    function.name,
-                    self.libc.display()
-                ));
-                continue;
-            }
-            if !table.addresses.contains_key(function.name) && !function.required {
-                self.skipped.push(function.name);
-                continue;
-            }
-            let start = table
-                .file_offsets
-                .get(function.name)
-                .copied()
-                .ok_or_else(|| ProbeError::MissingFunction {
-                    function: function.name,
-                    library: self.libc.clone(),
-                })?;
-            let placement = self.place(function, &table);
-            self.plan.push(PlannedProbe {
-                function,
-                offset: placement.offset,
-                file_offset: start + placement.offset,
-            });
-            let kinds = if function.returns {
-                "uprobe+uretprobe"
-            } else {
-                "uprobe"
-            };
-            self.attached.push(format!(
-                "{kinds} {} in {} at {}+{}: {}",
-                function.name,
-                self.libc.display(),
-                function.name,
-                placement.offset,
-                placement.reason
-            ));
+        let at_entry = self.programs == (Programs::Floor { at_entry: true });
+        for path in std::iter::once(&self.libc).chain(&self.also) {
+            let plan = plan_allocator(path, at_entry)?;
+            self.attached.extend(plan.lines.iter().cloned());
+            self.plans.push(plan);
         }
         Ok(())
-    }
-
-    fn place(&self, function: &AllocatorFn, table: &symbols::SymbolTable) -> Placement {
-        if self.programs == (Programs::Floor { at_entry: true }) {
-            return Placement::entry();
-        }
-        let null = if function.name == "free" {
-            NullFirstArg::DoesNothing
-        } else {
-            NullFirstArg::Matters
-        };
-        let prologue = table.prologues.get(function.name);
-        place(prologue.map_or(&[][..], Vec::as_slice), null)
     }
 
     /// Finds the `operator new` symbols of the C++ runtime `runtime`.
@@ -555,7 +470,7 @@ impl Probes {
         let (present, absent): (Vec<&'static str>, Vec<&'static str>) = CXX_NEW_SYMBOLS
             .iter()
             .partition(|symbol| table.addresses.contains_key(**symbol));
-        self.skipped.extend(absent);
+        self.cxx_absent = absent;
         let present: Vec<(&'static str, u64)> = present
             .into_iter()
             .map(|symbol| {
@@ -575,31 +490,30 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches `program` at `function`+`offset` in `library` (default: the
-    /// allocator library). The return probe sits with the entry probe: one
-    /// breakpoint serves both, and the placement never moves past a change of
-    /// the stack pointer, so the return address is still at its top.
+    /// Attaches `program` at `file_offset` in `library`, named `function`
+    /// in errors. The return probe sits with the entry probe: one
+    /// breakpoint serves both, and the placement never moves past a change
+    /// of the stack pointer, so the return address is still at its top.
     fn attach_one(
         &mut self,
         program: &'static str,
-        function: &'static str,
-        offset: u64,
-        library: Option<&Path>,
+        function: &str,
+        file_offset: u64,
+        library: &Path,
         scope: UProbeScope,
     ) -> Result<UProbeLinkId, ProbeError> {
-        let library = library.unwrap_or(&self.libc).to_owned();
         let what = if program == self.programs.on_return() {
             "uretprobe"
         } else {
             "uprobe"
         };
-        let location = UProbeAttachLocation::SymbolOffset(function, offset);
+        let location = UProbeAttachLocation::AbsoluteOffset(file_offset);
         uprobe(&mut self.ebpf, program)?
-            .attach(location, &library, scope)
+            .attach(location, library, scope)
             .map_err(|source| ProbeError::Attach {
                 what,
                 function: function.to_owned(),
-                library,
+                library: library.to_owned(),
                 source: Box::new(source),
             })
     }

@@ -34,6 +34,7 @@ pub fn floor(args: &FloorOptions) -> Result<CommandStatus, RecordError> {
     let probes = Probes::attach_floor(
         &ProbeConfig {
             libc: args.libc.clone(),
+            also: Vec::new(),
             targets: Targets::Process {
                 pid,
                 follow_forks: false,

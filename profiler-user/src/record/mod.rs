@@ -15,7 +15,7 @@ pub use command::{CommandError, resolve_command};
 pub use floor::{FloorOptions, floor};
 
 use crate::{
-    probes::{EventReader, ProbeConfig, ProbeError, Probes, Targets, allocator_of, linker_cache},
+    probes::{EventReader, ProbeConfig, ProbeError, Probes, Targets, allocators_of, linker_cache},
     report::{CommandStatus, ProcessReport, RecordReport, SiteSelection, draft_of},
     session::{Retention, Session},
     signals::delegate_signals,
@@ -99,8 +99,16 @@ impl Recording {
 /// and terminal stay its own.
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     let (mut command, pid) = HeldCommand::spawn(&options.command)?;
+    let (libc, also) = match &options.libc {
+        Some(libc) => (Some(libc.clone()), Vec::new()),
+        None => {
+            let mut found = command.allocators().into_iter();
+            (found.next(), found.collect())
+        }
+    };
     let mut probes = Probes::attach(&ProbeConfig {
-        libc: options.libc.clone().or_else(|| command.allocator()),
+        libc,
+        also,
         targets: Targets::Process {
             pid,
             follow_forks: options.follow_forks,
@@ -124,7 +132,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         command: options.command.clone(),
         status,
         allocator_library: probes.libc().display().to_string(),
-        absent_functions: probes.skipped().iter().map(|f| (*f).to_owned()).collect(),
+        absent_functions: probes.skipped(),
         processes: process_reports(&session, pid.get()),
         lost_records: counters[Counter::RingbufFull as usize],
         unpaired_calls: counters[Counter::Unpaired as usize],
@@ -166,11 +174,11 @@ impl HeldCommand {
         }
     }
 
-    /// The file providing the command's `malloc` as it will run (its own,
-    /// `LD_PRELOAD`'s or a library's it needs), if one is in reach.
-    fn allocator(&self) -> Option<PathBuf> {
+    /// The files providing the command's allocator as it will run (its
+    /// own, `LD_PRELOAD`'s, a library's it needs), whose `malloc` it calls first.
+    fn allocators(&self) -> Vec<PathBuf> {
         let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
-        allocator_of(&self.program, &preload, &linker_cache())
+        allocators_of(&self.program, &preload, &linker_cache())
     }
 
     /// Lets the command exec.

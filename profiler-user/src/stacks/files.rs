@@ -150,6 +150,16 @@ mod tests {
     }
 
     #[test]
+    fn maps_name_files_as_stat_does() {
+        let exe = std::fs::metadata("/proc/self/exe").expect("own executable");
+        assert!(
+            own_mappings()
+                .iter()
+                .any(|m| (m.device, m.inode) == (exe.dev(), exe.ino()))
+        );
+    }
+
+    #[test]
     fn a_root_path_of_another_inode_is_refused() {
         let mut mapping = own_mappings().remove(0);
         mapping.inode += 1;

@@ -16,6 +16,8 @@ pub struct Mapping {
     pub file_offset: u64,
     /// The mapped file.
     pub path: Arc<Path>,
+    /// The file's device, as `stat` gives it.
+    pub device: u64,
     /// The file's inode (with its path, it names one version of the file).
     pub inode: u64,
     /// The file's GNU build id, once read ([`super::SiteResolver`] fills it in).
@@ -54,7 +56,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = fields.next()?;
     let perms = fields.next()?;
     let offset = fields.next()?;
-    let _device = fields.next()?;
+    let device = fields.next()?;
     let inode = fields.next()?;
     let path = fields.next()?.trim_start();
     let path = path.strip_suffix(DELETED).unwrap_or(path);
@@ -67,10 +69,20 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(end, 16).ok()?,
         file_offset: u64::from_str_radix(offset, 16).ok()?,
         path: Arc::from(Path::new(path)),
+        device: device_number(device)?,
         inode: inode.parse().ok()?,
         build_id: None,
         file: None,
     })
+}
+
+/// A device as /proc/PID/maps writes it (`major:minor` in hex), as `stat`
+/// numbers it.
+fn device_number(text: &str) -> Option<u64> {
+    let (major, minor) = text.split_once(':')?;
+    let major = u32::from_str_radix(major, 16).ok()?;
+    let minor = u32::from_str_radix(minor, 16).ok()?;
+    Some(libc::makedev(major, minor))
 }
 
 /// The file, build id and file offset of `address`, if a mapping holds it.
@@ -104,6 +116,7 @@ mod tests {
         assert_eq!(maps.len(), 2);
         assert_eq!(maps[0].start, 0x5581a2a01000);
         assert_eq!((maps[0].file_offset, maps[0].inode), (0x1000, 2345));
+        assert_eq!(maps[0].device, libc::makedev(0xfe, 1));
         assert_eq!(
             &*maps[1].path,
             Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6")
