@@ -35,15 +35,26 @@ pub enum Untraced {
     StrippedStatic,
     /// No file it maps defines an allocator heapwatch knows.
     NotRecognized,
+    /// Its allocator's file was found but its probes did not attach (logged).
+    AttachFailed,
 }
 
 impl Untraced {
+    /// Every reason.
+    pub const ALL: [Self; 4] = [
+        Self::OwnRuntime,
+        Self::StrippedStatic,
+        Self::NotRecognized,
+        Self::AttachFailed,
+    ];
+
     /// The reason as metrics and `ps --all` name it.
     pub fn label(self) -> &'static str {
         match self {
             Self::OwnRuntime => "own_runtime",
             Self::StrippedStatic => "stripped_static",
             Self::NotRecognized => "allocator_not_recognized",
+            Self::AttachFailed => "attach_failed",
         }
     }
 }

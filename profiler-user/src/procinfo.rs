@@ -4,6 +4,8 @@
 
 use std::fs;
 
+use crate::container::{Container, Runtime};
+
 /// The labels heapwatch exports for a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessLabels {
@@ -11,6 +13,10 @@ pub struct ProcessLabels {
     pub comm: String,
     /// The systemd unit, container id, or cgroup path.
     pub unit: String,
+    /// The container runtime, where the cgroup path names it (else empty).
+    pub runtime: String,
+    /// The Kubernetes pod's uid, where the cgroup path names it (else empty).
+    pub pod_uid: String,
 }
 
 impl ProcessLabels {
@@ -18,9 +24,16 @@ impl ProcessLabels {
     pub fn read(pid: u32) -> Self {
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let container = Container::from_cgroup(&cgroup);
         Self {
             comm: comm.trim_end().to_owned(),
             unit: unit_from_cgroup(&cgroup),
+            runtime: container
+                .as_ref()
+                .and_then(|c| c.runtime)
+                .map_or("", Runtime::name)
+                .to_owned(),
+            pod_uid: container.and_then(|c| c.pod_uid).unwrap_or_default(),
         }
     }
 }
@@ -84,10 +97,10 @@ pub fn unit_from_cgroup(cgroup: &str) -> String {
         .or_else(|| cgroup.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
         .unwrap_or("")
         .trim();
-    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    if let Some(id) = components.iter().rev().find_map(|c| container_id(c)) {
-        return id.to_owned();
+    if let Some(container) = Container::from_cgroup(cgroup) {
+        return container.id;
     }
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     const UNIT_SUFFIXES: [&str; 4] = [".service", ".scope", ".socket", ".timer"];
     if let Some(unit) = components
         .iter()
@@ -101,14 +114,6 @@ pub fn unit_from_cgroup(cgroup: &str) -> String {
     } else {
         path.to_owned()
     }
-}
-
-/// A container id in a cgroup component: `docker-<id>.scope`,
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope` or a bare `<id>`.
-fn container_id(component: &str) -> Option<&str> {
-    let trimmed = component.strip_suffix(".scope").unwrap_or(component);
-    let id = trimmed.rsplit('-').next().unwrap_or(trimmed);
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 #[cfg(test)]

@@ -158,6 +158,12 @@ impl Session {
         }
     }
 
+    /// Notes that process `tgid`'s allocator was attached after it had
+    /// started using it.
+    pub fn note_attached_late(&mut self, tgid: u32) {
+        self.tracker.note_attached_late(tgid);
+    }
+
     /// The state of process `pid` and whether it has exited, if the session
     /// holds one.
     pub fn process(&self, pid: u32) -> Option<(&ProcessState, bool)> {

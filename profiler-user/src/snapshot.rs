@@ -14,7 +14,7 @@ use std::{
 use thiserror::Error;
 
 use crate::{
-    api::{ProcessListEntry, Request, call},
+    api::{ProcessListEntry, Request, UntracedEntry, call},
     config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
     coverage::{Coverage, Discovery, Untraced},
     probes::{ProbeConfig, ProbeError, Probes, Targets},
@@ -113,6 +113,11 @@ pub fn snapshot(request: &SnapshotRequest) -> Result<ProcessReport, QueryError> 
 /// The processes the daemon traces, by live bytes.
 pub fn list(socket: &Path) -> Result<Vec<ProcessListEntry>, QueryError> {
     ask(socket, &Request::List {})
+}
+
+/// The daemon's processes without an allocator it can trace, and why.
+pub fn untraced(socket: &Path) -> Result<Vec<UntracedEntry>, QueryError> {
+    ask(socket, &Request::Untraced {})
 }
 
 /// Refuses a PID that names no process, or a kernel thread (which has no heap).

@@ -94,6 +94,9 @@ pub struct Counters {
     pub refused_blocks: u64,
     /// Records of this process the kernel could not write (ring buffer full).
     pub lost_records: u64,
+    /// Its allocator was attached after it had started using it: blocks
+    /// allocated before are unseen.
+    pub attached_late: bool,
 }
 
 /// Figures of one allocation site in one process.
@@ -282,7 +285,11 @@ impl ProcessState {
     /// True when figures are not exact: blocks refused, or frees or blocks missed.
     pub fn inexact(&self) -> bool {
         let c = &self.counters;
-        c.refused_blocks > 0 || c.replaced_blocks > 0 || c.unmatched_frees > 0 || c.lost_records > 0
+        c.refused_blocks > 0
+            || c.replaced_blocks > 0
+            || c.unmatched_frees > 0
+            || c.lost_records > 0
+            || c.attached_late
     }
 
     /// True when records of this process were found lost after `since_ns`:
@@ -589,6 +596,16 @@ impl Tracker {
             process.counters.lost_records += count;
             process.last_loss_ns = now_ns;
         }
+    }
+
+    /// Notes that process `tgid`'s allocator was attached after it had
+    /// started using it: its figures miss what it allocated before.
+    pub fn note_attached_late(&mut self, tgid: u32) {
+        self.processes
+            .entry(tgid)
+            .or_default()
+            .counters
+            .attached_late = true;
     }
 
     /// Every tracked process.

@@ -24,8 +24,8 @@ use tokio::{
 };
 
 pub use protocol::{
-    Health, MAX_REQUEST_BYTES, ProcessListEntry, Reply, Request, RequestError, authorize,
-    parse_request,
+    Health, MAX_REQUEST_BYTES, ProcessListEntry, Reply, Request, RequestError, UntracedEntry,
+    authorize, parse_request,
 };
 
 /// Where the daemon listens by default.

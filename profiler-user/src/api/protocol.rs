@@ -15,6 +15,8 @@ pub enum Request {
     Health {},
     /// Traced processes by live bytes.
     List {},
+    /// Processes found without an allocator heapwatch can trace (scope `all`).
+    Untraced {},
     /// The sites holding live memory in one process.
     Snapshot {
         /// The process.
@@ -39,6 +41,23 @@ pub struct ProcessListEntry {
     pub live_bytes: u64,
     /// Live blocks.
     pub live_allocations: u64,
+    /// Its container's id (12 digits), or empty.
+    #[serde(default)]
+    pub container: String,
+}
+
+/// One process in the reply to [`Request::Untraced`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UntracedEntry {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Why it is not traced (as `heapwatch_processes` names it).
+    pub reason: String,
+    /// Its container's id (12 digits), or empty.
+    pub container: String,
 }
 
 /// The reply to [`Request::Health`].
@@ -215,6 +234,7 @@ mod tests {
             comm: "leak".to_owned(),
             live_bytes: 100,
             live_allocations: 1,
+            container: String::new(),
         };
         let decoded: Vec<ProcessListEntry> = Reply::answer(std::slice::from_ref(&entry))
             .decode()

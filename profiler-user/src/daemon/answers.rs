@@ -8,7 +8,9 @@ use std::{
 
 use super::{pipeline::Progress, state::DaemonState};
 use crate::{
-    api::{Health, ProcessListEntry, Reply, Request, authorize},
+    api::{Health, ProcessListEntry, Reply, Request, UntracedEntry, authorize},
+    container::Container,
+    coverage::Untraced,
     procinfo::{ProcessLabels, has_exited, is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteSelection},
     stacks::SymbolService,
@@ -37,6 +39,7 @@ impl ApiSource {
         match request {
             Request::Health {} => Reply::answer(&self.health()),
             Request::List {} => Reply::answer(&self.list(uid)),
+            Request::Untraced {} => Reply::answer(&self.untraced(uid)),
             Request::Snapshot {
                 pid,
                 top,
@@ -94,6 +97,27 @@ impl ApiSource {
                 comm: ProcessLabels::read(pid).comm,
                 live_bytes,
                 live_allocations,
+                container: container_of(pid),
+            })
+            .collect()
+    }
+
+    /// The processes `uid` may see that are not traced, and why, by PID.
+    fn untraced(&self, uid: u32) -> Vec<UntracedEntry> {
+        let mut rows: Vec<(u32, Untraced)> = self
+            .lock()
+            .coverage
+            .iter()
+            .filter_map(|(&pid, untraced)| Some((pid, (*untraced)?)))
+            .collect();
+        rows.retain(|(pid, _)| owner(*pid).is_some_and(|o| authorize(uid, *pid, o).is_ok()));
+        rows.sort_unstable_by_key(|&(pid, _)| pid);
+        rows.into_iter()
+            .map(|(pid, reason)| UntracedEntry {
+                pid,
+                comm: ProcessLabels::read(pid).comm,
+                reason: reason.label().to_owned(),
+                container: container_of(pid),
             })
             .collect()
     }
@@ -124,4 +148,12 @@ impl ApiSource {
             .finish(|stacks| self.symbols.symbolize(stacks))
             .map_err(|e| e.to_string())
     }
+}
+
+/// The short id of process `pid`'s container, or empty.
+fn container_of(pid: u32) -> String {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    Container::from_cgroup(&cgroup)
+        .map(|c| c.short_id().to_owned())
+        .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! detach and return; SIGHUP reloads the configuration. Configured by a
 //! [`ConfigSource`] (the file and the flags), never by the command line's types.
 
+mod allocator_keeper;
 mod answers;
 mod notify;
 mod pipeline;
@@ -106,7 +107,15 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     });
     let probes = Arc::new(Mutex::new(probes));
     let (changes, keeper_thread) = match &config.scope {
-        Scope::All => (None, None),
+        Scope::All => {
+            let (sender, receiver) = mpsc::channel();
+            let mut keeper =
+                allocator_keeper::AllocatorKeeper::new(Arc::clone(&probes), Arc::clone(&state));
+            keeper.attach_installed();
+            keeper.scan();
+            let thread = thread::spawn(move || keeper.run(&receiver));
+            (Some(sender), Some(thread))
+        }
         Scope::Only(_) => {
             let (sender, receiver) = mpsc::channel();
             let mut keeper = scope_keeper::ScopeKeeper::new(

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use profiler_common::Counter;
 
 use crate::{
+    coverage::Untraced,
     events::HeapEvent,
     leaks::{LeakConfig, LeakDetector},
     metrics::{Pid, ProcessRow, SelfFigures, bounded_rows},
@@ -28,6 +29,8 @@ pub struct DaemonState {
     /// Stack hashes of processes gone that no live process used at the last tick.
     unused_stacks: Vec<u64>,
     labels: HashMap<u32, ProcessLabels>,
+    /// With scope `all`: each process looked at, traced (`None`) or not and why.
+    pub coverage: HashMap<u32, Option<Untraced>>,
 }
 
 impl DaemonState {
@@ -38,6 +41,7 @@ impl DaemonState {
             detector: LeakDetector::new(leak),
             unused_stacks: Vec::new(),
             labels: HashMap::new(),
+            coverage: HashMap::new(),
         }
     }
 
@@ -100,11 +104,18 @@ impl DaemonState {
             let cached = self.labels.entry(pid).or_insert_with(|| labels(pid));
             row.comm.clone_from(&cached.comm);
             row.unit.clone_from(&cached.unit);
+            row.runtime.clone_from(&cached.runtime);
+            row.pod_uid.clone_from(&cached.pod_uid);
         }
         self.unused_stacks = self.session.retire_unused_stacks();
+        let mut coverage = std::collections::BTreeMap::new();
+        for untraced in self.coverage.values() {
+            *coverage.entry(*untraced).or_default() += 1;
+        }
         let own = SelfFigures {
             session: self.session.figures(),
             kernel: *kernel,
+            coverage,
         };
         (shown, own)
     }
@@ -144,6 +155,8 @@ fn row(tgid: u32, state: &ProcessState, detector: &LeakDetector, now_ns: u64) ->
         pid: Pid::Process(tgid),
         comm: String::new(),
         unit: String::new(),
+        runtime: String::new(),
+        pod_uid: String::new(),
         live_bytes: state.live_bytes(),
         live_allocations: state.live_blocks(),
         allocated_bytes: c.bytes_allocated,
@@ -203,6 +216,7 @@ mod tests {
         ProcessLabels {
             comm: format!("proc{pid}"),
             unit: "test.scope".to_owned(),
+            ..ProcessLabels::default()
         }
     }
 

@@ -12,10 +12,10 @@ use std::{fmt, sync::Mutex};
 use profiler_common::Counter;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{events::EventKind, session::SessionFigures};
+use crate::{coverage::Untraced, events::EventKind, session::SessionFigures};
 
 /// Labels of the per-process series.
-const PROCESS_LABELS: &[&str] = &["pid", "comm", "unit"];
+const PROCESS_LABELS: &[&str] = &["pid", "comm", "unit", "runtime", "pod_uid"];
 
 /// A metric family heapwatch exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub enum Metric {
     StacksHeld,
     /// heapwatch's version.
     BuildInfo,
+    /// Processes looked at, traced or not and why.
+    Processes,
 }
 
 /// How a family's values behave.
@@ -103,7 +105,7 @@ const fn family(
 }
 
 /// Every metric family, in [`Metric`]'s order.
-pub const FAMILIES: [Family; 19] = [
+pub const FAMILIES: [Family; 20] = [
     family(
         Metric::ProcessLiveBytes,
         "heapwatch_process_live_bytes",
@@ -237,6 +239,13 @@ pub const FAMILIES: [Family; 19] = [
         "heapwatch's version; always 1.",
         &["version"],
     ),
+    family(
+        Metric::Processes,
+        "heapwatch_processes",
+        Kind::Gauge,
+        "Processes on the host (scope all): traced, or untraced and why (own_runtime, stripped_static, allocator_not_recognized, attach_failed).",
+        &["state", "reason"],
+    ),
 ];
 
 /// The `kind` label of records of this kind.
@@ -289,6 +298,10 @@ pub struct ProcessRow {
     pub comm: String,
     /// systemd unit, container id or cgroup path.
     pub unit: String,
+    /// The container runtime, or empty.
+    pub runtime: String,
+    /// The Kubernetes pod's uid, or empty.
+    pub pod_uid: String,
     /// Bytes in live blocks.
     pub live_bytes: u64,
     /// Live blocks.
@@ -316,6 +329,9 @@ pub struct SelfFigures {
     pub session: SessionFigures,
     /// The kernel's counters, summed over CPUs, indexed by [`Counter`].
     pub kernel: [u64; Counter::COUNT as usize],
+    /// Processes by coverage: traced (`None`) or untraced and why; empty
+    /// where processes are not looked at (a scope other than `all`).
+    pub coverage: std::collections::BTreeMap<Option<Untraced>, u64>,
 }
 
 /// A family's collector.
@@ -432,11 +448,24 @@ impl Metrics {
         ] {
             self.collector(metric).set_whole(&[], value);
         }
+        for (untraced, count) in &own.coverage {
+            let labels = match untraced {
+                None => ["traced", ""],
+                Some(reason) => ["untraced", reason.label()],
+            };
+            self.collector(Metric::Processes).set_whole(&labels, *count);
+        }
     }
 
     fn set_process(&self, row: &ProcessRow) {
         let pid = row.pid.to_string();
-        let labels = [pid.as_str(), row.comm.as_str(), row.unit.as_str()];
+        let labels = [
+            pid.as_str(),
+            row.comm.as_str(),
+            row.unit.as_str(),
+            row.runtime.as_str(),
+            row.pod_uid.as_str(),
+        ];
         for (metric, value) in [
             (Metric::ProcessLiveBytes, row.live_bytes),
             (Metric::ProcessLiveAllocations, row.live_allocations),
@@ -479,6 +508,8 @@ pub fn bounded_rows(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow> {
         pid: Pid::Other,
         comm: "other".to_owned(),
         unit: "other".to_owned(),
+        runtime: String::new(),
+        pod_uid: String::new(),
         ..ProcessRow::default()
     };
     let mut summed = 0;
@@ -512,6 +543,8 @@ mod tests {
             pid: Pid::Process(pid),
             comm: format!("p{pid}"),
             unit: "test.service".to_owned(),
+            runtime: String::new(),
+            pod_uid: String::new(),
             live_bytes,
             live_allocations: 1,
             allocated_bytes: live_bytes,
@@ -550,11 +583,15 @@ mod tests {
         let mut own = SelfFigures::default();
         own.session.events[EventKind::Alloc as usize] = 3;
         own.kernel[Counter::RingbufFull as usize] = 2;
+        own.coverage.insert(None, 5);
+        own.coverage.insert(Some(Untraced::OwnRuntime), 1);
         metrics.update(&[row(1, 10, 0), row(2, 20, 4)], &own);
         let text = metrics.render().expect("renders");
         for line in [
-            "heapwatch_process_live_bytes{comm=\"p2\",pid=\"2\",unit=\"test.service\"} 20",
-            "heapwatch_process_leak_suspect_bytes{comm=\"p2\",pid=\"2\",unit=\"test.service\"} 4",
+            "heapwatch_process_live_bytes{comm=\"p2\",pid=\"2\",pod_uid=\"\",runtime=\"\",unit=\"test.service\"} 20",
+            "heapwatch_process_leak_suspect_bytes{comm=\"p2\",pid=\"2\",pod_uid=\"\",runtime=\"\",unit=\"test.service\"} 4",
+            "heapwatch_processes{reason=\"\",state=\"traced\"} 5",
+            "heapwatch_processes{reason=\"own_runtime\",state=\"untraced\"} 1",
             "heapwatch_events_total{kind=\"alloc\"} 3",
             "heapwatch_events_lost_total 2",
             "# TYPE heapwatch_process_allocations_total counter",
@@ -598,7 +635,9 @@ mod tests {
     #[test]
     fn every_family_is_exported_with_its_type() {
         let metrics = Metrics::new().expect("metrics register");
-        metrics.update(&[row(1, 10, 0)], &SelfFigures::default());
+        let mut own = SelfFigures::default();
+        own.coverage.insert(None, 1);
+        metrics.update(&[row(1, 10, 0)], &own);
         let text = metrics.render().expect("renders");
         for family in &FAMILIES {
             let kind = match family.kind {

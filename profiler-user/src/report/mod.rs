@@ -79,6 +79,11 @@ pub struct ProcessReport {
     /// or allocations missed).
     #[serde(default)]
     pub inexact: bool,
+    /// True when its allocator was attached after it had started using it
+    /// (the first process of an allocator's file heapwatch had not seen):
+    /// blocks allocated before are unseen.
+    #[serde(default)]
+    pub attached_late: bool,
     /// Set when the sites count only blocks at least this many seconds old (`--min-age`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only_older_than_secs: Option<f64>,
@@ -136,6 +141,7 @@ impl ProcessReport {
             unmatched_frees: c.unmatched_frees,
             thread_cache_frees: c.thread_cache_frees,
             inexact: state.inexact(),
+            attached_late: c.attached_late,
             only_older_than_secs: None,
             traced_secs: None,
             sites: Vec::new(),
@@ -225,6 +231,12 @@ fn render_snapshot_text(process: &ProcessReport, top: usize) -> String {
         let _ = writeln!(
             out,
             "{tag} heapwatch: sites count only blocks allocated at least {secs:.0} s ago"
+        );
+    }
+    if process.attached_late {
+        let _ = writeln!(
+            out,
+            "{tag} heapwatch: traced from when its allocator was attached, after it started: blocks allocated before are unseen"
         );
     }
     if process.inexact {
@@ -429,6 +441,7 @@ mod tests {
             unmatched_frees: 0,
             thread_cache_frees: 0,
             inexact: false,
+            attached_late: false,
             only_older_than_secs: None,
             traced_secs: None,
             sites,
