@@ -471,8 +471,14 @@ impl Workload {
 
     /// Starts `binary ARGS` and waits for its "ready" line.
     pub fn start_with(binary: &Path, args: &[&str]) -> Self {
+        Self::start_env(binary, args, &[])
+    }
+
+    /// Starts `binary ARGS` with `env` added and waits for its "ready" line.
+    pub fn start_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the workload");

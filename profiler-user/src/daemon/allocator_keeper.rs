@@ -278,7 +278,7 @@ fn installed_allocators() -> Vec<AllocatorFile> {
 }
 
 /// The processes running now.
-fn running_pids() -> HashSet<u32> {
+pub(super) fn running_pids() -> HashSet<u32> {
     fs::read_dir("/proc")
         .into_iter()
         .flatten()

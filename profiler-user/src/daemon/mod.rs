@@ -11,6 +11,7 @@ mod scope_keeper;
 mod state;
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -34,6 +35,7 @@ pub use state::{DaemonState, KernelCounts};
 
 use crate::{
     config::{ConfigSource, DaemonConfig, LoadError},
+    coverage::{Coverage, Discovery},
     metrics::{Metrics, http},
     probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Targets},
     procinfo::{ProcessLabels, monotonic_ns},
@@ -199,7 +201,39 @@ fn print_check(probes: &Probes, config: &DaemonConfig) {
     for function in probes.skipped() {
         println!("  absent  {function} (not in {})", probes.libc().display());
     }
+    if matches!(config.scope, Scope::All) {
+        print_coverage();
+    }
     println!("  ok      /metrics can listen on {}", config.listen);
+}
+
+use allocator_keeper::running_pids;
+
+/// What the daemon would find of each running process's allocator.
+fn print_coverage() {
+    let mut discovery = Discovery::new();
+    let mut files: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut untraced: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for pid in running_pids() {
+        match discovery.running(pid) {
+            Some(Coverage::Traced(found)) => {
+                for file in found {
+                    *files.entry(file.shown).or_default() += 1;
+                }
+            }
+            Some(Coverage::Untraced(reason)) => *untraced.entry(reason.label()).or_default() += 1,
+            None => {}
+        }
+    }
+    for (file, processes) in files {
+        println!(
+            "  ok      allocator {} (used by {processes} processes now)",
+            file.display()
+        );
+    }
+    for (reason, processes) in untraced {
+        println!("  untraced {processes} processes now: {reason}");
+    }
 }
 
 /// Binds the /metrics address, before any probe is loaded: a port in use or
