@@ -326,3 +326,212 @@ fn what_cannot_be_traced_is_listed_with_its_reason() {
     );
     baseline.assert_nothing_left();
 }
+
+/// podman, run in a mount namespace of its own: its state under /tmp, its
+/// runtime's under a private /run and /var/lib, so nothing outlives the
+/// test. The script builds an image from `context` and runs one container
+/// a mode, printing "MODE PID" as each says it is ready, then "started";
+/// at end of input it removes them and the image.
+const PODMAN_SESSION: &str = r#"
+set -eu
+mount -t tmpfs heapwatch-test /run
+mount -t tmpfs heapwatch-test /var/lib
+P="podman --root $DIR/root --runroot $DIR/runroot --tmpdir $DIR/tmp --network-config-dir $DIR/net --cgroup-manager=cgroupfs --events-backend=file --storage-driver=overlay --runtime=runc"
+$P build -q --network none -t localhost/heapwatch-test:workload "$DIR/context" >/dev/null
+for mode in $MODES; do
+  $P run -d --name "hw-$mode" --network none --cgroup-parent "$CGROUP" \
+    --ulimit "nofile=$NOFILE:$NOFILE" --ulimit "nproc=$NPROC:$NPROC" \
+    localhost/heapwatch-test:workload "$mode" >/dev/null
+  until $P logs "hw-$mode" 2>/dev/null | grep -q ready; do sleep 0.05; done
+  echo "$mode $($P inspect --format '{{.State.Pid}}' "hw-$mode")"
+done
+echo started
+cat >/dev/null
+for mode in $MODES; do $P rm -f -t 0 "hw-$mode" >/dev/null; done
+$P rmi -af >/dev/null
+$P system reset -f >/dev/null 2>&1
+"#;
+
+/// Containers of an image holding the workload and its own libc, run by podman.
+struct Containers {
+    session: std::process::Child,
+    dir: PathBuf,
+    cgroup: String,
+    /// (mode, host PID) of each container's process.
+    pids: Vec<(String, u32)>,
+}
+
+impl Containers {
+    fn run(modes: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile_path("podman");
+        let context = OwnRoot::with_program(&fixture("workload"));
+        fs::create_dir_all(&dir).expect("create podman's directory");
+        fs::rename(&context.0, dir.join("context")).expect("move the image's context");
+        fs::write(
+            dir.join("context/Containerfile"),
+            "FROM scratch\nCOPY . /\nENTRYPOINT [\"/workload\"]\n",
+        )
+        .expect("write the Containerfile");
+        let cgroup = format!("heapwatch-test-{}", std::process::id());
+        let limit = |resource, cap: u64| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct it is given.
+            unsafe { libc::getrlimit(resource, &mut limit) };
+            limit.rlim_max.min(cap).to_string()
+        };
+        let mut session = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                PODMAN_SESSION,
+            ])
+            .env("DIR", &dir)
+            .env("MODES", modes.join(" "))
+            .env("CGROUP", format!("/{cgroup}"))
+            .env("NOFILE", limit(libc::RLIMIT_NOFILE, 1 << 20))
+            // podman lowers its own hard limit of processes to this.
+            .env("NPROC", limit(libc::RLIMIT_NPROC, 32_768))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run podman in a mount namespace of its own");
+        let stdout = session.stdout.take().expect("piped stdout");
+        let mut pids = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read podman's session");
+            if line == "started" {
+                break;
+            }
+            let (mode, pid) = line.split_once(' ').expect("MODE PID");
+            pids.push((mode.to_owned(), pid.parse().expect("a PID")));
+        }
+        let containers = Self {
+            session,
+            dir,
+            cgroup,
+            pids,
+        };
+        assert_eq!(
+            containers.pids.len(),
+            modes.len(),
+            "every container started"
+        );
+        containers
+    }
+
+    fn pid(&self, mode: &str) -> u32 {
+        self.pids
+            .iter()
+            .find(|(m, _)| m == mode)
+            .map(|&(_, pid)| pid)
+            .unwrap_or_else(|| panic!("no container runs {mode}"))
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        drop(self.session.stdin.take());
+        let _ = self.session.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+        // podman leaves its cgroup parent (and conmon's) in each hierarchy.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let parent = hierarchy.path().join(&self.cgroup);
+            let _ = fs::remove_dir(parent.join("conmon"));
+            let _ = fs::remove_dir(&parent);
+        }
+        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.cgroup));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn podman_containers_with_their_own_libc_are_traced_and_named() {
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &["--socket", socket_arg, "--top", "100", "--tick", "1s"],
+    );
+    let containers = Containers::run(&["leak", "constant", "freed"]);
+    thread::sleep(Duration::from_secs(1));
+
+    let leak = snapshot_json(&socket, containers.pid("leak")).expect("the leak's snapshot");
+    let site = leak["sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|site| functions(site).first().is_some_and(|f| f == "leak_step"))
+        .unwrap_or_else(|| panic!("no site in leak_step: {leak}"));
+    assert_eq!(functions(site)[..2], ["leak_step", "main"], "{site}");
+    let blocks = site["live_blocks"].as_u64().expect("blocks");
+    assert_eq!(site["live_bytes"].as_u64(), Some(1024 * blocks), "{site}");
+
+    // A second container of the image finds its libc (one layer file for
+    // both) attached: traced from its start, each block counted once.
+    let constant = snapshot_json(&socket, containers.pid("constant")).expect("a snapshot");
+    assert_eq!(constant["attached_late"], false, "{constant}");
+    let held = site_with_blocks(&constant, 100).unwrap_or_else(|| panic!("{constant}"));
+    assert_eq!(held["live_bytes"].as_u64(), Some(1_000_000), "{held}");
+    assert_eq!(
+        constant["in_use_bytes"].as_u64(),
+        Some(1_000_000),
+        "{constant}"
+    );
+    let freed = snapshot_json(&socket, containers.pid("freed")).expect("a snapshot");
+    assert_eq!(freed["in_use_bytes"].as_u64(), Some(0), "{freed}");
+    assert!(
+        freed["allocs"].as_u64().is_some_and(|n| n >= 100),
+        "{freed}"
+    );
+
+    let pid = containers.pid("constant").to_string();
+    let m = daemon.scrape_until(Duration::from_secs(15), |m| {
+        m.process("heapwatch_process_live_bytes", containers.pid("constant"))
+            .is_some()
+    });
+    let series = m
+        .family("heapwatch_process_live_bytes")
+        .into_iter()
+        .find(|s| s.labels.get("pid") == Some(&pid))
+        .unwrap_or_else(|| panic!("no series of the container's process"));
+    assert_eq!(
+        series.labels.get("runtime").map(String::as_str),
+        Some("podman")
+    );
+    assert_eq!(
+        series.labels.get("unit").map(String::len),
+        Some(64),
+        "the container's id"
+    );
+    let ps = heapwatch()
+        .args(["ps", "--socket", socket_arg])
+        .output()
+        .expect("run ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let line = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(pid.as_str()))
+        .unwrap_or_else(|| panic!("not listed:\n{ps}"));
+    let short_id = &series.labels["unit"][..12];
+    assert!(line.contains(short_id), "{line}");
+
+    drop(containers);
+    assert!(
+        daemon.stop().success(),
+        "SIGTERM exits 0:\n{}",
+        daemon.log()
+    );
+    baseline.assert_nothing_left();
+}

@@ -10,6 +10,7 @@ use std::{
 };
 
 use crate::{
+    overlay::layer_candidates,
     probes::{FileFacts, allocators_in_reach, library_in_ldconfig, linker_cache, read_facts},
     stacks::{FileId, Mapping, parse_maps},
 };
@@ -17,8 +18,12 @@ use crate::{
 /// A file providing a process's allocator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocatorFile {
-    /// The file's device and inode, as the process's mount namespace shows it.
+    /// The file's device and inode beneath any overlay: what the kernel
+    /// probes, one file for every container of an image.
     pub id: FileId,
+    /// Its device and inode as the process's mount namespace shows it (as
+    /// its /proc/PID/maps names it).
+    pub view: FileId,
     /// A path that opens it from heapwatch's namespace (through the process's
     /// root, or its map_files entry): valid while the process lives.
     pub path: PathBuf,
@@ -115,15 +120,17 @@ impl Discovery {
                 .entry((mapping.device, mapping.inode))
                 .or_insert(mapping);
         }
+        let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
         let mut found = Vec::new();
-        for (id, mapping) in files {
+        for (view, mapping) in files {
             let path = openable(pid, &mapping);
             if self
-                .facts_of(id, &path)
+                .facts_of(view, &path)
                 .is_some_and(|facts| facts.allocator)
             {
                 found.push(AllocatorFile {
-                    id,
+                    id: beneath(&mountinfo, &mapping.path).unwrap_or(view),
+                    view,
                     path,
                     shown: mapping.path.to_path_buf(),
                 });
@@ -156,6 +163,7 @@ impl Discovery {
         let reach = allocators_in_reach(&exe_path, &preload, resolve, |path| {
             self.facts_of(file_id(path)?, path).cloned()
         });
+        let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
         let found = reach
             .into_iter()
             .filter_map(|path| {
@@ -163,8 +171,10 @@ impl Discovery {
                     Ok(inner) => Path::new("/").join(inner),
                     Err(_) => fs::read_link(&path).unwrap_or_else(|_| path.clone()),
                 };
+                let view = file_id(&path)?;
                 Some(AllocatorFile {
-                    id: file_id(&path)?,
+                    id: beneath(&mountinfo, &shown).unwrap_or(view),
+                    view,
                     path,
                     shown,
                 })
@@ -213,6 +223,15 @@ fn openable(pid: u32, mapping: &Mapping) -> PathBuf {
         "/proc/{pid}/map_files/{:x}-{:x}",
         mapping.start, mapping.end
     ))
+}
+
+/// The device and inode of the layer file an overlay shows at `path`, for
+/// a process whose mountinfo is `mountinfo`; `None` off an overlay, or
+/// where its layers cannot be read from here.
+fn beneath(mountinfo: &str, path: &Path) -> Option<FileId> {
+    layer_candidates(mountinfo, path)
+        .iter()
+        .find_map(|candidate| file_id(candidate))
 }
 
 /// `path` (absolute) under `root`.

@@ -19,6 +19,7 @@ pub mod events;
 mod hashing;
 pub mod leaks;
 pub mod metrics;
+mod overlay;
 pub mod probes;
 pub mod procinfo;
 pub mod record;

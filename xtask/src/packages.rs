@@ -27,6 +27,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bpftrace",
     "libjemalloc-dev",
     "libtcmalloc-minimal4",
+    "podman",
+    "runc",
     "libmimalloc-dev",
     "musl-tools",
 ];

@@ -140,7 +140,8 @@ impl AllocatorKeeper {
     }
 
     /// Marks process `pid` as traced late when it already maps one of the
-    /// files just attached for it: it may have allocated before.
+    /// files just attached for it (`attached`: as it sees them): it may have
+    /// allocated before.
     fn note_if_late(&self, pid: u32, attached: &[FileId]) {
         if attached.is_empty() {
             return;
@@ -175,7 +176,7 @@ impl AllocatorKeeper {
                 if !self.attach(file, false) {
                     continue;
                 }
-                attached.push(file.id);
+                attached.push(file.view);
             }
             if let Some(attached) = self.files.get_mut(&file.id) {
                 attached.users.insert(pid);
@@ -270,6 +271,7 @@ fn installed_allocators() -> Vec<AllocatorFile> {
             let facts = read_facts(&path).ok()?;
             (facts.allocator && seen.insert(id)).then(|| AllocatorFile {
                 id,
+                view: id,
                 shown: path.clone(),
                 path,
             })
