@@ -667,3 +667,38 @@ fn without_a_daemon_a_process_is_traced_through_its_own_allocator() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_replaced_or_deleted_binary_is_symbolized_with_the_code_it_runs() {
+    let baseline = support::BpfBaseline::take();
+    let workload = fixture("workload");
+    let other_build = fixture("churn");
+    let replaced = tempfile_path("replaced");
+    let deleted = tempfile_path("deleted");
+    std::fs::copy(&workload, &replaced).expect("copy the workload");
+    std::fs::copy(&workload, &deleted).expect("copy the workload");
+    let running_replaced = Workload::start(&replaced, "leak");
+    let running_deleted = Workload::start(&deleted, "leak");
+    // The ordinary deploy: a new build renamed into place.
+    let staged = tempfile_path("staged");
+    std::fs::copy(&other_build, &staged).expect("copy the new build");
+    std::fs::rename(&staged, &replaced).expect("rename the new build into place");
+    std::fs::remove_file(&deleted).expect("delete the binary");
+    for (what, process) in [
+        ("replaced", &running_replaced),
+        ("deleted", &running_deleted),
+    ] {
+        let json = traced_snapshot(process.pid(), &["--format", "json"]);
+        let json: Value = serde_json::from_slice(&json.stdout).expect("JSON snapshot");
+        let site = &json["sites"][0];
+        assert_eq!(
+            functions(site)[..2],
+            ["leak_step", "main"],
+            "{what}: {site}"
+        );
+    }
+    drop((running_replaced, running_deleted));
+    let _ = std::fs::remove_file(&replaced);
+    baseline.assert_nothing_left();
+}
