@@ -535,3 +535,25 @@ fn podman_containers_with_their_own_libc_are_traced_and_named() {
     );
     baseline.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn record_of_a_command_that_execs_into_its_own_root_matches_valgrind() {
+    let leak = fixture("leak");
+    let root = OwnRoot::with_program(&leak);
+    let baseline = BpfBaseline::take();
+    // valgrind cannot follow a program into a root without its own files:
+    // the same program on the host's byte-identical libc gives the figures.
+    let theirs = support::valgrind(&[leak.to_str().expect("utf-8 path")]);
+    let recorded = support::record(&[], &["chroot", root.path(), "/workload"]);
+    recorded.assert_exact();
+    assert_eq!(recorded.summaries(), theirs, "{}", recorded.stderr());
+    let others = recorded.report["other_allocators"].to_string();
+    assert!(
+        others.contains(root.path()),
+        "the root's libc probed: {others}"
+    );
+    let site = &recorded.processes()[0]["sites"][0];
+    assert_eq!(functions(site)[..2], ["leak", "main"], "{site}");
+    baseline.assert_nothing_left();
+}

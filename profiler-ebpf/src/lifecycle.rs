@@ -3,7 +3,7 @@
 //! not wait for a grace period, as a perf event's does.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_send_signal},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -12,7 +12,7 @@ use profiler_common::{Counter, kind};
 use crate::{
     filter::traced,
     maps::{
-        EVERY_LIFECYCLE, EXIT_HAS_GROUP_DEAD, FOLLOW_FORKS, NEWTASK_FLAGS_OFFSET,
+        EVERY_LIFECYCLE, EXIT_HAS_GROUP_DEAD, FOLLOW_FORKS, HOLD_AT_EXEC, NEWTASK_FLAGS_OFFSET,
         NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count,
     },
     record::emit,
@@ -29,11 +29,19 @@ pub fn process_exec(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let old_tid = ctx.arg::<u64>(1) as u32;
     reset_for_exec(old_tid, pid_tgid);
-    if reported(tgid_of(pid_tgid)) {
-        emit(kind::EXEC, pid_tgid, 0);
+    let tgid = tgid_of(pid_tgid);
+    // Held only once its record is written: userspace, which continues
+    // it, is sure to read that.
+    if reported(tgid) && emit(kind::EXEC, pid_tgid, 0) && HOLD_AT_EXEC.load() != 0 && traced(tgid) {
+        // SAFETY: a helper call with no pointer; the signal goes to the
+        // current process, the one exec'ing.
+        unsafe { bpf_send_signal(SIGSTOP) };
     }
     0
 }
+
+/// The signal that stops a process (x86_64 Linux).
+const SIGSTOP: u32 = 19;
 
 /// sched_process_exit(task, group_dead), at every thread's exit: frees the
 /// thread's slot, and reports the process's end.

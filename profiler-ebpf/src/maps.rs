@@ -28,6 +28,13 @@ pub static PROBES_SCOPED: Global<u32> = Global::new(0);
 /// Non-zero: every process's exec and exit is reported, traced or not.
 #[unsafe(no_mangle)]
 pub static EVERY_LIFECYCLE: Global<u32> = Global::new(0);
+
+/// Non-zero: a traced process that execs is stopped (SIGSTOP) once its exec
+/// is reported, before its new image runs, and userspace continues it once
+/// the new image's allocator is probed (`record`: a command that execs
+/// another program in place, into a root with its own libc).
+#[unsafe(no_mangle)]
+pub static HOLD_AT_EXEC: Global<u32> = Global::new(0);
 /// Pending bytes in the ring buffer past which a submit wakes the reader.
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: Global<u64> = Global::new(64 * 1024);

@@ -13,10 +13,10 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Reserves and submits a record of a block freed or a process; a full ring
 /// buffer is counted, never silent.
-pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) {
+pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_lost(tgid_of(pid_tgid));
-        return;
+        return false;
     };
     entry.write(Event {
         kind,
@@ -26,6 +26,7 @@ pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) {
         ptr,
     });
     entry.submit(wakeup_flag(kind == kind::EXEC || kind == kind::FORK));
+    true
 }
 
 /// Reserves and submits the record of an allocation at site `stack`;

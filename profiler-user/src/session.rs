@@ -100,15 +100,31 @@ impl Session {
     /// Waits for the kernel's wakeup (or the poll interval) and applies every
     /// record waiting then.
     pub fn pump(&mut self, reader: &mut EventReader) -> io::Result<()> {
+        self.pump_each(reader, |_| {})
+    }
+
+    /// As [`Self::pump`], handing each event applied to `each`.
+    pub fn pump_each(
+        &mut self,
+        reader: &mut EventReader,
+        each: impl FnMut(&HeapEvent),
+    ) -> io::Result<()> {
         reader.wait(POLL_INTERVAL, None)?;
-        self.drain(reader);
+        self.drain_each(reader, each);
         Ok(())
     }
 
     /// Applies every record waiting in the ring buffer.
     pub fn drain(&mut self, reader: &mut EventReader) {
+        self.drain_each(reader, |_| {});
+    }
+
+    /// As [`Self::drain`], handing each event applied to `each`.
+    pub fn drain_each(&mut self, reader: &mut EventReader, mut each: impl FnMut(&HeapEvent)) {
         reader.drain(|bytes, read_ns| {
-            self.apply_record(bytes, read_ns);
+            if let Some(applied) = self.apply_record(bytes, read_ns) {
+                each(&applied.event);
+            }
         });
     }
 

@@ -168,6 +168,7 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
         ring_bytes: DEFAULT_RING_KIB * 1024,
         stack_sample: DEFAULT_STACK_SAMPLE,
         thread_slots: DEFAULT_THREAD_SLOTS,
+        hold_at_exec: false,
     })?;
     let mut reader = probes.reader()?;
     stop_on_signals();

@@ -180,6 +180,7 @@ fn probe_config(config: &DaemonConfig) -> ProbeConfig {
         ring_bytes: config.ring_kib * 1024,
         stack_sample: config.stack_sample,
         thread_slots: config.thread_slots,
+        hold_at_exec: false,
     }
 }
 

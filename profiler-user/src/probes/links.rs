@@ -14,7 +14,7 @@ use aya::programs::uprobe::{UProbeLink, UProbeLinkId, UProbeScope};
 
 use super::{
     AllocatorPlan, Attachment, CXX_NEW_PROGRAM, ProbeError, Probes, add_target, map_error,
-    tgid_map, uprobe, uprobe_multi::MultiLink,
+    tgid_map, uprobe, uprobe_multi::MultiLink, uprobe_scope,
 };
 
 /// One attachment: a perf event (one probe) or a multi-uprobe link (a
@@ -140,6 +140,13 @@ impl Probes {
     ) -> Result<AttachedProbes, ProbeError> {
         let probes = self.probes_of(plan);
         self.attach_probes(&probes, scope)
+    }
+
+    /// Attaches the probes of another allocator's file, `plan`, where the
+    /// probes attached at load fire (the traced processes).
+    pub fn attach_more(&mut self, plan: &AllocatorPlan) -> Result<AttachedProbes, ProbeError> {
+        let scope = uprobe_scope(self.targets).unwrap_or(UProbeScope::AllProcesses);
+        self.attach_allocator(plan, scope)
     }
 
     /// The probes of `plan`'s functions: entries and returns.

@@ -76,6 +76,9 @@ pub struct ProbeConfig {
     /// Threads whose allocator state fits the kernel's array (a power of
     /// two); the others' goes to task storage.
     pub thread_slots: u32,
+    /// Stop a traced process at each exec until userspace continues it
+    /// (SIGCONT), having probed the new image's allocator.
+    pub hold_at_exec: bool,
 }
 
 const RETURN_PROGRAM: &str = "alloc_return";
@@ -285,6 +288,8 @@ pub struct Probes {
     cxx_absent: Vec<&'static str>,
     /// How the uprobes are attached.
     attachment: Attachment,
+    /// Where the probes fire.
+    targets: Targets,
 }
 
 impl Probes {
@@ -337,6 +342,7 @@ impl Probes {
             also: config.also.clone(),
             cxx_new: None,
             cxx_absent: Vec::new(),
+            targets: config.targets,
             attachment: match std::env::var(UPROBE_LINKS_ENV).as_deref() {
                 Ok("perf-event") => {
                     Attachment::PerfEvents(format!("{UPROBE_LINKS_ENV}=perf-event"))
@@ -576,6 +582,7 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("FILTER_MODE", &mode, true)
         .override_global("FOLLOW_FORKS", &follow, true)
         .override_global("EVERY_LIFECYCLE", &every_lifecycle, true)
+        .override_global("HOLD_AT_EXEC", &u32::from(config.hold_at_exec), true)
         .override_global("PROBES_SCOPED", &probes_scoped, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("STACK_SAMPLE_EVERY", &config.stack_sample.max(1), true)

@@ -42,6 +42,7 @@ pub fn floor(args: &FloorOptions) -> Result<CommandStatus, RecordError> {
             ring_bytes: RING_BYTES,
             stack_sample: crate::config::DEFAULT_STACK_SAMPLE,
             thread_slots: crate::config::DEFAULT_THREAD_SLOTS,
+            hold_at_exec: false,
         },
         args.at_entry,
     )?;

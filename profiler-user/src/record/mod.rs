@@ -3,6 +3,7 @@
 
 mod child;
 mod command;
+mod exec;
 mod floor;
 
 use std::{convert::Infallible, io, num::NonZeroU32, path::PathBuf};
@@ -14,8 +15,14 @@ use child::HeldChild;
 pub use command::{CommandError, resolve_command};
 pub use floor::{FloorOptions, floor};
 
+use exec::ExecFollower;
+
 use crate::{
-    probes::{EventReader, ProbeConfig, ProbeError, Probes, Targets, allocators_of, linker_cache},
+    events::HeapEvent,
+    probes::{
+        AttachedProbes, EventReader, ProbeConfig, ProbeError, Probes, Targets, allocators_of,
+        linker_cache,
+    },
     report::{CommandStatus, ProcessReport, RecordReport, SiteSelection, draft_of},
     session::{Retention, Session},
     signals::delegate_signals,
@@ -85,12 +92,15 @@ pub struct RecordOptions {
 pub struct Recording {
     /// Everything found.
     pub report: RecordReport,
+    /// Probes attached for the programs the command exec'd.
+    more: Vec<AttachedProbes>,
     probes: Probes,
 }
 
 impl Recording {
     /// Detaches the probes.
     pub fn detach(self) {
+        drop(self.more);
         drop(self.probes);
     }
 }
@@ -108,7 +118,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     };
     let mut probes = Probes::attach(&ProbeConfig {
         libc,
-        also,
+        also: also.clone(),
         targets: Targets::Process {
             pid,
             follow_forks: options.follow_forks,
@@ -116,8 +126,12 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         ring_bytes: options.ring_kib * 1024,
         stack_sample: options.stack_sample,
         thread_slots: options.thread_slots,
+        hold_at_exec: true,
     })?;
     let mut reader = probes.reader()?;
+    let mut probed = vec![probes.libc().to_path_buf()];
+    probed.extend(also.iter().cloned());
+    let mut follower = ExecFollower::new(&probed);
     command.release()?;
     delegate_signals();
     let tracker = TrackerConfig {
@@ -125,7 +139,14 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         ..TrackerConfig::default()
     };
     let mut session = Session::new(tracker, Retention::KeepExited);
-    let status = run(&mut session, &mut command.child, &mut reader)
+    let mut traced = Traced {
+        session: &mut session,
+        reader: &mut reader,
+        probes: &mut probes,
+        follower: &mut follower,
+    };
+    let status = traced
+        .run(&mut command.child)
         .map_err(|source| command.trace_error(source))?;
     let counters = probes.counters()?;
     let report = RecordReport {
@@ -133,12 +154,22 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         status,
         allocator_library: probes.libc().display().to_string(),
         absent_functions: probes.skipped(),
+        other_allocators: also
+            .iter()
+            .map(|path| path.display().to_string())
+            .chain(follower.probed_since())
+            .collect(),
+        unprobed_allocators: std::mem::take(&mut follower.failures),
         processes: process_reports(&session, pid.get()),
         lost_records: counters[Counter::RingbufFull as usize],
         unpaired_calls: counters[Counter::Unpaired as usize],
         malformed_records: session.figures().malformed_records,
     };
-    Ok(Recording { report, probes })
+    Ok(Recording {
+        report,
+        more: follower.into_attached(),
+        probes,
+    })
 }
 
 /// The command's process, forked and held before exec, with its name for errors.
@@ -198,18 +229,33 @@ impl HeldCommand {
     }
 }
 
-/// Drains events until the command has ended and every record is read.
-fn run(
-    session: &mut Session,
-    child: &mut HeldChild,
-    reader: &mut EventReader,
-) -> io::Result<CommandStatus> {
-    loop {
-        session.pump(reader)?;
-        child.forward_signals();
-        if let Some(status) = child.try_wait()? {
-            session.drain(reader);
-            return Ok(status);
+/// A recording under way: its session, ring buffer and probes.
+struct Traced<'a> {
+    session: &'a mut Session,
+    reader: &'a mut EventReader,
+    probes: &'a mut Probes,
+    follower: &'a mut ExecFollower,
+}
+
+impl Traced<'_> {
+    /// Drains events until the command has ended and every record is read;
+    /// each process held at its exec is probed anew and continued.
+    fn run(&mut self, child: &mut HeldChild) -> io::Result<CommandStatus> {
+        loop {
+            let mut execs = Vec::new();
+            self.session.pump_each(self.reader, |event| {
+                if let HeapEvent::Exec { tgid } = *event {
+                    execs.push(tgid);
+                }
+            })?;
+            for tgid in execs {
+                self.follower.exec(tgid, self.probes);
+            }
+            child.forward_signals();
+            if let Some(status) = child.try_wait()? {
+                self.session.drain(self.reader);
+                return Ok(status);
+            }
         }
     }
 }

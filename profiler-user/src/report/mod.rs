@@ -32,6 +32,13 @@ pub struct RecordReport {
     pub allocator_library: String,
     /// Optional allocator functions the library lacks (not probed).
     pub absent_functions: Vec<String>,
+    /// Other allocators' files probed: in the command's reach, or in the
+    /// reach of a program it exec'd (a root's own libc).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_allocators: Vec<String>,
+    /// Allocators' files found but not probed, each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unprobed_allocators: Vec<String>,
     /// The command's process first, then any followed children.
     pub processes: Vec<ProcessReport>,
     /// Records the kernel could not write (ring buffer full): figures are inexact when non-zero.
@@ -267,6 +274,15 @@ pub fn render_text(report: &RecordReport, top: usize) -> String {
     if !report.absent_functions.is_empty() {
         let _ = write!(out, " (absent: {})", report.absent_functions.join(", "));
     }
+    if !report.other_allocators.is_empty() {
+        let _ = write!(out, ", and of {}", report.other_allocators.join(", "));
+    }
+    for unprobed in &report.unprobed_allocators {
+        let _ = write!(
+            out,
+            "\n=={tag}== heapwatch: not probed, the figures of processes using it are incomplete: {unprobed}"
+        );
+    }
     let _ = writeln!(out, "\n=={tag}==");
     for process in &report.processes {
         let when = if process.exited {
@@ -454,6 +470,8 @@ mod tests {
             status: CommandStatus::Exited(0),
             allocator_library: "/lib/libc.so.6".to_owned(),
             absent_functions: vec![],
+            other_allocators: vec![],
+            unprobed_allocators: vec![],
             processes,
             lost_records: 0,
             unpaired_calls: 0,
