@@ -23,7 +23,7 @@ use support::{
     BpfBaseline, Workload, c_fixture_with, config_file,
     daemon::{Daemon, Metrics},
     fixture, functions, heapwatch,
-    process::snapshot_json,
+    process::{Gated, snapshot_json},
     tempfile_path,
 };
 
@@ -555,5 +555,44 @@ fn record_of_a_command_that_execs_into_its_own_root_matches_valgrind() {
     );
     let site = &recorded.processes()[0]["sites"][0];
     assert_eq!(functions(site)[..2], ["leak", "main"], "{site}");
+    baseline.assert_nothing_left();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_selected_process_is_traced_through_its_own_allocator() {
+    let jemalloc = c_fixture_with(
+        "workload",
+        "workload_jemalloc",
+        "gcc",
+        &["-pthread", "-ljemalloc"],
+    );
+    let baseline = BpfBaseline::take();
+    let running_before = Gated::spawn(&jemalloc, "gated");
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    // comm is the executable's name cut to 15 bytes.
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &["--scope", "comm:workload_jemall", "--socket", socket_arg],
+    );
+    let started_after = Gated::spawn(&jemalloc, "gated");
+    let mut selected = [running_before, started_after];
+    for gated in &mut selected {
+        gated.allocate();
+    }
+    for gated in &selected {
+        let json = snapshot_json(&socket, gated.pid()).expect("a snapshot");
+        let held = site_with_blocks(&json, 100).unwrap_or_else(|| panic!("{json}"));
+        assert_eq!(held["live_bytes"].as_u64(), Some(1_000_000), "{held}");
+    }
+    for gated in selected {
+        gated.finish();
+    }
+    assert!(
+        daemon.stop().success(),
+        "SIGTERM exits 0:\n{}",
+        daemon.log()
+    );
     baseline.assert_nothing_left();
 }

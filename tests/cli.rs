@@ -358,6 +358,8 @@ fn ps_cases(s: &Scratch) -> Vec<Case> {
         case(&["ps", "--socket", &s.path("")], 1, &NOT_RUNNING),
         case(&["ps", "--socket"], 2, &["a value is required for '--socket <PATH>'"]),
         case(&["ps", "123"], 2, &["unexpected argument '123'"]),
+        case(&["ps", "--all", "--socket", &s.path("absent.sock")], 1, &NOT_RUNNING),
+        case(&["ps", "--all=yes"], 2, &["unexpected value 'yes' for '--all'"]),
     ]
 }
 

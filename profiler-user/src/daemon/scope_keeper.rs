@@ -1,20 +1,28 @@
 //! `--scope` selectors at work: the processes they pick get probes of their
-//! own, those running at start and those that appear later (exec, fork);
-//! a process that stops matching (exec of another program) is let go.
+//! own — on the C library and on whatever other allocator each uses (found
+//! by symbol, as for scope `all`) — those running at start and those that
+//! appear later (exec, fork); a process that stops matching (exec of another
+//! program) is let go.
 
 use std::{
     collections::HashMap,
     fs,
     num::NonZeroU32,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
     sync::{Arc, Mutex, mpsc},
     thread,
 };
 
 use super::DaemonState;
+use aya::programs::uprobe::UProbeScope;
+
 use crate::{
+    coverage::{Coverage, Discovery},
     events::HeapEvent,
-    probes::{AttachedProbes, Probes},
+    probes::{AttachedProbes, Probes, plan_allocator},
     scope::{ProcessFacts, Scope},
+    stacks::FileId,
 };
 
 /// A process whose image appeared, changed or ended.
@@ -44,16 +52,27 @@ pub struct ScopeKeeper {
     probes: Arc<Mutex<Probes>>,
     state: Arc<Mutex<DaemonState>>,
     attached: HashMap<u32, AttachedProbes>,
+    discovery: Discovery,
+    /// The C library attached at load, which every attach includes.
+    load_file: Option<FileId>,
 }
 
 impl ScopeKeeper {
     /// A keeper of `scope` (not [`Scope::All`]).
     pub fn new(scope: Scope, probes: Arc<Mutex<Probes>>, state: Arc<Mutex<DaemonState>>) -> Self {
+        let load_file = {
+            let probes = probes.lock().unwrap_or_else(|e| e.into_inner());
+            std::fs::metadata(probes.libc())
+                .ok()
+                .map(|meta| (meta.dev(), meta.ino()))
+        };
         Self {
             scope,
             probes,
             state,
             attached: HashMap::new(),
+            discovery: Discovery::new(),
+            load_file,
         }
     }
 
@@ -89,7 +108,7 @@ impl ScopeKeeper {
         }
         let picked = ProcessFacts::read(pid).is_some_and(|facts| self.scope.selects(&facts));
         match (picked, self.attached.contains_key(&pid)) {
-            (true, false) => self.attach(pid),
+            (true, false) => self.attach(pid, seen),
             (false, true) => self.let_go(pid, true),
             (false, false) if seen => {
                 self.release(pid);
@@ -99,15 +118,40 @@ impl ScopeKeeper {
         }
     }
 
-    fn attach(&mut self, pid: u32) {
+    /// Probes `pid` alone: the C library and its other allocators (`fresh`:
+    /// it has just exec'd, its libraries are not mapped yet).
+    fn attach(&mut self, pid: u32, fresh: bool) {
         let Some(nonzero) = NonZeroU32::new(pid) else {
             return;
         };
-        let attached = self
-            .probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .attach_process(nonzero);
+        let coverage = if fresh {
+            self.discovery.starting(pid)
+        } else {
+            self.discovery.running(pid)
+        };
+        let others: Vec<PathBuf> = match coverage {
+            Some(Coverage::Traced(files)) => files
+                .into_iter()
+                .filter(|file| Some(file.id) != self.load_file)
+                .map(|file| file.path)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let attached = {
+            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            probes.attach_process(nonzero).map(|mut attached| {
+                for path in others {
+                    let more = plan_allocator(&path, false).and_then(|plan| {
+                        probes.attach_allocator(&plan, UProbeScope::OneProcess(nonzero))
+                    });
+                    match more {
+                        Ok(more) => attached.absorb(more),
+                        Err(err) => tracing::warn!(pid, file = %path.display(), error = %err, "scope: allocator not attached"),
+                    }
+                }
+                attached
+            })
+        };
         match attached {
             Ok(probes) => {
                 tracing::info!(pid, "scope: tracing");

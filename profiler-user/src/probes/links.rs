@@ -41,6 +41,12 @@ impl AttachedProbes {
         }
     }
 
+    /// Takes `other`'s links into this set.
+    pub fn absorb(&mut self, mut other: Self) {
+        self.returns.append(&mut other.returns);
+        self.entries.append(&mut other.entries);
+    }
+
     /// True when nothing is attached.
     pub fn is_empty(&self) -> bool {
         self.returns.is_empty() && self.entries.is_empty()

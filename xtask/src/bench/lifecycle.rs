@@ -1,7 +1,9 @@
 //! What heapwatch costs around a program rather than per allocation, as a
 //! user waits for it: `record -- true`, the seed's leak under `record` and
 //! under valgrind (back to back), the daemon from start to ready and from
-//! SIGTERM to exit, and one per-PID scope's attach and detach. Wall times
+//! SIGTERM to exit, start to ready again with 500 more processes running
+//! (each one's allocator is looked for at start), and one per-PID scope's
+//! attach and detach. Wall times
 //! in seconds, the median of the runs.
 
 use std::{
@@ -26,7 +28,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Measures every row, `runs` times each, interleaved.
 pub fn lifecycle(tools: &Tools, runs: usize) -> Result<Value> {
     let leak = &tools.leak;
-    let mut rows: [Vec<f64>; 7] = Default::default();
+    let mut rows: [Vec<f64>; 8] = Default::default();
     for run in 0..runs {
         eprintln!("lifecycle: round {}/{runs}", run + 1);
         rows[0].push(wall(
@@ -49,6 +51,10 @@ pub fn lifecycle(tools: &Tools, runs: usize) -> Result<Value> {
         let (attach, detach) = scope_attach_detach(tools)?;
         rows[5].push(attach);
         rows[6].push(detach);
+        let crowd = Crowd::start(CROWD)?;
+        let (ready_crowded, _) = daemon_start_stop(tools)?;
+        drop(crowd);
+        rows[7].push(ready_crowded);
     }
     let [
         record_true,
@@ -58,6 +64,7 @@ pub fn lifecycle(tools: &Tools, runs: usize) -> Result<Value> {
         stop,
         attach,
         detach,
+        ready_crowded,
     ] = rows.map(|mut values| median(&mut values));
     Ok(json!({
         "runs": runs,
@@ -68,6 +75,7 @@ pub fn lifecycle(tools: &Tools, runs: usize) -> Result<Value> {
         "daemon_stop_secs": stop,
         "scope_attach_secs": attach,
         "scope_detach_secs": detach,
+        "daemon_ready_crowded_secs": ready_crowded,
     }))
 }
 
@@ -78,12 +86,12 @@ pub fn print(row: &Value) {
         row["runs"]
     );
     println!(
-        "| record -- true | record leak | valgrind leak | daemon start to ready | daemon SIGTERM to exit | scope attach | scope detach |"
+        "| record -- true | record leak | valgrind leak | daemon start to ready | daemon SIGTERM to exit | scope attach | scope detach | daemon ready, {CROWD} more processes |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let secs = |key: &str| format!("{:.3}", row[key].as_f64().unwrap_or(0.0));
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
         secs("record_true_secs"),
         secs("record_leak_secs"),
         secs("valgrind_leak_secs"),
@@ -91,7 +99,39 @@ pub fn print(row: &Value) {
         secs("daemon_stop_secs"),
         secs("scope_attach_secs"),
         secs("scope_detach_secs"),
+        secs("daemon_ready_crowded_secs"),
     );
+}
+
+/// Processes running while the daemon starts, for its scan of /proc.
+const CROWD: usize = 500;
+
+/// `count` idle processes (`sleep`), killed when dropped.
+struct Crowd(Vec<std::process::Child>);
+
+impl Crowd {
+    fn start(count: usize) -> Result<Self> {
+        let mut crowd = Self(Vec::with_capacity(count));
+        for _ in 0..count {
+            crowd.0.push(
+                Command::new("sleep")
+                    .arg("600")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("start an idle process")?,
+            );
+        }
+        Ok(crowd)
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The wall time of `command`, which must succeed; its output is dropped.
