@@ -12,7 +12,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{leaks::LeakConfig, scope::Scope, tracker::TrackerConfig};
+use crate::{leaks::LeakConfig, scope::Scope, tiers::TierConfig, tracker::TrackerConfig};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
@@ -33,6 +33,12 @@ pub const DEFAULT_TOP_SITES: u32 = 10;
 pub const DEFAULT_MAX_ALLOCATIONS: u64 = 50_000_000;
 /// Cap on live allocations tracked per process, by default.
 pub const DEFAULT_MAX_ALLOCATIONS_PER_PROCESS: u64 = 10_000_000;
+/// How long a process found growing is traced exactly (scope `tiered`)
+/// before it is judged again.
+pub const DEFAULT_TRACE_FOR: Duration = Duration::from_secs(600);
+/// Processes traced at once because they grow (scope `tiered`): each costs
+/// a trap per allocation, so the largest growers go first.
+pub const MAX_ESCALATED: usize = 8;
 /// The sparsest stack sampling accepted: one allocation in a million.
 pub const MAX_STACK_SAMPLE: u32 = 1_000_000;
 /// What `stack_sample` (and `--stack-sample`) accepts.
@@ -152,8 +158,11 @@ pub struct Settings {
     /// The allocator library to probe.
     pub libc: Option<PathBuf>,
     /// The processes traced: `["all"]` or selectors (`pid:N`, `comm:NAME`,
-    /// `unit:NAME`, `cgroup:/PATH`).
+    /// `unit:NAME`, `cgroup:/PATH`), or `"tiered"` with selectors pinned.
     pub scope: Option<Vec<String>>,
+    /// How long a growing process is traced before it is judged again
+    /// (duration; scope `tiered`).
+    pub trace_for: Option<String>,
 }
 
 impl Settings {
@@ -186,6 +195,7 @@ impl Settings {
             thread_slots: over.thread_slots.or(self.thread_slots),
             libc: over.libc.clone().or(self.libc),
             scope: over.scope.clone().or(self.scope),
+            trace_for: over.trace_for.clone().or(self.trace_for),
         }
     }
 }
@@ -213,6 +223,8 @@ pub struct DaemonConfig {
     pub libc: Option<PathBuf>,
     /// The processes traced.
     pub scope: Scope,
+    /// How long a growing process is traced before it is judged again.
+    pub trace_for: Duration,
 }
 
 impl DaemonConfig {
@@ -223,6 +235,19 @@ impl DaemonConfig {
             copy_on_fork: true,
             max_live_total: self.max_allocations,
             max_live_per_process: self.max_allocations_per_process,
+        }
+    }
+
+    /// The tiers' configuration: growth judged over the leak rule's window,
+    /// an escalation lasting `trace_for` (at least a tick).
+    pub fn tiers(&self) -> TierConfig {
+        let tick = self.leak.tick.as_nanos().max(1);
+        TierConfig {
+            window_ticks: self.leak.samples(),
+            trace_ticks: u64::try_from(self.trace_for.as_nanos().div_ceil(tick))
+                .unwrap_or(u64::MAX)
+                .max(1),
+            max_escalated: MAX_ESCALATED,
         }
     }
 }
@@ -269,8 +294,21 @@ impl TryFrom<&Settings> for DaemonConfig {
             libc: s.libc.clone(),
             scope: Scope::parse(s.scope.as_deref().unwrap_or_default())
                 .map_err(|e| value_error("scope", &e.to_string()))?,
+            trace_for: trace_for(s, leak.tick)?,
         })
     }
+}
+
+/// How long an escalation lasts: at least a tick.
+fn trace_for(s: &Settings, tick: Duration) -> Result<Duration, ConfigError> {
+    let trace_for = duration_key("trace_for", s.trace_for.as_deref(), DEFAULT_TRACE_FOR)?;
+    if trace_for < tick {
+        return Err(value_error(
+            "trace_for",
+            &format!("must be at least a tick ({tick:?}), not {trace_for:?}"),
+        ));
+    }
+    Ok(trace_for)
 }
 
 /// The leak rule's durations: a tick longer than 0, a window of 3 to

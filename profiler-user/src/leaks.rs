@@ -73,6 +73,16 @@ impl History {
         late > early && theil_sen_slope(&samples) > 0.0
     }
 
+    /// The samples, oldest first.
+    pub fn samples(&self) -> Vec<u64> {
+        self.to_vec()
+    }
+
+    /// The newest sample.
+    pub fn last(&self) -> Option<u64> {
+        self.samples.back().copied()
+    }
+
     /// Growth in bytes per tick (Theil–Sen), 0 with fewer than 2 samples.
     pub fn slope_per_tick(&self) -> f64 {
         theil_sen_slope(&self.to_vec())

@@ -29,4 +29,5 @@ pub mod session;
 pub mod signals;
 pub mod snapshot;
 pub mod stacks;
+pub mod tiers;
 pub mod tracker;

@@ -17,6 +17,10 @@ pub enum Scope {
     /// The processes any of these selectors picks; probes are attached to
     /// each alone, so that the others run untouched.
     Only(Vec<Selector>),
+    /// Every process watched from the kernel (its anonymous memory), and
+    /// traced exactly only while it keeps growing, on request, or when one
+    /// of these selectors picks it (pinned).
+    Tiered(Vec<Selector>),
 }
 
 /// One rule picking processes.
@@ -38,7 +42,7 @@ pub enum Selector {
 pub enum ScopeError {
     /// Not `KIND:VALUE` with a known kind.
     #[error(
-        "scope `{0}` is not `all`, `pid:N`, `comm:NAME`, `unit:NAME` or `cgroup:/PATH` (for example --scope unit:nginx.service)"
+        "scope `{0}` is not `all`, `tiered`, `pid:N`, `comm:NAME`, `unit:NAME` or `cgroup:/PATH` (for example --scope unit:nginx.service)"
     )]
     Syntax(String),
     /// A value that cannot select anything.
@@ -52,6 +56,11 @@ pub enum ScopeError {
     /// `all` together with selectors.
     #[error("scope `all` cannot be combined with selectors: give either `all` or selectors")]
     AllWithSelectors,
+    /// `all` together with `tiered`.
+    #[error(
+        "scope `all` cannot be combined with `tiered`: give one (`tiered` takes selectors of processes to trace always)"
+    )]
+    AllWithTiered,
 }
 
 /// The longest command name the kernel keeps.
@@ -104,17 +113,25 @@ impl fmt::Display for Selector {
 
 impl Scope {
     /// Reads `--scope` values (or the config's `scope` list): none or `all`
-    /// is every process; otherwise each names a selector.
+    /// is every process; `tiered`, with any selectors pinned; otherwise each
+    /// names a selector.
     pub fn parse(values: &[String]) -> Result<Self, ScopeError> {
+        let tiered = values.iter().any(|v| v == TIERED);
+        let all = values.iter().any(|v| v == ALL);
+        let selectors = || -> Result<Vec<Selector>, ScopeError> {
+            values
+                .iter()
+                .filter(|v| *v != TIERED)
+                .map(|v| v.parse())
+                .collect()
+        };
         match values {
             [] => Ok(Self::All),
-            [only] if only == "all" => Ok(Self::All),
-            _ if values.iter().any(|v| v == "all") => Err(ScopeError::AllWithSelectors),
-            _ => values
-                .iter()
-                .map(|v| v.parse())
-                .collect::<Result<_, _>>()
-                .map(Self::Only),
+            [only] if only == ALL => Ok(Self::All),
+            _ if all && tiered => Err(ScopeError::AllWithTiered),
+            _ if all => Err(ScopeError::AllWithSelectors),
+            _ if tiered => selectors().map(Self::Tiered),
+            _ => selectors().map(Self::Only),
         }
     }
 
@@ -122,10 +139,17 @@ impl Scope {
     pub fn selects(&self, process: &ProcessFacts) -> bool {
         match self {
             Self::All => true,
-            Self::Only(selectors) => selectors.iter().any(|s| s.matches(process)),
+            Self::Only(selectors) | Self::Tiered(selectors) => {
+                selectors.iter().any(|s| s.matches(process))
+            }
         }
     }
 }
+
+/// The scope of every process, traced exactly.
+const ALL: &str = "all";
+/// The scope of tiers.
+const TIERED: &str = "tiered";
 
 impl Selector {
     /// True when this selector picks the process.
@@ -217,6 +241,25 @@ mod tests {
         assert_eq!(
             selection(&["all", "pid:1"]),
             Err(ScopeError::AllWithSelectors)
+        );
+    }
+
+    #[test]
+    fn tiered_takes_selectors_to_pin_and_not_all() {
+        assert_eq!(selection(&["tiered"]), Ok(Scope::Tiered(vec![])));
+        assert_eq!(
+            selection(&["comm:nginx", "tiered"]),
+            Ok(Scope::Tiered(vec![Selector::Comm("nginx".to_owned())]))
+        );
+        assert_eq!(
+            selection(&["tiered", "all"]),
+            Err(ScopeError::AllWithTiered)
+        );
+        let pinned = selection(&["tiered", "comm:nginx"]).unwrap();
+        assert!(pinned.selects(&facts(1, "nginx", "/")));
+        assert!(
+            !pinned.selects(&facts(2, "bash", "/")),
+            "others only on growth"
         );
     }
 

@@ -56,9 +56,15 @@ pub struct DaemonArgs {
     /// process any picks is traced): `pid:N`, `comm:NAME`, `unit:NAME`
     /// (systemd unit or container id), `cgroup:/PATH` (and below). Selected
     /// processes are probed one by one, started later ones too; the others
-    /// run untouched [default: all].
+    /// run untouched. `tiered`: every process watched from the kernel, and
+    /// traced exactly while its memory grows (selectors beside it are
+    /// traced always) [default: all].
     #[arg(long, value_name = "SELECTOR")]
     pub scope: Vec<String>,
+    /// With scope `tiered`: how long a growing process is traced before it
+    /// is judged again, e.g. 10m [default: 10m].
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub trace_for: Option<String>,
     /// Load and attach everything, report what works, and exit.
     #[arg(long)]
     pub check: bool,
@@ -85,6 +91,7 @@ impl DaemonArgs {
                 thread_slots: self.thread_slots,
                 libc: self.libc.clone(),
                 scope: (!self.scope.is_empty()).then(|| self.scope.clone()),
+                trace_for: self.trace_for.clone(),
             },
         }
     }
@@ -109,6 +116,7 @@ mod tests {
         config::{
             DEFAULT_LISTEN, DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_ALLOCATIONS_PER_PROCESS,
             DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS, DEFAULT_TOP_PROCESSES,
+            DEFAULT_TRACE_FOR,
         },
         leaks::LeakConfig,
     };
@@ -140,6 +148,7 @@ mod tests {
             written(leak.tick),
             written(leak.window),
             written(leak.min_age),
+            written(DEFAULT_TRACE_FOR),
             DEFAULT_TOP_PROCESSES.to_string(),
             DEFAULT_MAX_ALLOCATIONS.to_string(),
             DEFAULT_MAX_ALLOCATIONS_PER_PROCESS.to_string(),

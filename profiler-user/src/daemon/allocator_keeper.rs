@@ -113,10 +113,18 @@ impl AllocatorKeeper {
                     self.release(pid, before);
                 }
                 Ok(Change::Ended(pid)) => self.ended(pid),
+                // Tiers are not in force with scope `all`: nothing escalates.
+                Ok(Change::Escalated(_) | Change::Released(_)) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => self.scan(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Every file's links at once: their grace periods are waited for together.
+        let mut all = AttachedProbes::default();
+        for (_, file) in self.files.drain() {
+            all.absorb(file.probes);
+        }
+        drop(all);
     }
 
     /// Attaches what process `pid` needs of `coverage`, and records it;

@@ -41,6 +41,7 @@ use crate::{
     procinfo::{ProcessLabels, monotonic_ns},
     scope::Scope,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
+    tiers::{Decisions, Tiers, anon_bytes_of},
 };
 
 /// Why the daemon could not start or run.
@@ -100,7 +101,11 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     let mut probes = Probes::attach(&probe_config(&config))?;
     let reader = probes.reader()?;
     let known_stacks = probes.known_stacks()?;
-    let state = Arc::new(Mutex::new(DaemonState::new(config.tracker(), config.leak)));
+    let mut new_state = DaemonState::new(config.tracker(), config.leak);
+    if matches!(config.scope, Scope::Tiered(_)) {
+        new_state.tiers = Some(Tiers::new(config.tiers()));
+    }
+    let state = Arc::new(Mutex::new(new_state));
     let progress = Arc::new(pipeline::Progress::new().map_err(DaemonError::Runtime)?);
     let api_source = Arc::new(answers::ApiSource {
         state: Arc::clone(&state),
@@ -118,7 +123,7 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
             let thread = thread::spawn(move || keeper.run(&receiver));
             (Some(sender), Some(thread))
         }
-        Scope::Only(_) => {
+        Scope::Only(_) | Scope::Tiered(_) => {
             let (sender, receiver) = mpsc::channel();
             let mut keeper = scope_keeper::ScopeKeeper::new(
                 config.scope.clone(),
@@ -130,6 +135,9 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
             (Some(sender), Some(thread))
         }
     };
+    let escalations = changes
+        .clone()
+        .filter(|_| matches!(config.scope, Scope::Tiered(_)));
     let stop = Arc::new(AtomicBool::new(false));
     let pipeline = pipeline::spawn(
         reader,
@@ -145,6 +153,7 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     let endpoints = Endpoints {
         metrics: metrics_listener,
         api_socket: socket,
+        escalations,
     };
     let result = runtime.block_on(serve(
         source,
@@ -175,7 +184,7 @@ fn probe_config(config: &DaemonConfig) -> ProbeConfig {
         also: Vec::new(),
         targets: match config.scope {
             Scope::All => Targets::AllProcesses,
-            Scope::Only(_) => Targets::Selected,
+            Scope::Only(_) | Scope::Tiered(_) => Targets::Selected,
         },
         ring_bytes: config.ring_kib * 1024,
         stack_sample: config.stack_sample,
@@ -194,6 +203,10 @@ fn print_check(probes: &Probes, config: &DaemonConfig) {
                 scope.join(" ")
             );
         }
+        Scope::Tiered(_) => println!(
+            "heapwatch daemon --check: every probe loaded; every process watched from the kernel, attached to each that grows (for {:?}) or is pinned",
+            config.trace_for
+        ),
     }
     println!("  ok      {}", probes.attachment());
     for line in probes.attached() {
@@ -249,6 +262,8 @@ struct Endpoints<'a> {
     metrics: std::net::TcpListener,
     /// The API socket's path, checked vacant before any probe was loaded.
     api_socket: &'a Path,
+    /// With scope `tiered`: where escalations go (the scope keeper).
+    escalations: Option<mpsc::Sender<scope_keeper::Change>>,
 }
 
 async fn serve(
@@ -264,7 +279,9 @@ async fn serve(
     let Endpoints {
         metrics: metrics_listener,
         api_socket: socket_path,
+        escalations,
     } = endpoints;
+    let escalations = escalations.as_ref();
     let listener = metrics_listener
         .set_nonblocking(true)
         .and_then(|()| TcpListener::from_std(metrics_listener))
@@ -291,6 +308,7 @@ async fn serve(
         &mut known_stacks,
         &metrics,
         config.top_processes,
+        escalations,
     );
     if let Err(err) = notify::notify("READY=1") {
         tracing::warn!(error = %err, "sd_notify READY failed");
@@ -308,10 +326,14 @@ async fn serve(
             let scope: Vec<String> = selectors.iter().map(ToString::to_string).collect();
             tracing::info!(listen = %config.listen, libc = %libc.display(), scope = %scope.join(" "), "tracing the selected processes");
         }
+        Scope::Tiered(pinned) => {
+            let pinned: Vec<String> = pinned.iter().map(ToString::to_string).collect();
+            tracing::info!(listen = %config.listen, libc = %libc.display(), pinned = %pinned.join(" "), trace_for = ?config.trace_for, "watching every process; tracing those that grow");
+        }
     }
     loop {
         tokio::select! {
-            _ = ticks.tick() => tick(state, probes, &mut known_stacks, &metrics, config.top_processes),
+            _ = ticks.tick() => tick(state, probes, &mut known_stacks, &metrics, config.top_processes, escalations),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
@@ -369,6 +391,9 @@ fn reload(
     }
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     state.set_config(new.tracker(), new.leak);
+    if let Some(tiers) = state.tiers.as_mut() {
+        tiers.set_config(new.tiers());
+    }
     tracing::info!(tick = ?new.leak.tick, window = ?new.leak.window, min_age = ?new.leak.min_age, "SIGHUP: configuration reloaded");
     Some(new)
 }
@@ -382,7 +407,9 @@ fn tick(
     known_stacks: &mut KnownStacks,
     metrics: &Metrics,
     top: usize,
+    escalations: Option<&mpsc::Sender<scope_keeper::Change>>,
 ) {
+    let samples = escalations.map(|_| anon_samples()).unwrap_or_default();
     let (counters, lost) = {
         let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
         (probes.counters(), probes.take_lost())
@@ -402,9 +429,37 @@ fn tick(
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let now = monotonic_ns();
         state.note_lost(&lost, now);
+        if let (Some(tiers), Some(escalations)) = (state.tiers.as_mut(), escalations) {
+            send_decisions(escalations, tiers.tick(&samples));
+        }
         let figures = state.tick(now, top, &kernel, ProcessLabels::read);
         known_stacks.forget(&state.take_unused_stacks());
         figures
     };
     metrics.update(&rows, &own);
+}
+
+/// Every process's anonymous resident bytes now (heapwatch's own aside).
+fn anon_samples() -> Vec<(u32, u64)> {
+    let own = std::process::id();
+    running_pids()
+        .into_iter()
+        .filter(|&pid| pid != own)
+        .filter_map(|pid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            Some((pid, anon_bytes_of(&status)?))
+        })
+        .collect()
+}
+
+/// Hands a tick's escalations to the scope keeper, which attaches and lets go.
+fn send_decisions(escalations: &mpsc::Sender<scope_keeper::Change>, decisions: Decisions) {
+    for pid in decisions.escalate {
+        tracing::info!(pid, "tiers: memory grows; tracing exactly");
+        let _ = escalations.send(scope_keeper::Change::Escalated(pid));
+    }
+    for pid in decisions.release {
+        tracing::info!(pid, "tiers: no longer growing; let go");
+        let _ = escalations.send(scope_keeper::Change::Released(pid));
+    }
 }

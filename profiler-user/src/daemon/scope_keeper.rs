@@ -5,7 +5,7 @@
 //! program) is let go.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     num::NonZeroU32,
     os::unix::fs::MetadataExt,
@@ -25,13 +25,17 @@ use crate::{
     stacks::FileId,
 };
 
-/// A process whose image appeared, changed or ended.
+/// A process whose image appeared, changed or ended, or whose tier changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Exec'd a new image, or was forked from a traced process.
     Appeared(u32),
     /// Exited.
     Ended(u32),
+    /// Grows: traced exactly from now on (scope `tiered`).
+    Escalated(u32),
+    /// Its escalation ended: let go unless a selector pins it.
+    Released(u32),
 }
 
 impl Change {
@@ -52,6 +56,8 @@ pub struct ScopeKeeper {
     probes: Arc<Mutex<Probes>>,
     state: Arc<Mutex<DaemonState>>,
     attached: HashMap<u32, AttachedProbes>,
+    /// Processes traced because they grow, beside those the scope selects.
+    escalated: HashSet<u32>,
     discovery: Discovery,
     /// The C library attached at load, which every attach includes.
     load_file: Option<FileId>,
@@ -71,6 +77,7 @@ impl ScopeKeeper {
             probes,
             state,
             attached: HashMap::new(),
+            escalated: HashSet::new(),
             discovery: Discovery::new(),
             load_file,
         }
@@ -94,7 +101,21 @@ impl ScopeKeeper {
         for change in changes {
             match change {
                 Change::Appeared(pid) => self.consider(pid, true),
-                Change::Ended(pid) => self.let_go(pid, false),
+                Change::Ended(pid) => {
+                    self.escalated.remove(&pid);
+                    self.let_go(pid, false);
+                }
+                Change::Escalated(pid) => {
+                    self.escalated.insert(pid);
+                    if !self.attached.contains_key(&pid) {
+                        self.attach(pid, false);
+                        self.note_escalated(pid);
+                    }
+                }
+                Change::Released(pid) => {
+                    self.escalated.remove(&pid);
+                    self.consider(pid, false);
+                }
             }
         }
     }
@@ -106,7 +127,8 @@ impl ScopeKeeper {
         if pid == std::process::id() {
             return;
         }
-        let picked = ProcessFacts::read(pid).is_some_and(|facts| self.scope.selects(&facts));
+        let picked = self.escalated.contains(&pid)
+            || ProcessFacts::read(pid).is_some_and(|facts| self.scope.selects(&facts));
         match (picked, self.attached.contains_key(&pid)) {
             (true, false) => self.attach(pid, seen),
             (false, true) => self.let_go(pid, true),
@@ -187,6 +209,15 @@ impl ScopeKeeper {
         let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = probes.release_process(pid) {
             tracing::warn!(pid, error = %err, "scope: could not stop tracing");
+        }
+    }
+
+    /// Marks an escalated process as traced from now: what it allocated
+    /// before is unseen, and its reports say so.
+    fn note_escalated(&self, pid: u32) {
+        if self.attached.contains_key(&pid) {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.session.note_attached_late(pid);
         }
     }
 

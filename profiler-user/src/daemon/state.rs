@@ -10,10 +10,11 @@ use crate::{
     coverage::Untraced,
     events::HeapEvent,
     leaks::{LeakConfig, LeakDetector},
-    metrics::{Pid, ProcessRow, SelfFigures, bounded_rows},
+    metrics::{AnonRow, Pid, ProcessRow, SelfFigures, bounded_rows},
     procinfo::ProcessLabels,
     report::{ReportDraft, SiteSelection, draft},
     session::{Retention, Session},
+    tiers::Tiers,
     tracker::{ProcessState, TrackerConfig},
 };
 
@@ -31,6 +32,9 @@ pub struct DaemonState {
     labels: HashMap<u32, ProcessLabels>,
     /// With scope `all`: each process looked at, traced (`None`) or not and why.
     pub coverage: HashMap<u32, Option<Untraced>>,
+    /// With scope `tiered`: every process's memory from the kernel, and the
+    /// escalations in force.
+    pub tiers: Option<Tiers>,
 }
 
 impl DaemonState {
@@ -42,6 +46,7 @@ impl DaemonState {
             unused_stacks: Vec::new(),
             labels: HashMap::new(),
             coverage: HashMap::new(),
+            tiers: None,
         }
     }
 
@@ -112,12 +117,46 @@ impl DaemonState {
         for untraced in self.coverage.values() {
             *coverage.entry(*untraced).or_default() += 1;
         }
+        let anon = self.anon_rows(top, &mut labels);
         let own = SelfFigures {
             session: self.session.figures(),
             kernel: *kernel,
             coverage,
+            anon,
         };
         (shown, own)
+    }
+
+    /// Tier 0's rows: the `top` processes by anonymous memory, and every
+    /// one escalated, growth in bytes per second.
+    fn anon_rows(&self, top: usize, labels: &mut impl FnMut(u32) -> ProcessLabels) -> Vec<AnonRow> {
+        let Some(tiers) = &self.tiers else {
+            return Vec::new();
+        };
+        let tick_secs = self
+            .detector
+            .config()
+            .tick
+            .as_secs_f64()
+            .max(f64::MIN_POSITIVE);
+        let mut watched: Vec<(u32, u64)> = tiers.watched().collect();
+        watched.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let shown: Vec<(u32, u64)> = watched
+            .iter()
+            .enumerate()
+            .filter(|&(rank, &(pid, _))| rank < top || tiers.is_escalated(pid))
+            .map(|(_, &row)| row)
+            .collect();
+        shown
+            .into_iter()
+            .map(|(pid, anon_bytes)| AnonRow {
+                pid,
+                labels: labels(pid),
+                anon_bytes,
+                growth_rate: tiers.growth_per_tick(pid) / tick_secs,
+                escalated: tiers.is_escalated(pid),
+            })
+            .collect()
     }
 
     /// The draft of a snapshot of process `pid` at `now_ns`: the sites

@@ -60,6 +60,12 @@ pub enum Metric {
     BuildInfo,
     /// Processes looked at, traced or not and why.
     Processes,
+    /// Anonymous resident bytes, per process (tier 0).
+    ProcessAnonBytes,
+    /// Growth of anonymous resident bytes over the window, per process.
+    ProcessAnonGrowthRate,
+    /// 1 while a process is traced exactly because it grows (tier 1).
+    ProcessEscalated,
 }
 
 /// How a family's values behave.
@@ -105,7 +111,7 @@ const fn family(
 }
 
 /// Every metric family, in [`Metric`]'s order.
-pub const FAMILIES: [Family; 20] = [
+pub const FAMILIES: [Family; 23] = [
     family(
         Metric::ProcessLiveBytes,
         "heapwatch_process_live_bytes",
@@ -246,6 +252,27 @@ pub const FAMILIES: [Family; 20] = [
         "Processes on the host (scope all): traced, or untraced and why (own_runtime, stripped_static, allocator_not_recognized, attach_failed).",
         &["state", "reason"],
     ),
+    family(
+        Metric::ProcessAnonBytes,
+        "heapwatch_process_anon_bytes",
+        Kind::Gauge,
+        "Anonymous resident bytes (heap, anonymous mappings), from the kernel, of every process (scope tiered).",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessAnonGrowthRate,
+        "heapwatch_process_anon_bytes_growth_rate",
+        Kind::RealGauge,
+        "Growth of anonymous resident bytes over the window, bytes per second (Theil-Sen; scope tiered).",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessEscalated,
+        "heapwatch_process_escalated",
+        Kind::Gauge,
+        "1 while the process is traced exactly because its memory grows (scope tiered).",
+        PROCESS_LABELS,
+    ),
 ];
 
 /// The `kind` label of records of this kind.
@@ -323,7 +350,7 @@ pub struct ProcessRow {
 }
 
 /// The daemon's own figures.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SelfFigures {
     /// The session's counters.
     pub session: SessionFigures,
@@ -332,6 +359,24 @@ pub struct SelfFigures {
     /// Processes by coverage: traced (`None`) or untraced and why; empty
     /// where processes are not looked at (a scope other than `all`).
     pub coverage: std::collections::BTreeMap<Option<Untraced>, u64>,
+    /// Tier 0's rows (scope `tiered`): the processes with the most
+    /// anonymous memory, and those escalated.
+    pub anon: Vec<AnonRow>,
+}
+
+/// One process's tier-0 figures, exported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnonRow {
+    /// The process.
+    pub pid: u32,
+    /// Its labels, as the per-process series have them.
+    pub labels: crate::procinfo::ProcessLabels,
+    /// Anonymous resident bytes.
+    pub anon_bytes: u64,
+    /// Their growth over the window, bytes per second.
+    pub growth_rate: f64,
+    /// Traced exactly because it grows.
+    pub escalated: bool,
 }
 
 /// A family's collector.
@@ -454,6 +499,23 @@ impl Metrics {
                 Some(reason) => ["untraced", reason.label()],
             };
             self.collector(Metric::Processes).set_whole(&labels, *count);
+        }
+        for row in &own.anon {
+            let pid = row.pid.to_string();
+            let l = &row.labels;
+            let labels = [
+                pid.as_str(),
+                l.comm.as_str(),
+                l.unit.as_str(),
+                l.runtime.as_str(),
+                l.pod_uid.as_str(),
+            ];
+            self.collector(Metric::ProcessAnonBytes)
+                .set_whole(&labels, row.anon_bytes);
+            self.collector(Metric::ProcessAnonGrowthRate)
+                .set_real(&labels, row.growth_rate);
+            self.collector(Metric::ProcessEscalated)
+                .set_whole(&labels, u64::from(row.escalated));
         }
     }
 
@@ -637,6 +699,10 @@ mod tests {
         let metrics = Metrics::new().expect("metrics register");
         let mut own = SelfFigures::default();
         own.coverage.insert(None, 1);
+        own.anon.push(AnonRow {
+            pid: 1,
+            ..AnonRow::default()
+        });
         metrics.update(&[row(1, 10, 0)], &own);
         let text = metrics.render().expect("renders");
         for family in &FAMILIES {

@@ -1,0 +1,277 @@
+//! The daemon's tiers: every process is watched from the kernel for free
+//! (tier 0: its anonymous resident memory, each tick), and traced exactly
+//! (tier 1) only where that memory keeps growing, for a bounded time that
+//! is extended while it still grows. Pure: samples in, decisions out.
+
+use std::collections::HashMap;
+
+use crate::leaks::{History, theil_sen_slope};
+
+/// How escalation behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierConfig {
+    /// Samples in the growth window (the leak rule's window, in ticks).
+    pub window_ticks: usize,
+    /// Ticks an escalation lasts before it is judged again.
+    pub trace_ticks: u64,
+    /// Processes traced by escalation at once, at most: the largest
+    /// growers first.
+    pub max_escalated: usize,
+}
+
+/// What changes at a tick.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decisions {
+    /// Processes to trace exactly from now on.
+    pub escalate: Vec<u32>,
+    /// Processes whose escalation ends (no longer growing, or gone).
+    pub release: Vec<u32>,
+}
+
+/// Tier 0's histories of every process, and the escalations in force.
+pub struct Tiers {
+    config: TierConfig,
+    histories: HashMap<u32, History>,
+    /// Escalated processes, each with the tick its escalation ends.
+    escalated: HashMap<u32, u64>,
+    tick: u64,
+}
+
+impl Tiers {
+    /// No process watched yet.
+    pub fn new(config: TierConfig) -> Self {
+        Self {
+            config,
+            histories: HashMap::new(),
+            escalated: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// Changes the settings (SIGHUP); histories longer than the new window
+    /// are cut as samples arrive.
+    pub fn set_config(&mut self, config: TierConfig) {
+        self.config = config;
+    }
+
+    /// Takes one tick's samples — (pid, anonymous resident bytes) of every
+    /// process; one absent has ended — and decides what changes.
+    pub fn tick(&mut self, samples: &[(u32, u64)]) -> Decisions {
+        self.tick += 1;
+        let window = self.config.window_ticks;
+        let mut seen = HashMap::with_capacity(samples.len());
+        for &(pid, bytes) in samples {
+            self.histories.entry(pid).or_default().push(bytes, window);
+            seen.insert(pid, ());
+        }
+        self.histories.retain(|pid, _| seen.contains_key(pid));
+        let mut decisions = Decisions::default();
+        let tick = self.tick;
+        let mut ended: Vec<u32> = self
+            .escalated
+            .iter()
+            .filter(|&(pid, &until)| !seen.contains_key(pid) || until <= tick)
+            .map(|(&pid, _)| pid)
+            .collect();
+        ended.sort_unstable();
+        for pid in ended {
+            if seen.contains_key(&pid) && self.grows(pid) {
+                self.escalated.insert(pid, tick + self.config.trace_ticks);
+            } else {
+                self.escalated.remove(&pid);
+                decisions.release.push(pid);
+            }
+        }
+        let mut growers: Vec<(u32, f64)> = self
+            .histories
+            .keys()
+            .filter(|pid| !self.escalated.contains_key(pid))
+            .filter(|&&pid| self.grows(pid))
+            .map(|&pid| (pid, self.growth_per_tick(pid)))
+            .collect();
+        growers.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let room = self
+            .config
+            .max_escalated
+            .saturating_sub(self.escalated.len());
+        for (pid, _) in growers.into_iter().take(room) {
+            self.escalated.insert(pid, tick + self.config.trace_ticks);
+            decisions.escalate.push(pid);
+        }
+        decisions
+    }
+
+    /// Escalates `pid` on request (a snapshot of a process not traced), for
+    /// one escalation's time at least; false when at the limit.
+    pub fn request(&mut self, pid: u32) -> bool {
+        let until = self.tick + self.config.trace_ticks;
+        if let Some(current) = self.escalated.get_mut(&pid) {
+            *current = (*current).max(until);
+            return true;
+        }
+        if self.escalated.len() >= self.config.max_escalated {
+            return false;
+        }
+        self.escalated.insert(pid, until);
+        true
+    }
+
+    /// Ends `pid`'s escalation now (the governor let it go, or it exec'd).
+    pub fn release(&mut self, pid: u32) {
+        self.escalated.remove(&pid);
+    }
+
+    /// True while `pid` is escalated.
+    pub fn is_escalated(&self, pid: u32) -> bool {
+        self.escalated.contains_key(&pid)
+    }
+
+    /// Processes escalated now.
+    pub fn escalated(&self) -> impl Iterator<Item = u32> + '_ {
+        self.escalated.keys().copied()
+    }
+
+    /// Every process watched, with its last sample of anonymous resident bytes.
+    pub fn watched(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.histories
+            .iter()
+            .filter_map(|(&pid, history)| Some((pid, history.last()?)))
+    }
+
+    /// `pid`'s last sample of anonymous resident bytes.
+    pub fn anon_bytes(&self, pid: u32) -> Option<u64> {
+        self.histories.get(&pid)?.last()
+    }
+
+    /// `pid`'s growth over the window, bytes per tick (Theil–Sen).
+    pub fn growth_per_tick(&self, pid: u32) -> f64 {
+        self.histories
+            .get(&pid)
+            .map_or(0.0, History::slope_per_tick)
+    }
+
+    /// Tier 0's rule: a full window of robust growth (the leak rule's) that
+    /// is still rising in its last third — a cache that filled and stays
+    /// flat, or one step up (an arena reserved), is not growing.
+    pub fn grows(&self, pid: u32) -> bool {
+        let window = self.config.window_ticks;
+        self.histories.get(&pid).is_some_and(|history| {
+            let samples = history.samples();
+            history.grows(window) && theil_sen_slope(&samples[samples.len() - window / 3..]) > 0.0
+        })
+    }
+}
+
+/// The anonymous resident bytes of process `pid` (`RssAnon` in its
+/// status), `None` for a kernel thread or a process gone.
+pub fn anon_bytes_of(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: TierConfig = TierConfig {
+        window_ticks: 6,
+        trace_ticks: 4,
+        max_escalated: 2,
+    };
+
+    /// Runs `ticks` ticks of processes whose memory at tick t is `bytes(pid, t)`.
+    fn run(
+        tiers: &mut Tiers,
+        pids: &[u32],
+        ticks: u64,
+        bytes: impl Fn(u32, u64) -> u64,
+    ) -> Vec<Decisions> {
+        (0..ticks)
+            .map(|t| {
+                let samples: Vec<(u32, u64)> =
+                    pids.iter().map(|&pid| (pid, bytes(pid, t))).collect();
+                tiers.tick(&samples)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_leaker_is_escalated_and_a_plateau_a_step_and_a_flat_process_are_not() {
+        let mut tiers = Tiers::new(CONFIG);
+        let bytes = |pid, t: u64| match pid {
+            1 => 1_000_000 + t * 100_000,        // grows steadily
+            2 => 1_000_000 + t.min(3) * 100_000, // fills, then flat
+            3 => {
+                if t < 4 {
+                    1_000_000
+                } else {
+                    65_000_000
+                }
+            } // one step up
+            _ => 1_000_000,                      // flat
+        };
+        let decisions = run(&mut tiers, &[1, 2, 3, 4], 9, bytes);
+        let escalated: Vec<u32> = decisions.iter().flat_map(|d| d.escalate.clone()).collect();
+        assert_eq!(escalated, [1]);
+        assert!(tiers.is_escalated(1));
+    }
+
+    #[test]
+    fn an_escalation_ends_unless_the_process_still_grows() {
+        let mut tiers = Tiers::new(CONFIG);
+        // Grows for 8 ticks, then flat for good.
+        let bytes = |_, t: u64| 1_000_000 + t.min(8) * 100_000;
+        let decisions = run(&mut tiers, &[7], 30, bytes);
+        let escalated_at = decisions
+            .iter()
+            .position(|d| d.escalate == [7])
+            .expect("escalated");
+        let released_at = decisions
+            .iter()
+            .position(|d| d.release == [7])
+            .expect("released");
+        assert!(released_at > escalated_at + CONFIG.trace_ticks as usize - 1);
+        assert!(!tiers.is_escalated(7));
+        assert_eq!(decisions.iter().filter(|d| d.escalate == [7]).count(), 1);
+    }
+
+    #[test]
+    fn the_largest_growers_go_first_and_an_ended_process_is_released() {
+        let mut tiers = Tiers::new(CONFIG);
+        let bytes = |pid: u32, t: u64| 1_000_000 + t * 1_000 * u64::from(pid);
+        let decisions = run(&mut tiers, &[1, 2, 3], 6, bytes);
+        let escalated: Vec<u32> = decisions.iter().flat_map(|d| d.escalate.clone()).collect();
+        assert_eq!(escalated, [3, 2], "the limit is two, the fastest first");
+        let after_exit = tiers.tick(&[(2, 10_000_000)]);
+        assert_eq!(after_exit.release, [3]);
+    }
+
+    #[test]
+    fn a_request_escalates_within_the_limit() {
+        let mut tiers = Tiers::new(CONFIG);
+        assert!(tiers.request(5));
+        assert!(tiers.request(6));
+        assert!(!tiers.request(8), "at the limit");
+        assert!(tiers.request(5), "again: extended");
+        let decisions = run(&mut tiers, &[5, 6], 4, |_, _| 1_000);
+        assert_eq!(
+            decisions.last().map(|d| d.release.clone()),
+            Some(vec![5, 6])
+        );
+    }
+
+    #[test]
+    fn reads_anonymous_resident_memory() {
+        let status = "Name:\tx\nRssAnon:\t    1234 kB\nRssFile:\t 10 kB\n";
+        assert_eq!(anon_bytes_of(status), Some(1234 * 1024));
+        assert_eq!(anon_bytes_of("Name:\tkthreadd\n"), None);
+        assert_eq!(anon_bytes_of("RssAnon:\tx kB\n"), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! `heapwatch daemon --scope tiered`: every process watched from the
+//! kernel, and traced exactly only while its memory grows.
+
+#[allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
+mod support;
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{
+    BpfBaseline, KillOnDrop, Workload, config_file,
+    daemon::{Daemon, Metrics},
+    fixture, functions,
+    process::snapshot_json,
+    tempfile_path,
+};
+
+/// Short windows for tests: growth judged over 6 ticks of 1 s, an
+/// escalation judged again after 3 s.
+const FAST: [&str; 8] = [
+    "--tick",
+    "1s",
+    "--window",
+    "6s",
+    "--min-age",
+    "3s",
+    "--trace-for",
+    "3s",
+];
+
+fn escalated(m: &Metrics, pid: u32) -> f64 {
+    m.process("heapwatch_process_escalated", pid).unwrap_or(0.0)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_growing_process_is_traced_while_it_grows_and_steady_ones_never() {
+    let workload = fixture("workload");
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &[
+            &FAST[..],
+            &["--scope", "tiered", "--socket", socket_arg, "--top", "100"],
+        ]
+        .concat(),
+    );
+    let grower = Workload::start(&workload, "grow");
+    let plateau = Workload::start(&workload, "plateau");
+    let constant = Workload::start(&workload, "constant");
+    let churner = KillOnDrop::new(
+        Command::new(fixture("churn"))
+            .args(["1", "60"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the churner"),
+    );
+    let steady = [
+        ("plateau", plateau.pid()),
+        ("constant", constant.pid()),
+        ("churner", churner.pid()),
+    ];
+
+    // Escalated once a window shows it growing; never the steady ones.
+    let started = Instant::now();
+    let mut escalated_after = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        let m = daemon.scrape();
+        for (name, pid) in steady {
+            assert_eq!(escalated(&m, pid), 0.0, "{name} escalated");
+        }
+        if escalated(&m, grower.pid()) == 1.0 {
+            escalated_after = Some(started.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    let escalated_after = escalated_after.expect("the growing process is escalated");
+    eprintln!("escalated after {escalated_after:?}");
+    let m = daemon.scrape();
+    for (name, pid) in steady {
+        assert!(
+            m.process("heapwatch_process_anon_bytes", pid)
+                .is_some_and(|bytes| bytes > 0.0),
+            "{name}'s memory is watched"
+        );
+    }
+
+    // Traced exactly from then on: its growing site named, its report
+    // saying what came before is unseen.
+    thread::sleep(Duration::from_millis(1500));
+    let json = snapshot_json(&socket, grower.pid()).expect("a snapshot of the grower");
+    assert_eq!(json["attached_late"], true, "{json}");
+    let site = &json["sites"][0];
+    assert_eq!(functions(site)[..2], ["grow_step", "main"], "{site}");
+    let blocks = site["live_blocks"].as_u64().expect("blocks");
+    assert!(blocks >= 5, "{site}");
+    assert_eq!(site["live_bytes"].as_u64(), Some(65_536 * blocks), "{site}");
+    for (name, pid) in steady {
+        let refused = snapshot_json(&socket, pid).expect_err(name);
+        assert!(refused.contains("made no allocation"), "{name}: {refused}");
+    }
+
+    // It stops growing at 12 s: let go once a window's last third is flat
+    // and its escalation ends, and forgotten.
+    let released = daemon.scrape_until(Duration::from_secs(25), |m| {
+        escalated(m, grower.pid()) == 0.0
+    });
+    assert_eq!(escalated(&released, grower.pid()), 0.0, "let go");
+    let gone = snapshot_json(&socket, grower.pid()).expect_err("no longer traced");
+    assert!(gone.contains("made no allocation"), "{gone}");
+    for (name, pid) in steady {
+        assert_eq!(escalated(&released, pid), 0.0, "{name} escalated");
+    }
+
+    drop((grower, plateau, constant, churner));
+    assert!(
+        daemon.stop().success(),
+        "SIGTERM exits 0:\n{}",
+        daemon.log()
+    );
+    baseline.assert_nothing_left();
+}
