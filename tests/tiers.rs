@@ -129,3 +129,54 @@ fn a_growing_process_is_traced_while_it_grows_and_steady_ones_never() {
     );
     baseline.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_process_tracing_would_slow_too_much_is_let_go_and_said_so() {
+    let workload = fixture("workload");
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &[
+            &FAST[..],
+            &["--scope", "tiered", "--socket", socket_arg, "--top", "100"],
+        ]
+        .concat(),
+    );
+    // It grows, and a thread of it allocates flat out: traced, it would
+    // run many times slower.
+    let busy = Workload::start(&workload, "grow_busy");
+    let m = daemon.scrape_until(Duration::from_secs(25), |m| {
+        m.labelled("heapwatch_processes", "reason", "over_budget") >= 1.0
+    });
+    assert!(
+        m.labelled("heapwatch_processes", "reason", "over_budget") >= 1.0,
+        "let go for its cost:\n{}",
+        daemon.log()
+    );
+    assert_eq!(escalated(&m, busy.pid()), 0.0);
+    assert!(daemon.log().contains("overhead budget"), "{}", daemon.log());
+    let ps = support::heapwatch()
+        .args(["ps", "--all", "--socket", socket_arg])
+        .output()
+        .expect("run ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let line = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(busy.pid().to_string().as_str()))
+        .unwrap_or_else(|| panic!("not listed:\n{ps}"));
+    assert!(line.contains("over_budget"), "{line}");
+    // Still growing, it is not escalated again.
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(escalated(&daemon.scrape(), busy.pid()), 0.0);
+
+    drop(busy);
+    assert!(
+        daemon.stop().success(),
+        "SIGTERM exits 0:\n{}",
+        daemon.log()
+    );
+    baseline.assert_nothing_left();
+}

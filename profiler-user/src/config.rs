@@ -36,6 +36,14 @@ pub const DEFAULT_MAX_ALLOCATIONS_PER_PROCESS: u64 = 10_000_000;
 /// How long a process found growing is traced exactly (scope `tiered`)
 /// before it is judged again.
 pub const DEFAULT_TRACE_FOR: Duration = Duration::from_secs(600);
+/// The slowdown tracing may put an escalated process to by default, in
+/// percent of its CPU time.
+pub const DEFAULT_MAX_OVERHEAD_PERCENT: f64 = 5.0;
+/// What one traced allocator call costs a process, in nanoseconds, for the
+/// cost governor: a round figure above half a malloc+free pair's cost under
+/// the daemon in the bench (docs/measurements.md), so as to err on the side
+/// of letting go.
+pub const EVENT_COST_NS: u64 = 2_000;
 /// Processes traced at once because they grow (scope `tiered`): each costs
 /// a trap per allocation, so the largest growers go first.
 pub const MAX_ESCALATED: usize = 8;
@@ -100,7 +108,7 @@ pub enum LoadError {
 
 /// Where the daemon's configuration comes from: a file and the flags, which
 /// win. Loaded at start and again at each reload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigSource {
     /// The file named (`None`: the default one, if it exists).
     pub file: Option<PathBuf>,
@@ -132,7 +140,7 @@ fn read_settings(path: &Path) -> Result<Settings, LoadError> {
 }
 
 /// The daemon's settings as a file or the flags give them; `None` is unset.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Settings {
     /// Address of the /metrics endpoint, `ADDR:PORT`.
@@ -163,6 +171,9 @@ pub struct Settings {
     /// How long a growing process is traced before it is judged again
     /// (duration; scope `tiered`).
     pub trace_for: Option<String>,
+    /// The slowdown tracing may put an escalated process to, in percent of
+    /// its CPU time (scope `tiered`).
+    pub max_overhead: Option<f64>,
 }
 
 impl Settings {
@@ -196,12 +207,13 @@ impl Settings {
             libc: over.libc.clone().or(self.libc),
             scope: over.scope.clone().or(self.scope),
             trace_for: over.trace_for.clone().or(self.trace_for),
+            max_overhead: over.max_overhead.or(self.max_overhead),
         }
     }
 }
 
 /// The validated configuration the daemon runs with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DaemonConfig {
     /// Address of the /metrics endpoint.
     pub listen: SocketAddr,
@@ -225,6 +237,8 @@ pub struct DaemonConfig {
     pub scope: Scope,
     /// How long a growing process is traced before it is judged again.
     pub trace_for: Duration,
+    /// The slowdown tracing may put an escalated process to, a fraction.
+    pub max_overhead: f64,
 }
 
 impl DaemonConfig {
@@ -248,6 +262,8 @@ impl DaemonConfig {
                 .unwrap_or(u64::MAX)
                 .max(1),
             max_escalated: MAX_ESCALATED,
+            max_overhead: self.max_overhead,
+            event_cost_ns: EVENT_COST_NS,
         }
     }
 }
@@ -295,8 +311,21 @@ impl TryFrom<&Settings> for DaemonConfig {
             scope: Scope::parse(s.scope.as_deref().unwrap_or_default())
                 .map_err(|e| value_error("scope", &e.to_string()))?,
             trace_for: trace_for(s, leak.tick)?,
+            max_overhead: max_overhead(s.max_overhead)?,
         })
     }
+}
+
+/// The overhead budget as a fraction: from more than 0 to 1000 percent.
+fn max_overhead(percent: Option<f64>) -> Result<f64, ConfigError> {
+    let percent = percent.unwrap_or(DEFAULT_MAX_OVERHEAD_PERCENT);
+    if !(percent > 0.0 && percent <= 1000.0) {
+        return Err(value_error(
+            "max_overhead",
+            &format!("must be a percentage above 0 and at most 1000, not {percent}"),
+        ));
+    }
+    Ok(percent / 100.0)
 }
 
 /// How long an escalation lasts: at least a tick.

@@ -42,15 +42,19 @@ pub enum Untraced {
     NotRecognized,
     /// Its allocator's file was found but its probes did not attach (logged).
     AttachFailed,
+    /// Traced because it grew, then let go: tracing it cost more than the
+    /// overhead budget (scope `tiered`).
+    OverBudget,
 }
 
 impl Untraced {
     /// Every reason.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::OwnRuntime,
         Self::StrippedStatic,
         Self::NotRecognized,
         Self::AttachFailed,
+        Self::OverBudget,
     ];
 
     /// The reason as metrics and `ps --all` name it.
@@ -60,6 +64,7 @@ impl Untraced {
             Self::StrippedStatic => "stripped_static",
             Self::NotRecognized => "allocator_not_recognized",
             Self::AttachFailed => "attach_failed",
+            Self::OverBudget => "over_budget",
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Session {
     malformed: u64,
     unmatched_gone: u64,
     refused_gone: u64,
+    /// Processes let go while alive: their allocator calls are ignored.
+    let_go: HashSet<u32>,
 }
 
 impl Session {
@@ -89,6 +91,7 @@ impl Session {
             malformed: 0,
             unmatched_gone: 0,
             refused_gone: 0,
+            let_go: HashSet::new(),
         }
     }
 
@@ -138,9 +141,29 @@ impl Session {
         None
     }
 
-    /// Applies one decoded event.
+    /// Applies one decoded event. An allocator call of a process let go
+    /// (forgotten while alive) is counted, not applied: its probes may fire
+    /// until they are detached, and its records may wait in the ring buffer.
     pub fn apply(&mut self, event: &HeapEvent) -> Applied {
         self.events[event.kind() as usize] += 1;
+        match *event {
+            HeapEvent::Exec { tgid } | HeapEvent::Exit { tgid } => {
+                self.let_go.remove(&tgid);
+            }
+            HeapEvent::Fork { .. } => {}
+            HeapEvent::Alloc { task, .. }
+            | HeapEvent::Free { task, .. }
+            | HeapEvent::ExitingFree { task, .. }
+            | HeapEvent::ReallocFree { task, .. }
+            | HeapEvent::ReallocFail { task, .. } => {
+                if self.let_go.contains(&task.tgid) {
+                    return Applied {
+                        event: *event,
+                        ended: None,
+                    };
+                }
+            }
+        }
         if self.retention == Retention::KeepExited {
             self.normalize_while_live(event);
         }
@@ -154,9 +177,16 @@ impl Session {
         }
     }
 
+    /// Traces process `tgid` again after it was let go.
+    pub fn trace_again(&mut self, tgid: u32) {
+        self.let_go.remove(&tgid);
+    }
+
     /// Forgets process `tgid`'s heap state, as if it had exited unseen (it
-    /// is no longer traced); true if there was any.
+    /// is no longer traced), and ignores its allocator calls until it is
+    /// traced again, execs or exits; true if there was any state.
     pub fn forget_process(&mut self, tgid: u32) -> bool {
+        self.let_go.insert(tgid);
         match self.tracker.apply(&HeapEvent::Exit { tgid }) {
             Some(finished) => {
                 self.finish(finished);

@@ -101,3 +101,30 @@ fn stacks_only_gone_processes_used_are_retired() {
     assert_eq!(s.retire_unused_stacks(), [8], "10 still uses 7");
     assert!(s.retire_unused_stacks().is_empty(), "retired once");
 }
+
+#[test]
+fn a_process_let_go_is_ignored_until_traced_again_or_a_new_image() {
+    let mut s = Session::new(TrackerConfig::default(), Retention::LiveOnly);
+    let alloc = |ptr| HeapEvent::Alloc {
+        task: Task { tgid: 10, tid: 10 },
+        ptr,
+        size: 100,
+        site: RawSite { stack: 7 },
+        time_ns: 0,
+    };
+    s.apply(&alloc(1));
+    s.forget_process(10);
+    s.apply(&alloc(2));
+    assert!(s.process(10).is_none(), "a late record of a process let go");
+    s.trace_again(10);
+    s.apply(&alloc(3));
+    assert_eq!(s.process(10).map(|(p, _)| p.live_blocks()), Some(1));
+    s.forget_process(10);
+    s.apply(&HeapEvent::Exec { tgid: 10 });
+    s.apply(&alloc(4));
+    assert_eq!(
+        s.process(10).map(|(p, _)| p.live_blocks()),
+        Some(1),
+        "a new image"
+    );
+}

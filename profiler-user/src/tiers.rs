@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::leaks::{History, theil_sen_slope};
 
 /// How escalation behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TierConfig {
     /// Samples in the growth window (the leak rule's window, in ticks).
     pub window_ticks: usize,
@@ -17,6 +17,21 @@ pub struct TierConfig {
     /// Processes traced by escalation at once, at most: the largest
     /// growers first.
     pub max_escalated: usize,
+    /// The slowdown an escalated process may be put to, as a fraction of its
+    /// CPU time (0.05: 5 %); past it, it is let go and not escalated again.
+    pub max_overhead: f64,
+    /// What one traced call costs the process, in nanoseconds.
+    pub event_cost_ns: u64,
+}
+
+/// What an escalated process has used since tracing began: calls traced
+/// and CPU time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Allocator calls traced (allocations and frees).
+    pub events: u64,
+    /// CPU time, user and system, in nanoseconds.
+    pub cpu_ns: u64,
 }
 
 /// What changes at a tick.
@@ -34,6 +49,11 @@ pub struct Tiers {
     histories: HashMap<u32, History>,
     /// Escalated processes, each with the tick its escalation ends.
     escalated: HashMap<u32, u64>,
+    /// The usage of each escalated process at the last tick.
+    usage: HashMap<u32, Usage>,
+    /// Processes let go for costing more than the budget: never escalated
+    /// again (until they exec or exit).
+    over_budget: HashMap<u32, f64>,
     tick: u64,
 }
 
@@ -44,6 +64,8 @@ impl Tiers {
             config,
             histories: HashMap::new(),
             escalated: HashMap::new(),
+            usage: HashMap::new(),
+            over_budget: HashMap::new(),
             tick: 0,
         }
     }
@@ -65,6 +87,8 @@ impl Tiers {
             seen.insert(pid, ());
         }
         self.histories.retain(|pid, _| seen.contains_key(pid));
+        self.over_budget.retain(|pid, _| seen.contains_key(pid));
+        self.usage.retain(|pid, _| seen.contains_key(pid));
         let mut decisions = Decisions::default();
         let tick = self.tick;
         let mut ended: Vec<u32> = self
@@ -85,7 +109,7 @@ impl Tiers {
         let mut growers: Vec<(u32, f64)> = self
             .histories
             .keys()
-            .filter(|pid| !self.escalated.contains_key(pid))
+            .filter(|pid| !self.escalated.contains_key(pid) && !self.over_budget.contains_key(pid))
             .filter(|&&pid| self.grows(pid))
             .map(|&pid| (pid, self.growth_per_tick(pid)))
             .collect();
@@ -116,9 +140,46 @@ impl Tiers {
         true
     }
 
-    /// Ends `pid`'s escalation now (the governor let it go, or it exec'd).
-    pub fn release(&mut self, pid: u32) {
+    /// The cost governor: from each escalated process's usage now, its
+    /// slowdown since the last tick (calls traced × their cost over its CPU
+    /// time); those past the budget are let go (returned) and not
+    /// escalated again.
+    pub fn govern(&mut self, usage: &[(u32, Usage)]) -> Vec<u32> {
+        let mut over = Vec::new();
+        for &(pid, now) in usage {
+            if !self.escalated.contains_key(&pid) {
+                continue;
+            }
+            let Some(before) = self.usage.insert(pid, now) else {
+                continue;
+            };
+            let events = now.events.saturating_sub(before.events);
+            let cpu_ns = now.cpu_ns.saturating_sub(before.cpu_ns).max(1);
+            let slowdown = (events as f64 * self.config.event_cost_ns as f64) / cpu_ns as f64;
+            if slowdown > self.config.max_overhead {
+                self.escalated.remove(&pid);
+                self.usage.remove(&pid);
+                self.over_budget.insert(pid, slowdown);
+                over.push(pid);
+            }
+        }
+        over.sort_unstable();
+        over
+    }
+
+    /// Processes let go for costing more than the budget, with the
+    /// slowdown they were estimated at.
+    pub fn over_budget(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.over_budget
+            .iter()
+            .map(|(&pid, &slowdown)| (pid, slowdown))
+    }
+
+    /// Forgets `pid`'s escalation and budget (it exec'd a new image).
+    pub fn forget(&mut self, pid: u32) {
         self.escalated.remove(&pid);
+        self.usage.remove(&pid);
+        self.over_budget.remove(&pid);
     }
 
     /// True while `pid` is escalated.
@@ -176,6 +237,17 @@ pub fn anon_bytes_of(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The CPU time, user and system, of a /proc/PID/stat text, in clock ticks
+/// (`utime` and `stime`, the 14th and 15th fields).
+pub fn cpu_ticks_of(stat: &str) -> Option<u64> {
+    // The command name, in parentheses, may hold spaces and parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +256,8 @@ mod tests {
         window_ticks: 6,
         trace_ticks: 4,
         max_escalated: 2,
+        max_overhead: 0.05,
+        event_cost_ns: 1_000,
     };
 
     /// Runs `ticks` ticks of processes whose memory at tick t is `bytes(pid, t)`.
@@ -265,6 +339,43 @@ mod tests {
             decisions.last().map(|d| d.release.clone()),
             Some(vec![5, 6])
         );
+    }
+
+    #[test]
+    fn a_process_costing_more_than_the_budget_is_let_go_for_good() {
+        let mut tiers = Tiers::new(CONFIG);
+        assert!(tiers.request(1) && tiers.request(2));
+        let usage = |events, cpu_ns| Usage { events, cpu_ns };
+        // The first sight only sets the baseline.
+        assert!(
+            tiers
+                .govern(&[(1, usage(0, 0)), (2, usage(0, 0))])
+                .is_empty()
+        );
+        // 1: 1,000 calls in 1 s of CPU (0.1 %); 2: a million (100 %).
+        let over = tiers.govern(&[
+            (1, usage(1_000, 1_000_000_000)),
+            (2, usage(1_000_000, 1_000_000_000)),
+        ]);
+        assert_eq!(over, [2]);
+        assert!(tiers.is_escalated(1) && !tiers.is_escalated(2));
+        assert_eq!(
+            tiers.over_budget().map(|(pid, _)| pid).collect::<Vec<_>>(),
+            [2]
+        );
+        // Growing or not, it is not escalated again.
+        let decisions = run(&mut tiers, &[2], 8, |_, t| 1_000_000 + t * 100_000);
+        assert!(decisions.iter().all(|d| !d.escalate.contains(&2)));
+        tiers.forget(2);
+        let decisions = run(&mut tiers, &[2], 1, |_, t| 2_000_000 + t * 100_000);
+        assert_eq!(decisions[0].escalate, [2], "a new image starts afresh");
+    }
+
+    #[test]
+    fn reads_cpu_time_past_a_hostile_name() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 9";
+        assert_eq!(cpu_ticks_of(stat), Some(300));
+        assert_eq!(cpu_ticks_of("42 (x"), None);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct DaemonArgs {
     /// is judged again, e.g. 10m [default: 10m].
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub trace_for: Option<String>,
+    /// With scope `tiered`: the slowdown tracing may put a growing process
+    /// to, in percent of its CPU time; past it, the process is let go [default: 5].
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
+    pub max_overhead: Option<f64>,
     /// Load and attach everything, report what works, and exit.
     #[arg(long)]
     pub check: bool,
@@ -92,6 +96,7 @@ impl DaemonArgs {
                 libc: self.libc.clone(),
                 scope: (!self.scope.is_empty()).then(|| self.scope.clone()),
                 trace_for: self.trace_for.clone(),
+                max_overhead: self.max_overhead,
             },
         }
     }

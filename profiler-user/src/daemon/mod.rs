@@ -35,13 +35,13 @@ pub use state::{DaemonState, KernelCounts};
 
 use crate::{
     config::{ConfigSource, DaemonConfig, LoadError},
-    coverage::{Coverage, Discovery},
+    coverage::{Coverage, Discovery, Untraced},
     metrics::{Metrics, http},
     probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Targets},
     procinfo::{ProcessLabels, monotonic_ns},
     scope::Scope,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
-    tiers::{Decisions, Tiers, anon_bytes_of},
+    tiers::{Decisions, Tiers, Usage, anon_bytes_of, cpu_ticks_of},
 };
 
 /// Why the daemon could not start or run.
@@ -429,8 +429,8 @@ fn tick(
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let now = monotonic_ns();
         state.note_lost(&lost, now);
-        if let (Some(tiers), Some(escalations)) = (state.tiers.as_mut(), escalations) {
-            send_decisions(escalations, tiers.tick(&samples));
+        if let Some(escalations) = escalations {
+            tier_tick(&mut state, &samples, escalations);
         }
         let figures = state.tick(now, top, &kernel, ProcessLabels::read);
         known_stacks.forget(&state.take_unused_stacks());
@@ -450,6 +450,56 @@ fn anon_samples() -> Vec<(u32, u64)> {
             Some((pid, anon_bytes_of(&status)?))
         })
         .collect()
+}
+
+/// Tier 0's tick: growth judged, escalations started and ended, and the
+/// cost governor's verdict on each process escalated.
+fn tier_tick(
+    state: &mut DaemonState,
+    samples: &[(u32, u64)],
+    escalations: &mpsc::Sender<scope_keeper::Change>,
+) {
+    let DaemonState {
+        tiers,
+        session,
+        coverage,
+        ..
+    } = state;
+    let Some(tiers) = tiers.as_mut() else {
+        return;
+    };
+    send_decisions(escalations, tiers.tick(samples));
+    let usage: Vec<(u32, Usage)> = tiers
+        .escalated()
+        .filter_map(|pid| {
+            let (process, _) = session.process(pid)?;
+            let counters = process.counters();
+            Some((
+                pid,
+                Usage {
+                    events: counters.allocs + counters.frees,
+                    cpu_ns: cpu_ns(pid)?,
+                },
+            ))
+        })
+        .collect();
+    for pid in tiers.govern(&usage) {
+        tracing::warn!(
+            pid,
+            "tiers: tracing costs the process more than the overhead budget; let go"
+        );
+        coverage.insert(pid, Some(Untraced::OverBudget));
+        let _ = escalations.send(scope_keeper::Change::Released(pid));
+    }
+    coverage.retain(|pid, _| tiers.over_budget().any(|(barred, _)| barred == *pid));
+}
+
+/// Process `pid`'s CPU time, user and system, in nanoseconds.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks_per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(cpu_ticks_of(&stat)? * 1_000_000_000 / ticks_per_sec.max(1))
 }
 
 /// Hands a tick's escalations to the scope keeper, which attaches and lets go.

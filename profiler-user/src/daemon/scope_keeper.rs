@@ -146,6 +146,11 @@ impl ScopeKeeper {
         let Some(nonzero) = NonZeroU32::new(pid) else {
             return;
         };
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .session
+            .trace_again(pid);
         let coverage = if fresh {
             self.discovery.starting(pid)
         } else {

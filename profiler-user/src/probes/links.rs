@@ -199,15 +199,19 @@ impl Probes {
             UProbeScope::OneProcess(pid) => Some(pid),
             _ => None,
         };
+        // Keyed entry-last: return probes are attached before entry probes,
+        // or a call entered in between would have its entry seen and never
+        // its return, leaving its thread inside a call for good.
         let mut links: BTreeMap<(bool, &'static str, &Path), Vec<u64>> = BTreeMap::new();
         for probe in probes {
             links
-                .entry((probe.returns, probe.program, &probe.file))
+                .entry((!probe.returns, probe.program, &probe.file))
                 .or_default()
                 .push(probe.file_offset);
         }
         let mut attached = AttachedProbes::default();
-        for ((returns, program, library), offsets) in links {
+        for ((entry, program, library), offsets) in links {
+            let returns = !entry;
             let link = multi
                 .link(program, library, &offsets, returns, pid)
                 .map(Link::Multi)
