@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::{packages, run::workspace_root, toolchain};
 
 mod lifecycle;
+mod programs;
 
 /// What to measure.
 pub struct BenchOptions {
@@ -90,7 +91,7 @@ struct Tools {
 pub fn bench(options: &BenchOptions) -> Result<()> {
     toolchain::ensure()?;
     packages::ensure(packages::TEST_PACKAGES)?;
-    packages::ensure(&["bpftrace", "heaptrack"])?;
+    packages::ensure(&["bpftrace", "heaptrack", "perl", "python3"])?;
     crate::run::build()?;
     let tools = prepare()?;
     refuse_foreign_uprobes()?;
@@ -117,8 +118,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut report = summarize(&results, options, &[scope, sustained], &live);
     report["lifecycle"] = lifecycle::lifecycle(&tools, options.runs)?;
+    report["programs"] = programs::programs(&tools, options.runs)?;
     print_table(&report);
     lifecycle::print(&report["lifecycle"]);
+    programs::print(&report["programs"]);
     let path = workspace_root().join("target/bench.json");
     fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     println!("\nJSON: {}", path.display());
@@ -298,7 +301,10 @@ impl Daemon {
         let mut lines = BufReader::new(stderr).lines();
         for line in lines.by_ref() {
             let line = line?;
-            if line.contains("tracing every process") || line.contains("tracing the selected") {
+            if line.contains("tracing every process")
+                || line.contains("tracing the selected")
+                || line.contains("watching every process")
+            {
                 thread::spawn(move || lines.for_each(drop));
                 return Ok(Self { child, address });
             }
