@@ -280,7 +280,7 @@ fn what_cannot_be_traced_is_listed_with_its_reason() {
     let baseline = BpfBaseline::take();
     let socket = tempfile_path("api.sock");
     let socket_arg = socket.to_str().expect("utf-8 path");
-    let mut daemon = Daemon::start(&config_file(""), &["--socket", socket_arg]);
+    let mut daemon = Daemon::start(&config_file(""), &["--socket", socket_arg, "--tick", "1s"]);
     let untraced = Workload::start(&stripped, "constant");
     let traced = Workload::start(&fixture("workload"), "constant");
     let ps = |all: bool| {
