@@ -23,7 +23,7 @@ use support::{
     BpfBaseline, Workload, c_fixture_with, config_file,
     daemon::{Daemon, Metrics},
     fixture, functions, heapwatch,
-    process::{Gated, snapshot_json},
+    process::{Gated, breakpoint_in, eventually, snapshot_json},
     tempfile_path,
 };
 
@@ -579,10 +579,16 @@ fn a_selected_process_is_traced_through_its_own_allocator() {
     let started_after = Gated::spawn(&jemalloc, "gated");
     let mut selected = [running_before, started_after];
     for gated in &mut selected {
+        assert!(
+            eventually(|| breakpoint_in(gated.pid(), "/libjemalloc.so", "malloc")),
+            "no breakpoint in jemalloc's malloc of a selected process:\n{}",
+            daemon.log()
+        );
         gated.allocate();
     }
     for gated in &selected {
-        let json = snapshot_json(&socket, gated.pid()).expect("a snapshot");
+        let json =
+            snapshot_json(&socket, gated.pid()).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
         let held = site_with_blocks(&json, 100).unwrap_or_else(|| panic!("{json}"));
         assert_eq!(held["live_bytes"].as_u64(), Some(1_000_000), "{held}");
     }

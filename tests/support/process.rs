@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use object::{Object, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 use serde_json::Value;
 
 use super::{KillOnDrop, fixture, heapwatch};
@@ -126,6 +126,53 @@ pub fn first_byte_of_malloc(pid: u32) -> Option<u8> {
     let mut byte = [0u8];
     mem.read_exact(&mut byte).expect("read malloc's first byte");
     Some(byte[0])
+}
+
+/// True when the kernel has put a breakpoint into the first bytes of
+/// `symbol` in the library whose path holds `library`, as process `pid` has
+/// them in memory (a byte that differs from the file's and is `int3`: a
+/// probe may sit past the first instruction).
+pub fn breakpoint_in(pid: u32, library: &str, symbol: &str) -> bool {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    let Some((base, path)) = maps.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (range, offset, path) = (fields[0], fields[2], *fields.get(5)?);
+        (path.contains(library) && u64::from_str_radix(offset, 16).ok()? == 0).then(|| {
+            let start = range.split('-').next().expect("range");
+            (
+                u64::from_str_radix(start, 16).expect("hex"),
+                path.to_owned(),
+            )
+        })
+    }) else {
+        return false;
+    };
+    let data = fs::read(&path).expect("read the library");
+    let file = object::File::parse(&*data).expect("parse the library");
+    let found = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok(symbol))
+        .expect("the symbol is exported");
+    let section = file
+        .section_by_index(found.section_index().expect("a defined symbol"))
+        .expect("its section");
+    let on_disk = section
+        .data_range(found.address(), 16)
+        .ok()
+        .flatten()
+        .expect("the symbol's first bytes");
+    let mut in_memory = [0u8; 16];
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem")).expect("open the process's memory");
+    mem.seek(SeekFrom::Start(base + found.address()))
+        .expect("seek to the symbol");
+    mem.read_exact(&mut in_memory)
+        .expect("read the symbol's first bytes");
+    in_memory
+        .iter()
+        .zip(on_disk)
+        .any(|(&now, &was)| now == INT3 && was != INT3)
 }
 
 /// Waits until `check` holds (or 10 s pass); returns whether it did.

@@ -131,6 +131,9 @@ impl ScopeKeeper {
             || ProcessFacts::read(pid).is_some_and(|facts| self.scope.selects(&facts));
         match (picked, self.attached.contains_key(&pid)) {
             (true, false) => self.attach(pid, seen),
+            // A new image (or a fork seen after its exec) may use another
+            // allocator than the one found when it was picked.
+            (true, true) if seen => self.reattach(pid),
             (false, true) => self.let_go(pid, true),
             (false, false) if seen => {
                 self.release(pid);
@@ -190,6 +193,15 @@ impl ScopeKeeper {
                 tracing::debug!(pid, error = %err, "scope: not attached (gone?)");
             }
         }
+    }
+
+    /// Probes `pid` anew, for the image it runs now; the old probes are
+    /// detached off this thread.
+    fn reattach(&mut self, pid: u32) {
+        if let Some(old) = self.attached.remove(&pid) {
+            thread::spawn(move || drop(old));
+        }
+        self.attach(pid, true);
     }
 
     /// Stops tracing `pid`; with `alive`, also forgets its heap state (an
