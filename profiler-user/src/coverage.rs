@@ -12,7 +12,7 @@ use std::{
 use crate::{
     overlay::layer_candidates,
     probes::{FileFacts, allocators_in_reach, library_in_ldconfig, linker_cache, read_facts},
-    stacks::{FileId, Mapping, parse_maps},
+    stacks::{FileId, Mapping, file_id, parse_maps},
 };
 
 /// A file providing a process's allocator.
@@ -242,12 +242,6 @@ fn beneath(mountinfo: &str, path: &Path) -> Option<FileId> {
 /// `path` (absolute) under `root`.
 fn within(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
-}
-
-/// A file's device and inode, following links.
-fn file_id(path: &Path) -> Option<FileId> {
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.dev(), meta.ino()))
 }
 
 /// Process `pid`'s `LD_PRELOAD` (empty when unset or unreadable).

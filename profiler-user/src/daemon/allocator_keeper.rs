@@ -21,7 +21,7 @@ use super::{DaemonState, scope_keeper::Change};
 use crate::{
     coverage::{AllocatorFile, Coverage, Discovery, Untraced},
     probes::{AttachedProbes, Probes, linker_cache, plan_allocator, read_facts},
-    stacks::{FileId, parse_maps},
+    stacks::{FileId, file_id, parse_maps},
 };
 
 /// How often every process is looked at again: one whose exec record was
@@ -294,10 +294,4 @@ pub(super) fn running_pids() -> HashSet<u32> {
         .flatten()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .collect()
-}
-
-fn file_id(path: &std::path::Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.dev(), meta.ino()))
 }

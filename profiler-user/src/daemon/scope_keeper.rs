@@ -8,7 +8,6 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     num::NonZeroU32,
-    os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::{Arc, Mutex, mpsc},
     thread,
@@ -22,7 +21,7 @@ use crate::{
     events::HeapEvent,
     probes::{AttachedProbes, Probes, plan_allocator},
     scope::{ProcessFacts, Scope},
-    stacks::FileId,
+    stacks::{FileId, file_id},
 };
 
 /// A process whose image appeared, changed or ended, or whose tier changed.
@@ -68,9 +67,7 @@ impl ScopeKeeper {
     pub fn new(scope: Scope, probes: Arc<Mutex<Probes>>, state: Arc<Mutex<DaemonState>>) -> Self {
         let load_file = {
             let probes = probes.lock().unwrap_or_else(|e| e.into_inner());
-            std::fs::metadata(probes.libc())
-                .ok()
-                .map(|meta| (meta.dev(), meta.ino()))
+            file_id(probes.libc())
         };
         Self {
             scope,

@@ -7,14 +7,13 @@
 
 use std::{
     collections::HashSet,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use crate::{
     coverage::{Coverage, Discovery},
     probes::{AttachedProbes, Probes, plan_allocator},
-    stacks::FileId,
+    stacks::{FileId, file_id},
 };
 
 /// Probes the allocators of the images traced processes exec.
@@ -33,13 +32,7 @@ impl ExecFollower {
     pub fn new(probed: &[PathBuf]) -> Self {
         Self {
             discovery: Discovery::new(),
-            probed: probed
-                .iter()
-                .filter_map(|path| {
-                    let meta = std::fs::metadata(path).ok()?;
-                    Some((meta.dev(), meta.ino()))
-                })
-                .collect(),
+            probed: probed.iter().filter_map(|path| file_id(path)).collect(),
             attached: Vec::new(),
             shown: Vec::new(),
             failures: Vec::new(),

@@ -6,7 +6,7 @@
 use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -22,6 +22,12 @@ pub struct MappedFile {
 
 /// A file's device and inode.
 pub type FileId = (u64, u64);
+
+/// The device and inode of the file at `path`, following links.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
 
 impl MappedFile {
     /// A path that opens this very file for as long as it is held.

@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use files::{FileId, MappedFile, OpenFiles, open_mapped};
+pub use files::{FileId, MappedFile, OpenFiles, file_id, open_mapped};
 pub use maps::{Location, Mapping, normalize, parse_maps};
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
