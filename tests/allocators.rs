@@ -260,11 +260,7 @@ fn every_allocator_and_a_roots_own_libc_are_traced_exactly() {
     );
 
     drop((leaks, constants, freed));
-    assert!(
-        daemon.stop().success(),
-        "SIGTERM exits 0:\n{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
 
@@ -319,11 +315,7 @@ fn what_cannot_be_traced_is_listed_with_its_reason() {
     assert!(m.labelled("heapwatch_processes", "reason", "stripped_static") >= 1.0);
     assert!(m.labelled("heapwatch_processes", "state", "traced") >= 1.0);
     drop((untraced, traced));
-    assert!(
-        daemon.stop().success(),
-        "SIGTERM exits 0:\n{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
 
@@ -528,11 +520,7 @@ fn podman_containers_with_their_own_libc_are_traced_and_named() {
     assert!(line.contains(short_id), "{line}");
 
     drop(containers);
-    assert!(
-        daemon.stop().success(),
-        "SIGTERM exits 0:\n{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
 
@@ -579,6 +567,13 @@ fn a_selected_process_is_traced_through_its_own_allocator() {
     let started_after = Gated::spawn(&jemalloc, "gated");
     let mut selected = [running_before, started_after];
     for gated in &mut selected {
+        // Its probes are attached link by link: wait for the whole set.
+        let traced = format!("scope: tracing pid={}", gated.pid());
+        assert!(
+            eventually(|| daemon.plain_log().contains(&traced)),
+            "not traced:\n{}",
+            daemon.log()
+        );
         assert!(
             eventually(|| breakpoint_in(gated.pid(), "/libjemalloc.so", "malloc")),
             "no breakpoint in jemalloc's malloc of a selected process:\n{}",
@@ -589,16 +584,19 @@ fn a_selected_process_is_traced_through_its_own_allocator() {
     for gated in &selected {
         let json =
             snapshot_json(&socket, gated.pid()).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
-        let held = site_with_blocks(&json, 100).unwrap_or_else(|| panic!("{json}"));
+        let held = site_with_blocks(&json, 100).unwrap_or_else(|| {
+            panic!(
+                "{} of {:?}: {json}\n{}",
+                gated.pid(),
+                selected.iter().map(Gated::pid).collect::<Vec<_>>(),
+                daemon.log()
+            )
+        });
         assert_eq!(held["live_bytes"].as_u64(), Some(1_000_000), "{held}");
     }
     for gated in selected {
         gated.finish();
     }
-    assert!(
-        daemon.stop().success(),
-        "SIGTERM exits 0:\n{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }

@@ -34,6 +34,18 @@ const FAST: [&str; 8] = [
     "3s",
 ];
 
+/// A daemon with `--scope tiered` and short windows, answering at `socket`.
+fn tiered_daemon(socket: &str) -> Daemon {
+    Daemon::start(
+        &config_file(""),
+        &[
+            &FAST[..],
+            &["--scope", "tiered", "--socket", socket, "--top", "100"],
+        ]
+        .concat(),
+    )
+}
+
 fn escalated(m: &Metrics, pid: u32) -> f64 {
     m.process("heapwatch_process_escalated", pid).unwrap_or(0.0)
 }
@@ -45,14 +57,7 @@ fn a_growing_process_is_traced_while_it_grows_and_steady_ones_never() {
     let baseline = BpfBaseline::take();
     let socket = tempfile_path("api.sock");
     let socket_arg = socket.to_str().expect("utf-8 path");
-    let mut daemon = Daemon::start(
-        &config_file(""),
-        &[
-            &FAST[..],
-            &["--scope", "tiered", "--socket", socket_arg, "--top", "100"],
-        ]
-        .concat(),
-    );
+    let mut daemon = tiered_daemon(socket_arg);
     let grower = Workload::start(&workload, "grow");
     let plateau = Workload::start(&workload, "plateau");
     let constant = Workload::start(&workload, "constant");
@@ -122,11 +127,7 @@ fn a_growing_process_is_traced_while_it_grows_and_steady_ones_never() {
     }
 
     drop((grower, plateau, constant, churner));
-    assert!(
-        daemon.stop().success(),
-        "SIGTERM exits 0:\n{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
 
@@ -137,14 +138,7 @@ fn a_process_tracing_would_slow_too_much_is_let_go_and_said_so() {
     let baseline = BpfBaseline::take();
     let socket = tempfile_path("api.sock");
     let socket_arg = socket.to_str().expect("utf-8 path");
-    let mut daemon = Daemon::start(
-        &config_file(""),
-        &[
-            &FAST[..],
-            &["--scope", "tiered", "--socket", socket_arg, "--top", "100"],
-        ]
-        .concat(),
-    );
+    let mut daemon = tiered_daemon(socket_arg);
     // It grows, and a thread of it allocates flat out: traced, it would
     // run many times slower.
     let busy = Workload::start(&workload, "grow_busy");
@@ -173,10 +167,6 @@ fn a_process_tracing_would_slow_too_much_is_let_go_and_said_so() {
     assert_eq!(escalated(&daemon.scrape(), busy.pid()), 0.0);
 
     drop(busy);
-    assert!(
-        daemon.stop().success(),
-        "SIGTERM exits 0:\n{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }

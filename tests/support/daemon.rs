@@ -154,6 +154,21 @@ impl Daemon {
     }
 
     /// Waits until the log contains `text`.
+    /// The log so far, without its terminal colours.
+    pub fn plain_log(&self) -> String {
+        let log = self.log();
+        let mut plain = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    }
+
     pub fn wait_for_log(&self, text: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.log().contains(text) {
@@ -187,6 +202,12 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the exit.
+    /// SIGTERM, and the daemon must exit 0.
+    pub fn stop_cleanly(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "SIGTERM exits 0:\n{}", self.log());
+    }
+
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.stop_after_signal()

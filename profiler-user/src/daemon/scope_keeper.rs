@@ -8,7 +8,6 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     num::NonZeroU32,
-    path::PathBuf,
     sync::{Arc, Mutex, mpsc},
     thread,
 };
@@ -17,7 +16,7 @@ use super::DaemonState;
 use aya::programs::uprobe::UProbeScope;
 
 use crate::{
-    coverage::{Coverage, Discovery},
+    coverage::{AllocatorFile, Coverage, Discovery},
     events::HeapEvent,
     probes::{AttachedProbes, Probes, plan_allocator},
     scope::{ProcessFacts, Scope},
@@ -55,6 +54,8 @@ pub struct ScopeKeeper {
     probes: Arc<Mutex<Probes>>,
     state: Arc<Mutex<DaemonState>>,
     attached: HashMap<u32, AttachedProbes>,
+    /// The allocators' files beside the C library each process's probes cover.
+    files: HashMap<u32, HashSet<FileId>>,
     /// Processes traced because they grow, beside those the scope selects.
     escalated: HashSet<u32>,
     discovery: Discovery,
@@ -74,6 +75,7 @@ impl ScopeKeeper {
             probes,
             state,
             attached: HashMap::new(),
+            files: HashMap::new(),
             escalated: HashSet::new(),
             discovery: Discovery::new(),
             load_file,
@@ -130,7 +132,7 @@ impl ScopeKeeper {
             (true, false) => self.attach(pid, seen),
             // A new image (or a fork seen after its exec) may use another
             // allocator than the one found when it was picked.
-            (true, true) if seen => self.reattach(pid),
+            (true, true) if seen => self.cover_new_files(pid),
             (false, true) => self.let_go(pid, true),
             (false, false) if seen => {
                 self.release(pid);
@@ -151,31 +153,11 @@ impl ScopeKeeper {
             .unwrap_or_else(|e| e.into_inner())
             .session
             .trace_again(pid);
-        let coverage = if fresh {
-            self.discovery.starting(pid)
-        } else {
-            self.discovery.running(pid)
-        };
-        let others: Vec<PathBuf> = match coverage {
-            Some(Coverage::Traced(files)) => files
-                .into_iter()
-                .filter(|file| Some(file.id) != self.load_file)
-                .map(|file| file.path)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let others = self.other_allocators(pid, fresh);
         let attached = {
             let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
             probes.attach_process(nonzero).map(|mut attached| {
-                for path in others {
-                    let more = plan_allocator(&path, false).and_then(|plan| {
-                        probes.attach_allocator(&plan, UProbeScope::OneProcess(nonzero))
-                    });
-                    match more {
-                        Ok(more) => attached.absorb(more),
-                        Err(err) => tracing::warn!(pid, file = %path.display(), error = %err, "scope: allocator not attached"),
-                    }
-                }
+                attach_files(&mut probes, nonzero, &others, &mut attached);
                 attached
             })
         };
@@ -183,6 +165,8 @@ impl ScopeKeeper {
             Ok(probes) => {
                 tracing::info!(pid, "scope: tracing");
                 self.attached.insert(pid, probes);
+                self.files
+                    .insert(pid, others.iter().map(|file| file.id).collect());
             }
             Err(err) => {
                 self.release(pid);
@@ -192,18 +176,53 @@ impl ScopeKeeper {
         }
     }
 
-    /// Probes `pid` anew, for the image it runs now; the old probes are
-    /// detached off this thread.
-    fn reattach(&mut self, pid: u32) {
-        if let Some(old) = self.attached.remove(&pid) {
-            thread::spawn(move || drop(old));
+    /// The allocators' files process `pid` uses beside the C library
+    /// (`fresh`: it has just exec'd, its libraries are not mapped yet).
+    fn other_allocators(&mut self, pid: u32, fresh: bool) -> Vec<AllocatorFile> {
+        let coverage = if fresh {
+            self.discovery.starting(pid)
+        } else {
+            self.discovery.running(pid)
+        };
+        match coverage {
+            Some(Coverage::Traced(files)) => files
+                .into_iter()
+                .filter(|file| Some(file.id) != self.load_file)
+                .collect(),
+            _ => Vec::new(),
         }
-        self.attach(pid, true);
+    }
+
+    /// Probes the allocators' files of `pid`'s new image its probes do not
+    /// cover yet; those it had stay (detaching them would leave a gap).
+    fn cover_new_files(&mut self, pid: u32) {
+        let Some(nonzero) = NonZeroU32::new(pid) else {
+            return;
+        };
+        let covered = self.files.get(&pid).cloned().unwrap_or_default();
+        let new: Vec<AllocatorFile> = self
+            .other_allocators(pid, true)
+            .into_iter()
+            .filter(|file| !covered.contains(&file.id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let Some(attached) = self.attached.get_mut(&pid) else {
+            return;
+        };
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        attach_files(&mut probes, nonzero, &new, attached);
+        self.files
+            .entry(pid)
+            .or_default()
+            .extend(new.iter().map(|file| file.id));
     }
 
     /// Stops tracing `pid`; with `alive`, also forgets its heap state (an
     /// ended process's goes with its exit record).
     fn let_go(&mut self, pid: u32, alive: bool) {
+        self.files.remove(&pid);
         let Some(probes) = self.attached.remove(&pid) else {
             return;
         };
@@ -240,5 +259,25 @@ impl ScopeKeeper {
     fn forget(&self, pid: u32) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.forget_process(pid);
+    }
+}
+
+/// Attaches the probes of `files` to process `pid` alone, into `attached`;
+/// a file whose probes do not attach is logged and skipped.
+fn attach_files(
+    probes: &mut Probes,
+    pid: NonZeroU32,
+    files: &[AllocatorFile],
+    attached: &mut AttachedProbes,
+) {
+    for file in files {
+        let more = plan_allocator(&file.path, false)
+            .and_then(|plan| probes.attach_allocator(&plan, UProbeScope::OneProcess(pid)));
+        match more {
+            Ok(more) => attached.absorb(more),
+            Err(err) => {
+                tracing::warn!(pid, file = %file.shown.display(), error = %err, "scope: allocator not attached");
+            }
+        }
     }
 }
