@@ -17,7 +17,7 @@ use crate::{
     api::{ProcessListEntry, Request, UntracedEntry, call},
     config::{DEFAULT_RING_KIB, DEFAULT_STACK_SAMPLE, DEFAULT_THREAD_SLOTS},
     coverage::{Coverage, Discovery, Untraced},
-    probes::{ProbeConfig, ProbeError, Probes, Targets},
+    probes::{ProbeConfig, ProbeError, Probes, Targets, is_c_library},
     procinfo::{is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteSelection, draft_of},
     session::{Retention, Session},
@@ -216,11 +216,4 @@ fn allocators_of(pid: u32) -> Result<(PathBuf, Vec<PathBuf>), TraceError> {
             Ok((first, paths.collect()))
         }
     }
-}
-
-/// True for the C library's file (`libc.so.6`, musl's `libc.so`).
-fn is_c_library(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|name| name.to_str())
-        .is_some_and(|name| name.starts_with("libc.") || name.starts_with("ld-musl"))
 }

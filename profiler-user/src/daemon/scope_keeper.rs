@@ -6,13 +6,12 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
     num::NonZeroU32,
     sync::{Arc, Mutex, mpsc},
     thread,
 };
 
-use super::DaemonState;
+use super::{DaemonState, allocator_keeper::running_pids};
 use aya::programs::uprobe::UProbeScope;
 
 use crate::{
@@ -84,12 +83,7 @@ impl ScopeKeeper {
 
     /// Probes every running process the scope selects.
     pub fn attach_running(&mut self) {
-        let pids: Vec<u32> = fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        for pid in pids {
+        for pid in running_pids() {
             self.consider(pid, false);
         }
     }

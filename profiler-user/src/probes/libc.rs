@@ -32,6 +32,16 @@ pub fn library_in_ldconfig(ldconfig: &str, soname: &str) -> Option<PathBuf> {
     })
 }
 
+/// True for a C library's file: glibc's (`libc.so.6`) or musl's (its
+/// dynamic linker, `ld-musl-*.so.1`, is its C library).
+pub fn is_c_library(path: &Path) -> bool {
+    is_libc_name(path)
+        || path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("ld-musl"))
+}
+
 fn is_libc_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;

@@ -33,7 +33,7 @@ use thiserror::Error;
 
 pub use allocator::{FileFacts, allocators_in_reach, allocators_of, read_facts};
 pub use caps::missing_capabilities;
-pub use libc::{libc_in_maps, library_in_ldconfig, linker_cache};
+pub use libc::{is_c_library, libc_in_maps, library_in_ldconfig, linker_cache};
 pub use links::AttachedProbes;
 pub use placement::{NullFirstArg, Placement, place};
 pub use plan::{AllocatorPlan, PREFIXES, plan_allocator, provides_allocator};
