@@ -293,7 +293,7 @@ impl Session {
                 self.sites
                     .observe(task.tgid, site, || stacks.get(site.stack).map(|raw| &**raw));
             }
-            HeapEvent::Exec { tgid } => self.sites.forget_maps(tgid),
+            HeapEvent::Exec { tgid } => self.sites.exec_maps(tgid),
             HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),
             _ => {}
         }

@@ -188,9 +188,12 @@ impl SiteResolver {
         self.maps.insert(child, mappings);
     }
 
-    /// Forgets a process's mappings (it exec'd a new image).
-    pub fn forget_maps(&mut self, tgid: u32) {
-        self.maps.remove(&tgid);
+    /// Takes the mappings of a process's new image (it exec'd): read now,
+    /// while `record` holds it at its exec, so its program's own code is
+    /// known however soon it exits.
+    pub fn exec_maps(&mut self, tgid: u32) {
+        let mappings = self.read_maps(tgid);
+        self.maps.insert(tgid, mappings);
     }
 
     fn frame(&mut self, tgid: u32, address: u64) -> Frame {
@@ -198,7 +201,10 @@ impl SiteResolver {
         if location.is_none() {
             let mappings = self.read_maps(tgid);
             location = normalize(&mappings, address);
-            self.maps.insert(tgid, mappings);
+            // A process gone has no maps left to read: keep those known.
+            if !mappings.is_empty() {
+                self.maps.insert(tgid, mappings);
+            }
         }
         Frame { address, location }
     }
@@ -313,6 +319,42 @@ mod tests {
             "in this test's own binary"
         );
         assert_eq!(resolver.stack(pid, site), Some(stack));
+    }
+
+    #[test]
+    fn a_programs_maps_read_at_its_exec_outlive_it() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep runs");
+        let pid = child.id();
+        // spawn returns once the exec has begun; its image is mapped a little later.
+        while !fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("sleep")) {
+            std::thread::yield_now();
+        }
+        let mut resolver = SiteResolver::new();
+        resolver.exec_maps(pid);
+        let program = resolver.maps[&pid]
+            .iter()
+            .find(|m| m.path.ends_with("sleep"))
+            .map(|m| m.start)
+            .expect("sleep's own code is mapped at its exec");
+        child.kill().expect("sleep is killed");
+        child.wait().expect("sleep is reaped");
+        let stack_of = |frames: &[u64]| RawStack {
+            frames: frames.into(),
+            status: StackStatus::Full,
+        };
+        let unknown = stack_of(&[0x10]);
+        let nowhere = resolver.observe(pid, RawSite { stack: 1 }, || Some(&unknown));
+        assert!(nowhere.frames[0].location.is_none());
+        let in_program = stack_of(&[program]);
+        let stack = resolver.observe(pid, RawSite { stack: 2 }, || Some(&in_program));
+        let location = stack.frames[0].location.as_ref();
+        assert!(
+            location.is_some_and(|l| l.path.ends_with("sleep")),
+            "found in the maps read at its exec, though it is gone: {location:?}"
+        );
     }
 
     #[test]
