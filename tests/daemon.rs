@@ -214,7 +214,15 @@ fn both_ways_of_attaching_are_used_as_asked_and_stop_leaves_nothing() {
         let baseline = BpfBaseline::take();
         let check = heapwatch()
             .envs(env.iter().copied())
-            .args(["daemon", "--check", "--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "daemon",
+                "--check",
+                "--scope",
+                "all",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(&config)
             .output()
             .expect("run daemon --check");
@@ -237,7 +245,15 @@ fn check_reports_every_probe() {
     let baseline = BpfBaseline::take();
     let config = config_file("");
     let output = heapwatch()
-        .args(["daemon", "--check", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "daemon",
+            "--check",
+            "--scope",
+            "all",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
         .output()
         .expect("run daemon --check");

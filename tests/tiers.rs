@@ -170,3 +170,37 @@ fn a_process_tracing_would_slow_too_much_is_let_go_and_said_so() {
     daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn memory_the_allocator_keeps_is_retention_and_a_leak_is_not() {
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let mut daemon = tiered_daemon(socket.to_str().expect("utf-8 path"));
+    let retainer = Workload::start(&fixture("retain"), "retain");
+    let leaker = Workload::start(&fixture("workload"), "slow_leak");
+    let figure = |m: &Metrics, name: &str, pid: u32| m.process(name, pid).unwrap_or(0.0);
+    let started = Instant::now();
+    let mut both_judged = false;
+    while !both_judged && started.elapsed() < Duration::from_secs(45) {
+        thread::sleep(Duration::from_millis(500));
+        let m = daemon.scrape();
+        let retention = |pid| figure(&m, "heapwatch_process_retention_suspect_bytes", pid);
+        let leak = |pid| figure(&m, "heapwatch_process_leak_suspect_bytes", pid);
+        assert_eq!(leak(retainer.pid()), 0.0, "the retainer called a leak");
+        assert_eq!(retention(leaker.pid()), 0.0, "the leak called retention");
+        both_judged = retention(retainer.pid()) > 0.0 && leak(leaker.pid()) > 0.0;
+    }
+    assert!(both_judged, "not both judged:\n{}", daemon.log());
+    let m = daemon.scrape();
+    let retained = figure(&m, "heapwatch_process_retained_bytes", retainer.pid());
+    let live = figure(&m, "heapwatch_process_live_bytes", retainer.pid());
+    assert!(
+        retained > 1_000_000.0 && live < 100_000.0,
+        "kept by the allocator: {retained} retained, {live} live"
+    );
+
+    drop((retainer, leaker));
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
+}

@@ -165,8 +165,9 @@ pub struct Settings {
     pub thread_slots: Option<u32>,
     /// The allocator library to probe.
     pub libc: Option<PathBuf>,
-    /// The processes traced: `["all"]` or selectors (`pid:N`, `comm:NAME`,
-    /// `unit:NAME`, `cgroup:/PATH`), or `"tiered"` with selectors pinned.
+    /// The processes traced: `["tiered"]` (the default, with any selectors
+    /// pinned), `["all"]`, or selectors (`pid:N`, `comm:NAME`, `unit:NAME`,
+    /// `cgroup:/PATH`).
     pub scope: Option<Vec<String>>,
     /// How long a growing process is traced before it is judged again
     /// (duration; scope `tiered`).
@@ -676,9 +677,9 @@ mod tests {
     }
 
     #[test]
-    fn the_scope_is_every_process_unless_selectors_are_given() {
-        let everything = DaemonConfig::try_from(&Settings::default()).expect("defaults");
-        assert_eq!(everything.scope, Scope::All);
+    fn the_scope_is_tiers_unless_all_or_selectors_are_given() {
+        let defaults = DaemonConfig::try_from(&Settings::default()).expect("defaults");
+        assert_eq!(defaults.scope, Scope::Tiered(vec![]));
         let text = "scope = [\"comm:nginx\", \"unit:db.service\"]\n";
         let file = Settings::from_toml(text, "test.toml").expect("parses");
         let config = DaemonConfig::try_from(&file).expect("valid");

@@ -78,6 +78,16 @@ impl History {
         self.to_vec()
     }
 
+    /// Samples held (at most the capacity pushed with).
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True before the first sample.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     /// The newest sample.
     pub fn last(&self) -> Option<u64> {
         self.samples.back().copied()
@@ -207,6 +217,11 @@ impl LeakDetector {
             .and_then(|sites| sites.get(&site))
             .map_or(0.0, History::slope_per_tick);
         per_tick / self.config.tick.as_secs_f64()
+    }
+
+    /// The history of the process's live bytes, one sample a tick.
+    pub fn process_history(&self, tgid: u32) -> Option<&History> {
+        self.processes.get(&tgid)
     }
 
     /// The process's live-bytes growth in bytes per second over the window.

@@ -9,10 +9,10 @@ use thiserror::Error;
 use crate::procinfo::unit_from_cgroup;
 
 /// The processes traced.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// Every process on the machine but heapwatch itself.
-    #[default]
+    /// Every process on the machine but heapwatch itself, traced exactly
+    /// (every allocator call traps: the costly choice).
     All,
     /// The processes any of these selectors picks; probes are attached to
     /// each alone, so that the others run untouched.
@@ -21,6 +21,13 @@ pub enum Scope {
     /// traced exactly only while it keeps growing, on request, or when one
     /// of these selectors picks it (pinned).
     Tiered(Vec<Selector>),
+}
+
+impl Default for Scope {
+    /// Tiers, nothing pinned: always on at no cost to processes that do not grow.
+    fn default() -> Self {
+        Self::Tiered(Vec::new())
+    }
 }
 
 /// One rule picking processes.
@@ -112,9 +119,9 @@ impl fmt::Display for Selector {
 }
 
 impl Scope {
-    /// Reads `--scope` values (or the config's `scope` list): none or `all`
-    /// is every process; `tiered`, with any selectors pinned; otherwise each
-    /// names a selector.
+    /// Reads `--scope` values (or the config's `scope` list): none is
+    /// tiers (the default); `all` is every process, exactly; `tiered`, with
+    /// any selectors pinned; otherwise each names a selector.
     pub fn parse(values: &[String]) -> Result<Self, ScopeError> {
         let tiered = values.iter().any(|v| v == TIERED);
         let all = values.iter().any(|v| v == ALL);
@@ -126,7 +133,7 @@ impl Scope {
                 .collect()
         };
         match values {
-            [] => Ok(Self::All),
+            [] => Ok(Self::default()),
             [only] if only == ALL => Ok(Self::All),
             _ if all && tiered => Err(ScopeError::AllWithTiered),
             _ if all => Err(ScopeError::AllWithSelectors),
@@ -235,8 +242,9 @@ mod tests {
     }
 
     #[test]
-    fn all_is_the_default_and_stands_alone() {
-        assert_eq!(selection(&[]), Ok(Scope::All));
+    fn tiers_are_the_default_and_all_stands_alone() {
+        assert_eq!(selection(&[]), Ok(Scope::Tiered(vec![])));
+        assert_eq!(selection(&[]), selection(&["tiered"]));
         assert_eq!(selection(&["all"]), Ok(Scope::All));
         assert_eq!(
             selection(&["all", "pid:1"]),

@@ -34,6 +34,11 @@ pub struct Usage {
     pub cpu_ns: u64,
 }
 
+/// The least CPU time a slowdown is judged against. The kernel counts CPU
+/// time in clock ticks (10 ms): a nearly idle process may show none in a
+/// tick, and a handful of calls must not make it look slowed down.
+const MIN_JUDGED_CPU_NS: u64 = 100_000_000;
+
 /// What changes at a tick.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decisions {
@@ -141,9 +146,9 @@ impl Tiers {
     }
 
     /// The cost governor: from each escalated process's usage now, its
-    /// slowdown since the last tick (calls traced × their cost over its CPU
-    /// time); those past the budget are let go (returned) and not
-    /// escalated again.
+    /// slowdown since the last tick (calls traced × their cost, over the
+    /// CPU time it would have used untraced); those past the budget are
+    /// let go (returned) and not escalated again.
     pub fn govern(&mut self, usage: &[(u32, Usage)]) -> Vec<u32> {
         let mut over = Vec::new();
         for &(pid, now) in usage {
@@ -154,8 +159,14 @@ impl Tiers {
                 continue;
             };
             let events = now.events.saturating_sub(before.events);
-            let cpu_ns = now.cpu_ns.saturating_sub(before.cpu_ns).max(1);
-            let slowdown = (events as f64 * self.config.event_cost_ns as f64) / cpu_ns as f64;
+            let tracing_ns = events.saturating_mul(self.config.event_cost_ns);
+            // Its CPU time includes the traps themselves.
+            let untraced_ns = now
+                .cpu_ns
+                .saturating_sub(before.cpu_ns)
+                .saturating_sub(tracing_ns)
+                .max(MIN_JUDGED_CPU_NS);
+            let slowdown = tracing_ns as f64 / untraced_ns as f64;
             if slowdown > self.config.max_overhead {
                 self.escalated.remove(&pid);
                 self.usage.remove(&pid);
@@ -209,6 +220,14 @@ impl Tiers {
         self.histories
             .get(&pid)
             .map_or(0.0, History::slope_per_tick)
+    }
+
+    /// Allocator retention, not a leak: the process's anonymous memory
+    /// grows (tier 0's rule) while its live heap, traced for a whole window,
+    /// does not — memory freed but kept by the allocator, or fragmented.
+    pub fn retains(&self, pid: u32, heap: &History) -> bool {
+        let window = self.config.window_ticks;
+        heap.len() >= window && !heap.grows(window) && self.grows(pid)
     }
 
     /// Tier 0's rule: a full window of robust growth (the leak rule's) that
@@ -274,6 +293,27 @@ mod tests {
                 tiers.tick(&samples)
             })
             .collect()
+    }
+
+    #[test]
+    fn memory_growing_over_a_flat_heap_is_retention_once_the_heap_has_a_window() {
+        let mut tiers = Tiers::new(CONFIG);
+        run(&mut tiers, &[1], 12, |_, t| 1_000_000 + t * 100_000);
+        let heap_of = |samples: &[u64]| {
+            let mut heap = History::default();
+            for &bytes in samples {
+                heap.push(bytes, CONFIG.window_ticks);
+            }
+            heap
+        };
+        let flat = heap_of(&[4_000; 6]);
+        assert!(tiers.retains(1, &flat), "grows, its heap does not");
+        let leaking = heap_of(&[4_000, 5_000, 6_000, 7_000, 8_000, 9_000]);
+        assert!(!tiers.retains(1, &leaking), "its heap grows too: a leak");
+        let short = heap_of(&[4_000; 5]);
+        assert!(!tiers.retains(1, &short), "traced for less than a window");
+        run(&mut tiers, &[1, 2], 12, |_, _| 2_000_000);
+        assert!(!tiers.retains(1, &flat), "memory flat: nothing retained");
     }
 
     #[test]
@@ -363,6 +403,12 @@ mod tests {
             tiers.over_budget().map(|(pid, _)| pid).collect::<Vec<_>>(),
             [2]
         );
+        // 3: a nearly idle process, its CPU time under a clock tick: a few
+        // calls are no slowdown; a flood in that time is.
+        assert!(tiers.request(3));
+        assert!(tiers.govern(&[(3, usage(0, 0))]).is_empty());
+        assert!(tiers.govern(&[(3, usage(20, 0))]).is_empty());
+        assert_eq!(tiers.govern(&[(3, usage(100_000, 0))]), [3]);
         // Growing or not, it is not escalated again.
         let decisions = run(&mut tiers, &[2], 8, |_, t| 1_000_000 + t * 100_000);
         assert!(decisions.iter().all(|d| !d.escalate.contains(&2)));

@@ -85,7 +85,9 @@ impl Daemon {
         )
     }
 
-    /// Runs `command ARGS --config CONFIG` with a notify socket and waits for READY=1.
+    /// Runs `command ARGS --config CONFIG` with a notify socket and waits for
+    /// READY=1. The daemon traces every process exactly (`--scope all`)
+    /// unless the arguments or the config name a scope.
     fn launch(
         mut command: std::process::Command,
         args: &[&str],
@@ -98,8 +100,14 @@ impl Daemon {
         socket
             .set_read_timeout(Some(Duration::from_secs(1)))
             .expect("socket timeout");
+        let names_scope = args.contains(&"--scope")
+            || std::fs::read_to_string(config)
+                .is_ok_and(|text| text.lines().any(|l| l.trim_start().starts_with("scope")));
+        command.args(args);
+        if !names_scope {
+            command.args(["--scope", "all"]);
+        }
         let mut child = command
-            .args(args)
             .arg("--config")
             .arg(config)
             .env("NOTIFY_SOCKET", &socket_path)

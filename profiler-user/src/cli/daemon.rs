@@ -52,13 +52,15 @@ pub struct DaemonArgs {
     /// The allocator library to probe (default: the C library heapwatch itself uses).
     #[arg(long, value_name = "PATH")]
     pub libc: Option<PathBuf>,
-    /// Which processes to trace: `all`, or selectors, each flag one (a
-    /// process any picks is traced): `pid:N`, `comm:NAME`, `unit:NAME`
-    /// (systemd unit or container id), `cgroup:/PATH` (and below). Selected
-    /// processes are probed one by one, started later ones too; the others
-    /// run untouched. `tiered`: every process watched from the kernel, and
-    /// traced exactly while its memory grows (selectors beside it are
-    /// traced always) [default: all].
+    /// Which processes to trace. `tiered`: every process watched from the
+    /// kernel at no cost, and traced exactly while its memory grows
+    /// (selectors beside it are traced always). `all`: every process traced
+    /// exactly (every allocator call traps: allocation-heavy programs run
+    /// several times slower, docs/measurements.md has the figures).
+    /// Or selectors, each flag one (a process any picks is traced):
+    /// `pid:N`, `comm:NAME`, `unit:NAME` (systemd unit or container id),
+    /// `cgroup:/PATH` (and below); selected processes are probed one by
+    /// one, started later ones too, the others run untouched [default: tiered].
     #[arg(long, value_name = "SELECTOR")]
     pub scope: Vec<String>,
     /// With scope `tiered`: how long a growing process is traced before it

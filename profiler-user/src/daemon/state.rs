@@ -149,12 +149,21 @@ impl DaemonState {
             .collect();
         shown
             .into_iter()
-            .map(|(pid, anon_bytes)| AnonRow {
-                pid,
-                labels: labels(pid),
-                anon_bytes,
-                growth_rate: tiers.growth_per_tick(pid) / tick_secs,
-                escalated: tiers.is_escalated(pid),
+            .map(|(pid, anon_bytes)| {
+                let traced = self.session.process(pid).filter(|&(_, exited)| !exited);
+                AnonRow {
+                    pid,
+                    labels: labels(pid),
+                    anon_bytes,
+                    growth_rate: tiers.growth_per_tick(pid) / tick_secs,
+                    escalated: tiers.is_escalated(pid),
+                    live_bytes: traced.map(|(state, _)| state.live_bytes()),
+                    retention: traced.is_some()
+                        && self
+                            .detector
+                            .process_history(pid)
+                            .is_some_and(|heap| tiers.retains(pid, heap)),
+                }
             })
             .collect()
     }

@@ -66,6 +66,10 @@ pub enum Metric {
     ProcessAnonGrowthRate,
     /// 1 while a process is traced exactly because it grows (tier 1).
     ProcessEscalated,
+    /// Anonymous resident bytes of a traced process beyond its live heap.
+    ProcessRetainedBytes,
+    /// Retained bytes of a process whose memory grows while its heap does not.
+    ProcessRetentionSuspectBytes,
 }
 
 /// How a family's values behave.
@@ -111,7 +115,7 @@ const fn family(
 }
 
 /// Every metric family, in [`Metric`]'s order.
-pub const FAMILIES: [Family; 23] = [
+pub const FAMILIES: [Family; 25] = [
     family(
         Metric::ProcessLiveBytes,
         "heapwatch_process_live_bytes",
@@ -273,6 +277,20 @@ pub const FAMILIES: [Family; 23] = [
         "1 while the process is traced exactly because its memory grows (scope tiered).",
         PROCESS_LABELS,
     ),
+    family(
+        Metric::ProcessRetainedBytes,
+        "heapwatch_process_retained_bytes",
+        Kind::Gauge,
+        "Anonymous resident bytes of a traced process beyond its live heap: freed memory its allocator keeps, fragmentation (scope tiered).",
+        PROCESS_LABELS,
+    ),
+    family(
+        Metric::ProcessRetentionSuspectBytes,
+        "heapwatch_process_retention_suspect_bytes",
+        Kind::Gauge,
+        "Retained bytes of a traced process whose anonymous memory grows over the window while its live heap does not: allocator retention, not a leak (scope tiered).",
+        PROCESS_LABELS,
+    ),
 ];
 
 /// The `kind` label of records of this kind.
@@ -377,6 +395,20 @@ pub struct AnonRow {
     pub growth_rate: f64,
     /// Traced exactly because it grows.
     pub escalated: bool,
+    /// Its live heap, when traced.
+    pub live_bytes: Option<u64>,
+    /// Its anonymous memory grows while its traced heap does not.
+    pub retention: bool,
+}
+
+impl AnonRow {
+    /// Anonymous resident bytes the heap does not account for: freed
+    /// memory the allocator keeps, fragmentation, and anonymous memory not
+    /// from the allocator. `None` when the process is not traced.
+    pub fn retained_bytes(&self) -> Option<u64> {
+        self.live_bytes
+            .map(|live| self.anon_bytes.saturating_sub(live))
+    }
 }
 
 /// A family's collector.
@@ -516,6 +548,12 @@ impl Metrics {
                 .set_real(&labels, row.growth_rate);
             self.collector(Metric::ProcessEscalated)
                 .set_whole(&labels, u64::from(row.escalated));
+            if let Some(retained) = row.retained_bytes() {
+                self.collector(Metric::ProcessRetainedBytes)
+                    .set_whole(&labels, retained);
+                self.collector(Metric::ProcessRetentionSuspectBytes)
+                    .set_whole(&labels, if row.retention { retained } else { 0 });
+            }
         }
     }
 
@@ -701,6 +739,7 @@ mod tests {
         own.coverage.insert(None, 1);
         own.anon.push(AnonRow {
             pid: 1,
+            live_bytes: Some(0),
             ..AnonRow::default()
         });
         metrics.update(&[row(1, 10, 0)], &own);

@@ -45,14 +45,15 @@ pub fn lifecycle(tools: &Tools, runs: usize) -> Result<Value> {
                 .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
                 .arg(leak),
         )?);
-        let (ready, stop) = daemon_start_stop(tools)?;
+        let (ready, stop) = daemon_start_stop(tools, &[])?;
         rows[3].push(ready);
         rows[4].push(stop);
         let (attach, detach) = scope_attach_detach(tools)?;
         rows[5].push(attach);
         rows[6].push(detach);
         let crowd = Crowd::start(CROWD)?;
-        let (ready_crowded, _) = daemon_start_stop(tools)?;
+        // Scope `all` looks for every running process's allocator at start.
+        let (ready_crowded, _) = daemon_start_stop(tools, &["--scope", "all"])?;
         drop(crowd);
         rows[7].push(ready_crowded);
     }
@@ -86,7 +87,7 @@ pub fn print(row: &Value) {
         row["runs"]
     );
     println!(
-        "| record -- true | record leak | valgrind leak | daemon start to ready | daemon SIGTERM to exit | scope attach | scope detach | daemon ready, {CROWD} more processes |"
+        "| record -- true | record leak | valgrind leak | daemon start to ready | daemon SIGTERM to exit | scope attach | scope detach | daemon ready, scope all, {CROWD} more processes |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let secs = |key: &str| format!("{:.3}", row[key].as_f64().unwrap_or(0.0));
@@ -177,13 +178,14 @@ fn daemon_command(tools: &Tools) -> Result<Command> {
     Ok(command)
 }
 
-/// (start to READY=1, SIGTERM to exit) of a daemon at its defaults.
-fn daemon_start_stop(tools: &Tools) -> Result<(f64, f64)> {
+/// (start to READY=1, SIGTERM to exit) of a daemon at its defaults but `extra`.
+fn daemon_start_stop(tools: &Tools, extra: &[&str]) -> Result<(f64, f64)> {
     let notify_path = fresh(tools, "notify.sock");
     let notify = UnixDatagram::bind(&notify_path)?;
     notify.set_read_timeout(Some(PATIENCE))?;
     let started = Instant::now();
     let mut child = daemon_command(tools)?
+        .args(extra)
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -55,10 +55,10 @@ const WRAPPERS: [(Wrapper, &str); 10] = [
         Wrapper::RecordCallSites,
         "heapwatch record, call sites (--stack-sample 1000)",
     ),
-    (Wrapper::Daemon, "heapwatch daemon"),
+    (Wrapper::Daemon, "heapwatch daemon --scope all"),
     (
         Wrapper::DaemonCallSites,
-        "heapwatch daemon, call sites (--stack-sample 1000)",
+        "heapwatch daemon --scope all, call sites (--stack-sample 1000)",
     ),
     (Wrapper::Bpftrace, "bpftrace, empty programs at +0"),
     (Wrapper::Heaptrack, "heaptrack"),
@@ -215,8 +215,11 @@ fn churn_under(wrapper: Wrapper, tools: &Tools, threads: usize, pairs: u64) -> R
     };
     argv.extend(churn_args);
     match wrapper {
-        Wrapper::Daemon => return churn_under_daemon(tools, &[], &argv, threads),
-        Wrapper::DaemonCallSites => return churn_under_daemon(tools, &CALL_SITES, &argv, threads),
+        Wrapper::Daemon => return churn_under_daemon(tools, &EVERY_PROCESS, &argv, threads),
+        Wrapper::DaemonCallSites => {
+            let flags = [&EVERY_PROCESS[..], &CALL_SITES[..]].concat();
+            return churn_under_daemon(tools, &flags, &argv, threads);
+        }
         _ => {}
     }
     let (ns, _) = run_churn(&argv, threads)?;
@@ -274,10 +277,14 @@ fn run_churn(argv: &[String], threads: usize) -> Result<(f64, f64)> {
 /// the full stack of one in 1,000 (and of each call site's first).
 const CALL_SITES: [&str; 2] = ["--stack-sample", "1000"];
 
+/// The daemon tracing every process exactly: what the per-pair rows measure.
+const EVERY_PROCESS: [&str; 2] = ["--scope", "all"];
+
 /// A scope that selects no process the bench runs.
 const NOBODY_SCOPE: [&str; 2] = ["--scope", "comm:hw-nobody"];
 
-/// A daemon at defaults but a 1 s tick (metrics on a free loopback port), stopped by Drop.
+/// A daemon at defaults but a 1 s tick (metrics on a free loopback port)
+/// and `extra`, stopped by Drop.
 struct Daemon {
     child: Child,
     address: String,
@@ -473,7 +480,7 @@ fn sustained_churn(tools: &Tools) -> Result<Value> {
 /// mapped to symbolize) over a warm baseline: the daemon tracking the same
 /// 1,000 sites, one block each, so stacks and mappings are not counted.
 fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
-    let daemon = Daemon::start(tools, &[])?;
+    let daemon = Daemon::start(tools, &EVERY_PROCESS)?;
     let socket = tools.dir.join("api.sock");
     let (warm_blocks, warm_rss) = {
         let warm = Holder::start(tools, 1)?;
