@@ -271,6 +271,7 @@ fn check_reports_every_probe() {
         "uprobes attached by multi-uprobe links",
         "raw tracepoint sched_process_exit",
         "tracepoint task/task_newtask",
+        "tracepoint oom/mark_victim",
     ] {
         assert!(stdout.contains(probe), "{probe} missing:\n{stdout}");
     }

@@ -248,7 +248,7 @@ fn prometheus_evaluates_the_dashboard_and_the_rules_in_a_leak() {
         thread::sleep(Duration::from_secs(1));
     }
     let (dashboard, rules) = expressions();
-    assert!(dashboard.len() >= 10 && rules.len() == 4);
+    assert!(dashboard.len() >= 10 && rules.len() == 5);
     for expr in &dashboard {
         assert!(
             prometheus.has_data_within(expr, Duration::from_secs(30)),

@@ -8,6 +8,8 @@
 mod support;
 
 use std::{
+    fs,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -201,6 +203,113 @@ fn memory_the_allocator_keeps_is_retention_and_a_leak_is_not() {
     );
 
     drop((retainer, leaker));
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
+}
+
+/// A memory cgroup of the test's own with a limit on its memory, removed
+/// when dropped (once the processes in it are gone).
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    /// Version 1's memory hierarchy where it is mounted, else version 2's root.
+    fn create(limit_bytes: u64) -> Self {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (root, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1, "memory.limit_in_bytes")
+        } else {
+            (Path::new("/sys/fs/cgroup"), "memory.max")
+        };
+        let dir = root.join(format!("heapwatch-test-oom-{}", std::process::id()));
+        fs::create_dir(&dir).expect("create a memory cgroup");
+        let cgroup = Self { dir };
+        fs::write(cgroup.dir.join(limit_file), limit_bytes.to_string()).expect("limit its memory");
+        // No swap to escape to, where the kernel has it.
+        let _ = fs::write(cgroup.dir.join("memory.swap.max"), "0");
+        cgroup
+    }
+
+    fn enter(&self, pid: u32) {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("move the process in");
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_oom_victim_leaves_its_report_naming_its_allocation_site() {
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let state = tempfile_path("state");
+    let (socket_arg, state_arg) = (
+        socket.to_str().expect("utf-8 path"),
+        state.to_str().expect("utf-8 path"),
+    );
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &[
+            &FAST[..],
+            &["--scope", "tiered", "--scope", "comm:workload"],
+            &["--socket", socket_arg, "--state-dir", state_arg],
+        ]
+        .concat(),
+    );
+    let cgroup = MemoryCgroup::create(64 << 20);
+    let hog = Workload::start(&fixture("workload"), "hog");
+    let traced = format!("scope: tracing pid={}", hog.pid());
+    daemon.wait_for_log(&traced, Duration::from_secs(10));
+    cgroup.enter(hog.pid());
+
+    let oom = state.join("oom");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let written = fs::read_dir(&oom).into_iter().flatten().flatten().next();
+        if let Some(entry) = written {
+            break entry.path();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no post-mortem in {}:\n{}",
+            oom.display(),
+            daemon.plain_log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    thread::sleep(Duration::from_millis(200));
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&report).expect("read the report"))
+            .expect("the report is JSON");
+    assert_eq!(json["pid"], hog.pid(), "{json}");
+    assert_eq!(json["comm"], "workload", "{json}");
+    assert!(json["anon_bytes"].as_u64() > Some(32 << 20), "{json}");
+    let site = &json["heap"]["sites"][0];
+    assert_eq!(functions(site)[..2], ["hog_step", "main"], "{site}");
+    assert!(site["live_bytes"].as_u64() > Some(16 << 20), "{site}");
+    assert!(
+        daemon
+            .plain_log()
+            .contains("the OOM killer chose this process"),
+        "{}",
+        daemon.plain_log()
+    );
+    let m = daemon.scrape();
+    assert_eq!(
+        m.labelled("heapwatch_events_total", "kind", "oom_victim"),
+        1.0
+    );
+
+    drop(hog);
+    drop(cgroup);
     daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }

@@ -28,6 +28,9 @@ pub mod kind {
     /// `__call_tls_dtors` ran): a block not live is then one glibc's
     /// per-thread cache held, freed again, not one allocated unseen.
     pub const EXITING_FREE: u32 = 9;
+    /// The OOM killer chose process `tgid` (oom/mark_victim, any process);
+    /// `ptr` is its anonymous resident memory then, in KiB.
+    pub const OOM_VICTIM: u32 = 10;
 }
 
 /// A ring-buffer record about a block freed or a process: every kind but
@@ -46,7 +49,8 @@ pub struct Event {
     pub tid: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// Address of the block (or the parent tgid for [`kind::FORK`]).
+    /// Address of the block (or the parent tgid for [`kind::FORK`], the
+    /// victim's anonymous KiB for [`kind::OOM_VICTIM`]).
     pub ptr: u64,
 }
 const _: () = assert!(size_of::<Event>() == 24);

@@ -13,7 +13,7 @@ use crate::{
     filter::traced,
     maps::{
         EVERY_LIFECYCLE, EXIT_HAS_GROUP_DEAD, FOLLOW_FORKS, HOLD_AT_EXEC, NEWTASK_FLAGS_OFFSET,
-        NEWTASK_PID_OFFSET, SELF_TGID, TARGETS, count,
+        NEWTASK_PID_OFFSET, OOM_ANON_RSS_OFFSET, OOM_PID_OFFSET, SELF_TGID, TARGETS, count,
     },
     record::emit,
     tgid_of,
@@ -91,6 +91,26 @@ pub fn new_task(ctx: TracePointContext) -> u32 {
         kind::FORK,
         (u64::from(child) << 32) | u64::from(child),
         u64::from(parent),
+    );
+    0
+}
+
+/// oom/mark_victim: the OOM killer chose a process, traced or not. Its
+/// record comes before the victim's exit, so userspace writes the victim's
+/// last report while it still holds its state.
+#[tracepoint]
+pub fn oom_victim(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets come from the tracepoint's format file, read at load.
+    let Ok(victim) = (unsafe { ctx.read_at::<i32>(OOM_PID_OFFSET.load() as usize) }) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let anon_kib: u64 = unsafe { ctx.read_at(OOM_ANON_RSS_OFFSET.load() as usize) }.unwrap_or(0);
+    let victim = victim as u32;
+    emit(
+        kind::OOM_VICTIM,
+        (u64::from(victim) << 32) | u64::from(victim),
+        anon_kib,
     );
     0
 }

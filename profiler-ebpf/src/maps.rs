@@ -54,6 +54,12 @@ pub static NEWTASK_PID_OFFSET: Global<u32> = Global::new(8);
 /// Offset of `clone_flags` in task_newtask's record.
 #[unsafe(no_mangle)]
 pub static NEWTASK_FLAGS_OFFSET: Global<u32> = Global::new(32);
+/// Offset of `pid` in oom/mark_victim's record.
+#[unsafe(no_mangle)]
+pub static OOM_PID_OFFSET: Global<u32> = Global::new(8);
+/// Offset of `anon_rss` (KiB) in oom/mark_victim's record.
+#[unsafe(no_mangle)]
+pub static OOM_ANON_RSS_OFFSET: Global<u32> = Global::new(24);
 
 /// Records for userspace.
 #[map]

@@ -25,7 +25,10 @@ pub fn emit(kind: u32, pid_tgid: u64, ptr: u64) -> bool {
         _pad: 0,
         ptr,
     });
-    entry.submit(wakeup_flag(kind == kind::EXEC || kind == kind::FORK));
+    entry.submit(wakeup_flag(matches!(
+        kind,
+        kind::EXEC | kind::FORK | kind::OOM_VICTIM
+    )));
     true
 }
 

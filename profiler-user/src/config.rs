@@ -39,6 +39,8 @@ pub const DEFAULT_TRACE_FOR: Duration = Duration::from_secs(600);
 /// The slowdown tracing may put an escalated process to by default, in
 /// percent of its CPU time.
 pub const DEFAULT_MAX_OVERHEAD_PERCENT: f64 = 5.0;
+/// Where the daemon keeps what outlives it (the OOM killer's victims' reports).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/heapwatch";
 /// What one traced allocator call costs a process, in nanoseconds, for the
 /// cost governor: a round figure above half a malloc+free pair's cost under
 /// the daemon in the bench (docs/measurements.md), so as to err on the side
@@ -175,6 +177,8 @@ pub struct Settings {
     /// The slowdown tracing may put an escalated process to, in percent of
     /// its CPU time (scope `tiered`).
     pub max_overhead: Option<f64>,
+    /// Where the daemon keeps what outlives it (an absolute path).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -209,6 +213,7 @@ impl Settings {
             scope: over.scope.clone().or(self.scope),
             trace_for: over.trace_for.clone().or(self.trace_for),
             max_overhead: over.max_overhead.or(self.max_overhead),
+            state_dir: over.state_dir.clone().or(self.state_dir),
         }
     }
 }
@@ -240,6 +245,9 @@ pub struct DaemonConfig {
     pub trace_for: Duration,
     /// The slowdown tracing may put an escalated process to, a fraction.
     pub max_overhead: f64,
+    /// Where the daemon keeps what outlives it: `oom/` holds the OOM
+    /// killer's victims' reports.
+    pub state_dir: PathBuf,
 }
 
 impl DaemonConfig {
@@ -313,8 +321,32 @@ impl TryFrom<&Settings> for DaemonConfig {
                 .map_err(|e| value_error("scope", &e.to_string()))?,
             trace_for: trace_for(s, leak.tick)?,
             max_overhead: max_overhead(s.max_overhead)?,
+            state_dir: state_dir(s.state_dir.as_deref())?,
         })
     }
+}
+
+/// The state directory: an absolute path (the daemon's working directory
+/// is no place to keep state), a directory if it exists (made when first
+/// needed otherwise).
+fn state_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    let path = path.unwrap_or(Path::new(DEFAULT_STATE_DIR));
+    if !path.is_absolute() {
+        return Err(value_error(
+            "state_dir",
+            &format!(
+                "must be an absolute path, for example {DEFAULT_STATE_DIR}, not `{}`",
+                path.display()
+            ),
+        ));
+    }
+    if path.exists() && !path.is_dir() {
+        return Err(value_error(
+            "state_dir",
+            &format!("`{}` is not a directory", path.display()),
+        ));
+    }
+    Ok(path.to_owned())
 }
 
 /// The overhead budget as a fraction: from more than 0 to 1000 percent.

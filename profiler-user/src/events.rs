@@ -78,6 +78,13 @@ pub enum HeapEvent {
         /// The process it was forked from.
         parent: u32,
     },
+    /// The OOM killer chose process `tgid`, traced or not; its exit follows.
+    OomVictim {
+        /// The process.
+        tgid: u32,
+        /// Its anonymous resident bytes when it was chosen.
+        anon_bytes: u64,
+    },
 }
 
 /// The kinds of heap event, for counting them (`heapwatch_events_total{kind}`).
@@ -97,11 +104,13 @@ pub enum EventKind {
     Exit,
     /// [`HeapEvent::Fork`].
     Fork,
+    /// [`HeapEvent::OomVictim`].
+    OomVictim,
 }
 
 impl EventKind {
     /// Every kind, in the order of their codes.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Alloc,
         Self::Free,
         Self::ReallocFree,
@@ -109,6 +118,7 @@ impl EventKind {
         Self::Exec,
         Self::Exit,
         Self::Fork,
+        Self::OomVictim,
     ];
 }
 
@@ -123,6 +133,7 @@ impl HeapEvent {
             Self::Exec { .. } => EventKind::Exec,
             Self::Exit { .. } => EventKind::Exit,
             Self::Fork { .. } => EventKind::Fork,
+            Self::OomVictim { .. } => EventKind::OomVictim,
         }
     }
 }
@@ -236,6 +247,10 @@ fn decode_event(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
         kind::FORK => HeapEvent::Fork {
             child: raw.tgid,
             parent: raw.ptr as u32,
+        },
+        kind::OOM_VICTIM => HeapEvent::OomVictim {
+            tgid: raw.tgid,
+            anon_bytes: raw.ptr.saturating_mul(1024),
         },
         other => return Err(DecodeError::Kind { kind: other }),
     })

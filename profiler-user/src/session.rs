@@ -150,7 +150,7 @@ impl Session {
             HeapEvent::Exec { tgid } | HeapEvent::Exit { tgid } => {
                 self.let_go.remove(&tgid);
             }
-            HeapEvent::Fork { .. } => {}
+            HeapEvent::Fork { .. } | HeapEvent::OomVictim { .. } => {}
             HeapEvent::Alloc { task, .. }
             | HeapEvent::Free { task, .. }
             | HeapEvent::ExitingFree { task, .. }

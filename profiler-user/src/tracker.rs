@@ -581,6 +581,8 @@ impl Tracker {
             HeapEvent::Exec { tgid } => return self.finish(tgid, EndReason::Exec),
             HeapEvent::Exit { tgid } => return self.finish(tgid, EndReason::Exit),
             HeapEvent::Fork { child, parent } => self.fork(child, parent),
+            // Its state stays until its exit, which follows.
+            HeapEvent::OomVictim { .. } => {}
         }
         None
     }

@@ -87,7 +87,8 @@ impl Daemon {
 
     /// Runs `command ARGS --config CONFIG` with a notify socket and waits for
     /// READY=1. The daemon traces every process exactly (`--scope all`)
-    /// unless the arguments or the config name a scope.
+    /// unless the arguments or the config name a scope, and keeps its state
+    /// in a directory of the test's own unless they name one.
     fn launch(
         mut command: std::process::Command,
         args: &[&str],
@@ -106,6 +107,9 @@ impl Daemon {
         command.args(args);
         if !names_scope {
             command.args(["--scope", "all"]);
+        }
+        if !args.contains(&"--state-dir") {
+            command.arg("--state-dir").arg(tempfile_path("state"));
         }
         let mut child = command
             .arg("--config")
@@ -161,7 +165,6 @@ impl Daemon {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Waits until the log contains `text`.
     /// The log so far, without its terminal colours.
     pub fn plain_log(&self) -> String {
         let log = self.log();
@@ -177,13 +180,14 @@ impl Daemon {
         plain
     }
 
+    /// Waits until the log, without its colours, contains `text`.
     pub fn wait_for_log(&self, text: &str, within: Duration) {
         let deadline = Instant::now() + within;
-        while !self.log().contains(text) {
+        while !self.plain_log().contains(text) {
             assert!(
                 Instant::now() < deadline,
                 "no `{text}` in the log:\n{}",
-                self.log()
+                self.plain_log()
             );
             thread::sleep(Duration::from_millis(100));
         }

@@ -71,6 +71,10 @@ pub struct DaemonArgs {
     /// to, in percent of its CPU time; past it, the process is let go [default: 5].
     #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
     pub max_overhead: Option<f64>,
+    /// Where the daemon keeps what outlives it: the OOM killer's victims'
+    /// reports, under oom/ (an absolute path) [default: /var/lib/heapwatch].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Load and attach everything, report what works, and exit.
     #[arg(long)]
     pub check: bool,
@@ -99,6 +103,7 @@ impl DaemonArgs {
                 scope: (!self.scope.is_empty()).then(|| self.scope.clone()),
                 trace_for: self.trace_for.clone(),
                 max_overhead: self.max_overhead,
+                state_dir: self.state_dir.clone(),
             },
         }
     }

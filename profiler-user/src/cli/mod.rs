@@ -33,7 +33,7 @@ pub struct Cli {
 pub enum Command {
     /// Trace every process on the machine and serve Prometheus metrics:
     /// live heap per process, growth, leak suspects.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// The sites holding live memory in process PID, from the running daemon
     /// (or, with --duration, traced by heapwatch itself for that long).
     Snapshot(SnapshotArgs),

@@ -7,6 +7,7 @@ mod allocator_keeper;
 mod answers;
 mod notify;
 mod pipeline;
+mod post_mortem;
 mod scope_keeper;
 mod state;
 
@@ -139,12 +140,13 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
         .clone()
         .filter(|_| matches!(config.scope, Scope::Tiered(_)));
     let stop = Arc::new(AtomicBool::new(false));
+    let (victims, post_mortems) = post_mortem::spawn(&config.state_dir);
     let pipeline = pipeline::spawn(
         reader,
         Arc::clone(&state),
         progress,
         Arc::clone(&stop),
-        changes,
+        pipeline::Outlets { changes, victims },
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,6 +170,8 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     for thread in pipeline {
         let _ = thread.join();
     }
+    // The applier, gone, has sent every victim: the writer finishes them.
+    let _ = post_mortems.join();
     let _ = notify::notify("STOPPING=1");
     if let Some(keeper) = keeper_thread {
         let _ = keeper.join();

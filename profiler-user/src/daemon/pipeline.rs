@@ -14,8 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{DaemonState, scope_keeper};
-use crate::probes::{Backlog, EventReader};
+use super::{DaemonState, post_mortem::Victim, scope_keeper};
+use crate::{
+    events::HeapEvent,
+    probes::{Backlog, EventReader},
+};
 
 /// How long the reader waits for a wakeup before draining anyway.
 const READER_POLL: Duration = Duration::from_millis(50);
@@ -128,18 +131,26 @@ impl Progress {
     }
 }
 
+/// Where the applier sends what it finds besides the state's own changes.
+pub struct Outlets {
+    /// Every process that appears or ends, for the scope keeper.
+    pub changes: Option<mpsc::Sender<scope_keeper::Change>>,
+    /// The OOM killer's victims, for their post-mortems.
+    pub victims: mpsc::Sender<Victim>,
+}
+
 /// The reader and the applier: the reader only drains the ring buffer into
 /// batches, so that it keeps up whatever the state costs (a tick holding it,
 /// a table growing under a burst); the applier applies each batch to the
-/// state and, with a scope, tells the scope keeper of every process that
-/// appears or ends. The reader stops at `stop`; the applier when the reader
-/// is gone.
+/// state, tells the scope keeper of every process that appears or ends, and
+/// sends each OOM victim's state before its exit is applied. The reader
+/// stops at `stop`; the applier when the reader is gone.
 pub fn spawn(
     reader: EventReader,
     state: Arc<Mutex<DaemonState>>,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
-    changes: Option<mpsc::Sender<scope_keeper::Change>>,
+    outlets: Outlets,
 ) -> [thread::JoinHandle<()>; 2] {
     let (full, to_apply) = mpsc::sync_channel::<Backlog>(1);
     let (recycle, recycled) = mpsc::channel::<Backlog>();
@@ -150,7 +161,7 @@ pub fn spawn(
     let applying = thread::spawn(move || {
         let mut applied = 0;
         for mut batch in to_apply {
-            apply(&mut batch, &state, changes.as_ref());
+            apply(&mut batch, &state, &outlets);
             applied += 1;
             progress.applied(applied);
             let _ = recycle.send(batch);
@@ -196,18 +207,17 @@ fn read(
     }
 }
 
-fn apply(
-    batch: &mut Backlog,
-    state: &Mutex<DaemonState>,
-    changes: Option<&mpsc::Sender<scope_keeper::Change>>,
-) {
+fn apply(batch: &mut Backlog, state: &Mutex<DaemonState>, outlets: &Outlets) {
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     batch.apply_all(|bytes, read_ns| {
-        let change = state
-            .apply_record(bytes, read_ns)
-            .as_ref()
-            .and_then(scope_keeper::Change::of);
-        if let (Some(change), Some(changes)) = (change, changes) {
+        let Some(event) = state.apply_record(bytes, read_ns) else {
+            return;
+        };
+        if let HeapEvent::OomVictim { tgid, anon_bytes } = event {
+            let _ = outlets.victims.send(state.oom_victim(tgid, anon_bytes));
+        }
+        let change = scope_keeper::Change::of(&event);
+        if let (Some(change), Some(changes)) = (change, &outlets.changes) {
             let _ = changes.send(change);
         }
     });

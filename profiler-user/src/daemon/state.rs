@@ -6,17 +6,21 @@ use std::collections::HashMap;
 
 use profiler_common::Counter;
 
+use super::post_mortem::Victim;
 use crate::{
     coverage::Untraced,
     events::HeapEvent,
     leaks::{LeakConfig, LeakDetector},
     metrics::{AnonRow, Pid, ProcessRow, SelfFigures, bounded_rows},
-    procinfo::ProcessLabels,
+    procinfo::{ProcessLabels, monotonic_ns},
     report::{ReportDraft, SiteSelection, draft},
     session::{Retention, Session},
     tiers::Tiers,
     tracker::{ProcessState, TrackerConfig},
 };
+
+/// Sites in an OOM victim's report, largest first.
+const POST_MORTEM_SITES: usize = 50;
 
 /// The kernel's counters, summed over CPUs, indexed by [`Counter`].
 pub type KernelCounts = [u64; Counter::COUNT as usize];
@@ -166,6 +170,32 @@ impl DaemonState {
                 }
             })
             .collect()
+    }
+
+    /// What is known of process `pid`, which the OOM killer chose with
+    /// `anon_bytes` of anonymous memory: its sites if traced (its exit,
+    /// which drops them, is still to come), its growth if tier 0 watched it.
+    pub fn oom_victim(&mut self, pid: u32, anon_bytes: u64) -> Victim {
+        let selection = SiteSelection {
+            top: POST_MORTEM_SITES,
+            now_ns: Some(monotonic_ns()),
+            min_age_ns: 0,
+        };
+        let tick_secs = self.detector.config().tick.as_secs_f64();
+        Victim {
+            pid,
+            labels: self
+                .labels
+                .get(&pid)
+                .cloned()
+                .unwrap_or_else(|| ProcessLabels::read(pid)),
+            anon_bytes,
+            anon_growth_rate: self
+                .tiers
+                .as_ref()
+                .map(|tiers| tiers.growth_per_tick(pid) / tick_secs),
+            draft: self.snapshot(pid, &selection),
+        }
     }
 
     /// The draft of a snapshot of process `pid` at `now_ns`: the sites

@@ -303,6 +303,7 @@ pub fn event_kind_label(kind: EventKind) -> &'static str {
         EventKind::Exec => "exec",
         EventKind::Exit => "exit",
         EventKind::Fork => "fork",
+        EventKind::OomVictim => "oom_victim",
     }
 }
 

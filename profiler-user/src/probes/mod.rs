@@ -160,6 +160,11 @@ const RAW_TRACEPOINTS: [(&str, &str); 2] = [
 /// attached only where new processes matter.
 const NEW_TASK_TRACEPOINT: (&str, &str, &str) = ("task", "task_newtask", "new_task");
 
+/// The tracepoint of the OOM killer's victims, read through its record's
+/// format: (category, name, program). The daemon's alone: it writes their
+/// post-mortems.
+const OOM_TRACEPOINT: (&str, &str, &str) = ("oom", "mark_victim", "oom_victim");
+
 /// What can go wrong while loading and attaching.
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -589,6 +594,8 @@ fn load_object(config: &ProbeConfig) -> Result<Ebpf, ProbeError> {
         .override_global("EXIT_HAS_GROUP_DEAD", &offsets.exit_has_group_dead, true)
         .override_global("NEWTASK_PID_OFFSET", &offsets.newtask_pid, true)
         .override_global("NEWTASK_FLAGS_OFFSET", &offsets.newtask_flags, true)
+        .override_global("OOM_PID_OFFSET", &offsets.oom_pid, true)
+        .override_global("OOM_ANON_RSS_OFFSET", &offsets.oom_anon_rss, true)
         .override_global("THREAD_SLOT_MASK", &(config.thread_slots - 1), true)
         .map_max_entries("EVENTS", config.ring_bytes)
         .map_max_entries("THREAD_SLOTS", config.thread_slots)
@@ -627,12 +634,15 @@ struct TracepointOffsets {
     exit_has_group_dead: u32,
     newtask_pid: u32,
     newtask_flags: u32,
+    oom_pid: u32,
+    oom_anon_rss: u32,
 }
 
 impl TracepointOffsets {
     fn read() -> Result<Self, ProbeError> {
         let exit = tracefs::read_format("sched", "sched_process_exit").unwrap_or_default();
         let newtask = tracefs::read_format("task", "task_newtask").unwrap_or_default();
+        let oom = tracefs::read_format("oom", "mark_victim").unwrap_or_default();
         let required = |format: &str, tracepoint: &str, field| {
             field_offset(format, field).ok_or_else(|| ProbeError::TracepointField {
                 tracepoint: tracepoint.to_owned(),
@@ -643,6 +653,8 @@ impl TracepointOffsets {
             exit_has_group_dead: u32::from(field_offset(&exit, "group_dead").is_some()),
             newtask_pid: required(&newtask, "task/task_newtask", "pid")?,
             newtask_flags: required(&newtask, "task/task_newtask", "clone_flags")?,
+            oom_pid: required(&oom, "oom/mark_victim", "pid")?,
+            oom_anon_rss: required(&oom, "oom/mark_victim", "anon_rss")?,
         })
     }
 }
@@ -691,7 +703,18 @@ fn attach_tracepoints(ebpf: &mut Ebpf, targets: Targets) -> Result<Vec<String>, 
     if lone {
         return Ok(attached);
     }
-    let (category, name, program_name) = NEW_TASK_TRACEPOINT;
+    attached.push(attach_tracepoint(ebpf, NEW_TASK_TRACEPOINT)?);
+    if !matches!(targets, Targets::Process { .. }) {
+        attached.push(attach_tracepoint(ebpf, OOM_TRACEPOINT)?);
+    }
+    Ok(attached)
+}
+
+/// Attaches the tracepoint (category, name) to its program; returns its line for `--check`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    (category, name, program_name): (&str, &str, &'static str),
+) -> Result<String, ProbeError> {
     let program: &mut TracePoint = program_mut(ebpf, program_name)?;
     program.load().map_err(|source| ProbeError::Program {
         name: program_name,
@@ -705,8 +728,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf, targets: Targets) -> Result<Vec<String>, 
             library: PathBuf::from("the kernel"),
             source: Box::new(source),
         })?;
-    attached.push(format!("tracepoint {category}/{name}"));
-    Ok(attached)
+    Ok(format!("tracepoint {category}/{name}"))
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
