@@ -8,6 +8,7 @@
 mod support;
 
 use std::{
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -195,6 +196,24 @@ fn sigint_and_sigkill_leave_nothing_attached() {
     baseline.assert_nothing_left();
 }
 
+/// `heapwatch daemon --check --scope all` with `config` and `env`.
+fn check_tracing_all(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    heapwatch()
+        .envs(env.iter().copied())
+        .args([
+            "daemon",
+            "--check",
+            "--scope",
+            "all",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config)
+        .output()
+        .expect("run daemon --check")
+}
+
 #[test]
 #[ignore = "needs root"]
 fn both_ways_of_attaching_are_used_as_asked_and_stop_leaves_nothing() {
@@ -212,20 +231,7 @@ fn both_ways_of_attaching_are_used_as_asked_and_stop_leaves_nothing() {
         ),
     ] {
         let baseline = BpfBaseline::take();
-        let check = heapwatch()
-            .envs(env.iter().copied())
-            .args([
-                "daemon",
-                "--check",
-                "--scope",
-                "all",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(&config)
-            .output()
-            .expect("run daemon --check");
+        let check = check_tracing_all(&config, env);
         let stdout = String::from_utf8_lossy(&check.stdout);
         assert!(stdout.contains(said), "{env:?}: {said} not said:\n{stdout}");
         let mut daemon = Daemon::start_with_env(&config, &[], env);
@@ -244,19 +250,7 @@ fn both_ways_of_attaching_are_used_as_asked_and_stop_leaves_nothing() {
 fn check_reports_every_probe() {
     let baseline = BpfBaseline::take();
     let config = config_file("");
-    let output = heapwatch()
-        .args([
-            "daemon",
-            "--check",
-            "--scope",
-            "all",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .expect("run daemon --check");
+    let output = check_tracing_all(&config, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

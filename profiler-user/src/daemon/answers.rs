@@ -135,12 +135,20 @@ impl ApiSource {
         if is_kernel_thread(pid) {
             return Err(format!("process {pid} is a kernel thread: it has no heap"));
         }
-        let draft = self.lock().snapshot(pid, selection).ok_or_else(|| {
+        let (draft, tiered) = {
+            let state = self.lock();
+            (state.snapshot(pid, selection), state.tiers.is_some())
+        };
+        let draft = draft.ok_or_else(|| {
             if has_exited(pid) {
                 format!("process {pid} has exited")
+            } else if tiered {
+                format!(
+                    "process {pid} has made no allocation heapwatch saw: with tiers, the daemon traces a process while its memory grows; trace it now with `heapwatch snapshot --pid {pid} --duration 30s`, or always with --scope pid:{pid}"
+                )
             } else {
                 format!(
-                    "process {pid} has made no allocation heapwatch saw (it traces the C library's malloc family)"
+                    "process {pid} has made no allocation heapwatch saw (it traces each process's allocator from when it is picked)"
                 )
             }
         })?;
