@@ -311,3 +311,51 @@ fn an_oom_victim_leaves_its_report_naming_its_allocation_site() {
     daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_snapshot_with_a_duration_has_the_daemon_trace_the_process_for_it() {
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let mut daemon = tiered_daemon(socket_arg);
+    // It grows too slowly to be escalated within the snapshot's 2 s.
+    let leak = Workload::start(&fixture("workload"), "slow_leak");
+    let pid = leak.pid().to_string();
+    let output = support::heapwatch()
+        .args([
+            "snapshot",
+            "--pid",
+            &pid,
+            "--duration",
+            "2s",
+            "--format",
+            "json",
+        ])
+        .args(["--socket", socket_arg])
+        .output()
+        .expect("run snapshot");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(
+        daemon
+            .plain_log()
+            .contains(&format!("tiers: traced on request pid={pid}")),
+        "traced by the daemon:\n{}",
+        daemon.plain_log()
+    );
+    assert_eq!(json["attached_late"], true, "{json}");
+    assert!(json["traced_secs"].as_f64() >= Some(2.0), "{json}");
+    let site = &json["sites"][0];
+    assert_eq!(functions(site)[..2], ["slow_leak_step", "main"], "{site}");
+    let blocks = site["live_blocks"].as_u64().expect("blocks");
+    assert!((10..=30).contains(&blocks), "about 20 in 2 s: {site}");
+
+    drop(leak);
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
+}

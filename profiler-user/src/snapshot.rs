@@ -1,6 +1,7 @@
 //! A snapshot of one running process: asked of the daemon, or, with a
-//! duration and no daemon, traced by heapwatch itself for that long (then
-//! only what it allocated in that time and still holds is seen). Also the
+//! duration, traced for that long — by the daemon when it runs tiers (it
+//! escalates the process on request), else by heapwatch itself — so that
+//! only what it allocated in that time and still holds is seen. Also the
 //! daemon's list of traced processes.
 
 use std::{
@@ -94,21 +95,50 @@ pub struct SnapshotRequest {
     pub top: u32,
     /// Count only blocks at least this old.
     pub min_age: Option<Duration>,
-    /// Without the daemon: trace the process for this long.
+    /// Trace the process for this long: by the daemon if it runs tiers,
+    /// else by heapwatch itself.
     pub duration: Option<Duration>,
     /// The daemon's API socket.
     pub socket: PathBuf,
 }
 
 /// The snapshot of one process: the process is checked first, then the
-/// daemon is asked, or with a duration the process is traced.
+/// daemon is asked, or with a duration the process is traced: by the
+/// daemon if it takes the request, else here.
 pub fn snapshot(request: &SnapshotRequest) -> Result<ProcessReport, QueryError> {
     check_process(request.pid)?;
-    match request.duration {
-        Some(duration) => Ok(trace(request, duration)?),
-        None => ask_snapshot(request),
+    let Some(duration) = request.duration else {
+        return ask_snapshot(request);
+    };
+    let asked = Request::Trace {
+        pid: request.pid,
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    };
+    // No daemon, or one that does not take the request: traced here.
+    match ask::<u32>(&request.socket, &asked) {
+        Ok(_) => traced_by_daemon(request, duration),
+        Err(_) => Ok(trace(request, duration)?),
     }
 }
+
+/// Waits `duration` (less if the process exits or heapwatch gets
+/// SIGINT/SIGTERM) while the daemon traces the process, then asks it.
+fn traced_by_daemon(
+    request: &SnapshotRequest,
+    duration: Duration,
+) -> Result<ProcessReport, QueryError> {
+    stop_on_signals();
+    let started = Instant::now();
+    while started.elapsed() < duration && owner(request.pid).is_some() && !stop_requested() {
+        std::thread::sleep(WAIT_STEP.min(duration.saturating_sub(started.elapsed())));
+    }
+    let mut report = ask_snapshot(request)?;
+    report.traced_secs = Some(started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+/// How often a wait for the daemon's tracing looks at the process and signals.
+const WAIT_STEP: Duration = Duration::from_millis(50);
 
 /// The processes the daemon traces, by live bytes.
 pub fn list(socket: &Path) -> Result<Vec<ProcessListEntry>, QueryError> {

@@ -48,6 +48,26 @@ pub struct Decisions {
     pub release: Vec<u32>,
 }
 
+/// Why a process is not escalated on request.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// The governor let it go for its cost.
+    #[error(
+        "tracing it was estimated to slow it down by {:.0}%, past the daemon's overhead budget (--max-overhead)",
+        slowdown * 100.0
+    )]
+    OverBudget {
+        /// Its estimated slowdown, a fraction.
+        slowdown: f64,
+    },
+    /// As many processes as allowed are traced for growth already.
+    #[error("{limit} processes are traced for growth already, the most at once")]
+    AtLimit {
+        /// The most at once.
+        limit: usize,
+    },
+}
+
 /// Tier 0's histories of every process, and the escalations in force.
 pub struct Tiers {
     config: TierConfig,
@@ -130,19 +150,24 @@ impl Tiers {
         decisions
     }
 
-    /// Escalates `pid` on request (a snapshot of a process not traced), for
-    /// one escalation's time at least; false when at the limit.
-    pub fn request(&mut self, pid: u32) -> bool {
-        let until = self.tick + self.config.trace_ticks;
+    /// Escalates `pid` on request (`snapshot --duration` of a process not
+    /// traced) for `ticks` ticks at least, or extends its escalation.
+    pub fn request(&mut self, pid: u32, ticks: u64) -> Result<(), Refused> {
+        if let Some(&slowdown) = self.over_budget.get(&pid) {
+            return Err(Refused::OverBudget { slowdown });
+        }
+        let until = self.tick + ticks.max(1);
         if let Some(current) = self.escalated.get_mut(&pid) {
             *current = (*current).max(until);
-            return true;
+            return Ok(());
         }
         if self.escalated.len() >= self.config.max_escalated {
-            return false;
+            return Err(Refused::AtLimit {
+                limit: self.config.max_escalated,
+            });
         }
         self.escalated.insert(pid, until);
-        true
+        Ok(())
     }
 
     /// The cost governor: from each escalated process's usage now, its
@@ -370,10 +395,10 @@ mod tests {
     #[test]
     fn a_request_escalates_within_the_limit() {
         let mut tiers = Tiers::new(CONFIG);
-        assert!(tiers.request(5));
-        assert!(tiers.request(6));
-        assert!(!tiers.request(8), "at the limit");
-        assert!(tiers.request(5), "again: extended");
+        assert_eq!(tiers.request(5, 4), Ok(()));
+        assert_eq!(tiers.request(6, 1), Ok(()));
+        assert_eq!(tiers.request(8, 4), Err(Refused::AtLimit { limit: 2 }));
+        assert_eq!(tiers.request(6, 4), Ok(()), "again: extended");
         let decisions = run(&mut tiers, &[5, 6], 4, |_, _| 1_000);
         assert_eq!(
             decisions.last().map(|d| d.release.clone()),
@@ -384,7 +409,7 @@ mod tests {
     #[test]
     fn a_process_costing_more_than_the_budget_is_let_go_for_good() {
         let mut tiers = Tiers::new(CONFIG);
-        assert!(tiers.request(1) && tiers.request(2));
+        assert!(tiers.request(1, 4).is_ok() && tiers.request(2, 4).is_ok());
         let usage = |events, cpu_ns| Usage { events, cpu_ns };
         // The first sight only sets the baseline.
         assert!(
@@ -405,11 +430,15 @@ mod tests {
         );
         // 3: a nearly idle process, its CPU time under a clock tick: a few
         // calls are no slowdown; a flood in that time is.
-        assert!(tiers.request(3));
+        assert!(tiers.request(3, 4).is_ok());
         assert!(tiers.govern(&[(3, usage(0, 0))]).is_empty());
         assert!(tiers.govern(&[(3, usage(20, 0))]).is_empty());
         assert_eq!(tiers.govern(&[(3, usage(100_000, 0))]), [3]);
-        // Growing or not, it is not escalated again.
+        // Growing or not, it is not escalated again, nor on request.
+        assert!(matches!(
+            tiers.request(2, 4),
+            Err(Refused::OverBudget { slowdown }) if slowdown > 0.05
+        ));
         let decisions = run(&mut tiers, &[2], 8, |_, t| 1_000_000 + t * 100_000);
         assert!(decisions.iter().all(|d| !d.escalate.contains(&2)));
         tiers.forget(2);

@@ -27,6 +27,14 @@ pub enum Request {
         #[serde(default)]
         min_age_ms: u64,
     },
+    /// Trace one process exactly from now, for at least this long (scope
+    /// `tiered`: it is escalated as if it grew); the reply is its pid.
+    Trace {
+        /// The process.
+        pid: u32,
+        /// For at least this many milliseconds.
+        duration_ms: u64,
+    },
 }
 
 /// One traced process in the reply to [`Request::List`].
@@ -175,6 +183,13 @@ mod tests {
     fn parses_each_request() {
         assert_eq!(parse_request(br#"{"op":"health"}"#), Ok(Request::Health {}));
         assert_eq!(parse_request(br#"{"op":"list"}"#), Ok(Request::List {}));
+        assert_eq!(
+            parse_request(br#"{"op":"trace","pid":42,"duration_ms":2000}"#),
+            Ok(Request::Trace {
+                pid: 42,
+                duration_ms: 2000
+            })
+        );
         assert_eq!(
             parse_request(br#"{"op":"snapshot","pid":42,"top":10}"#),
             Ok(Request::Snapshot {

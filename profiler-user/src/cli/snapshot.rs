@@ -32,8 +32,9 @@ pub struct SnapshotArgs {
     /// Count only blocks allocated at least this long ago, e.g. 5m.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub min_age: Option<Duration>,
-    /// Without the daemon: trace the process for this long, e.g. 30s (as
-    /// root); allocations made before tracing began are unseen.
+    /// Trace the process for this long, e.g. 30s, and show what it
+    /// allocated then and still holds: by the daemon when it runs tiers (it
+    /// traces the process on request), else by heapwatch itself (as root).
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Rendering (pprof and flamegraph need -o).

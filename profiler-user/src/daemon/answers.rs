@@ -2,11 +2,11 @@
 //! snapshots of one process's live sites with symbolized stacks.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
-use super::{pipeline::Progress, state::DaemonState};
+use super::{pipeline::Progress, scope_keeper::Change, state::DaemonState};
 use crate::{
     api::{Health, ProcessListEntry, Reply, Request, UntracedEntry, authorize},
     container::Container,
@@ -24,6 +24,8 @@ pub struct ApiSource {
     pub progress: Arc<Progress>,
     /// The symbolizer thread and its cache.
     pub symbols: SymbolService,
+    /// With scope `tiered`: where escalations on request go (the scope keeper).
+    pub escalations: Option<mpsc::Sender<Change>>,
 }
 
 /// How long a query waits for the records written before it to be applied.
@@ -55,7 +57,40 @@ impl ApiSource {
                     Err(message) => Reply::error(message),
                 }
             }
+            Request::Trace { pid, duration_ms } => {
+                match self.trace(pid, Duration::from_millis(duration_ms), uid) {
+                    Ok(()) => Reply::answer(&pid),
+                    Err(message) => Reply::error(message),
+                }
+            }
         }
+    }
+
+    /// Escalates `pid` for `duration` at least, as if it grew.
+    fn trace(&self, pid: u32, duration: Duration, uid: u32) -> Result<(), String> {
+        visible(pid, uid)?;
+        let Some(escalations) = &self.escalations else {
+            return Err(
+                "the daemon traces no process on request: its scope is not `tiered`".to_owned(),
+            );
+        };
+        {
+            let mut state = self.lock();
+            let tick = state.detector.config().tick;
+            let tiers = state.tiers.as_mut().ok_or("the daemon has no tiers")?;
+            let ticks = duration.as_nanos().div_ceil(tick.as_nanos().max(1));
+            // One tick more: still traced when the snapshot is asked for.
+            tiers
+                .request(
+                    pid,
+                    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1),
+                )
+                .map_err(|refused| format!("process {pid} is not traced on request: {refused}"))?;
+        }
+        tracing::info!(pid, ?duration, "tiers: traced on request");
+        escalations
+            .send(Change::Escalated(pid))
+            .map_err(|_| "the daemon is stopping".to_owned())
     }
 
     fn catch_up(&self) {
@@ -130,11 +165,7 @@ impl ApiSource {
         selection: &SiteSelection,
         uid: u32,
     ) -> Result<ProcessReport, String> {
-        let owner = owner(pid).ok_or_else(|| format!("no such process: {pid}"))?;
-        authorize(uid, pid, owner).map_err(|e| e.to_string())?;
-        if is_kernel_thread(pid) {
-            return Err(format!("process {pid} is a kernel thread: it has no heap"));
-        }
+        visible(pid, uid)?;
         let (draft, tiered) = {
             let state = self.lock();
             (state.snapshot(pid, selection), state.tiers.is_some())
@@ -156,6 +187,16 @@ impl ApiSource {
             .finish(|stacks| self.symbols.symbolize(stacks))
             .map_err(|e| e.to_string())
     }
+}
+
+/// Refuses a process that is not there, not the caller's, or a kernel thread.
+fn visible(pid: u32, uid: u32) -> Result<(), String> {
+    let owner = owner(pid).ok_or_else(|| format!("no such process: {pid}"))?;
+    authorize(uid, pid, owner).map_err(|e| e.to_string())?;
+    if is_kernel_thread(pid) {
+        return Err(format!("process {pid} is a kernel thread: it has no heap"));
+    }
+    Ok(())
 }
 
 /// The short id of process `pid`'s container, or empty.

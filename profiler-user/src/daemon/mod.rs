@@ -108,11 +108,6 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     }
     let state = Arc::new(Mutex::new(new_state));
     let progress = Arc::new(pipeline::Progress::new().map_err(DaemonError::Runtime)?);
-    let api_source = Arc::new(answers::ApiSource {
-        state: Arc::clone(&state),
-        progress: Arc::clone(&progress),
-        symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
-    });
     let probes = Arc::new(Mutex::new(probes));
     let (changes, keeper_thread) = match &config.scope {
         Scope::All => {
@@ -139,6 +134,12 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
     let escalations = changes
         .clone()
         .filter(|_| matches!(config.scope, Scope::Tiered(_)));
+    let api_source = Arc::new(answers::ApiSource {
+        state: Arc::clone(&state),
+        progress: Arc::clone(&progress),
+        symbols: SymbolService::spawn(DEFAULT_CACHE_FRAMES).map_err(DaemonError::Runtime)?,
+        escalations: escalations.clone(),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let (victims, post_mortems) = post_mortem::spawn(&config.state_dir);
     let pipeline = pipeline::spawn(
@@ -166,6 +167,9 @@ pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
         known_stacks,
         api_source,
     ));
+    // Its tasks hold the API's senders of escalations, which the scope
+    // keeper waits on to end.
+    drop(runtime);
     stop.store(true, Ordering::Relaxed);
     for thread in pipeline {
         let _ = thread.join();
