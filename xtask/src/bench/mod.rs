@@ -453,8 +453,8 @@ fn unselected_under_scope(tools: &Tools, options: &BenchOptions) -> Result<Value
 /// How long the sustained churn runs.
 const SUSTAINED_SECS: u32 = 60;
 
-/// Two threads churning flat out for [`SUSTAINED_SECS`] under the daemon:
-/// whether it keeps up, and what it costs.
+/// Two threads churning flat out for [`SUSTAINED_SECS`] under the daemon
+/// tracing every process: whether it keeps up, and what it costs.
 fn sustained_churn(tools: &Tools) -> Result<Value> {
     eprintln!("sustained: 2 threads for {SUSTAINED_SECS} s under the daemon");
     let argv = [
@@ -462,7 +462,7 @@ fn sustained_churn(tools: &Tools) -> Result<Value> {
         "2".to_owned(),
         SUSTAINED_SECS.to_string(),
     ];
-    let run = churn_under_daemon(tools, &[], &argv, 2)?;
+    let run = churn_under_daemon(tools, &EVERY_PROCESS, &argv, 2)?;
     Ok(json!({
         "seconds": SUSTAINED_SECS,
         "pairs": run.pairs,
