@@ -359,3 +359,51 @@ fn a_snapshot_with_a_duration_has_the_daemon_trace_the_process_for_it() {
     daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn every_processs_memory_calls_are_counted_from_the_kernel() {
+    let baseline = BpfBaseline::take();
+    let socket = tempfile_path("api.sock");
+    let mut daemon = tiered_daemon(socket.to_str().expect("utf-8 path"));
+    let mapper = Workload::start(&fixture("workload"), "mapper");
+    let pid = mapper.pid().to_string();
+    let calls = |m: &Metrics, call: &str| {
+        m.family("heapwatch_process_memory_calls_total")
+            .iter()
+            .find(|s| {
+                s.labels.get("pid") == Some(&pid)
+                    && s.labels.get("call").map(String::as_str) == Some(call)
+            })
+            .map_or(0.0, |s| s.value)
+    };
+    // Ten steps a second, each call once a step (mremap only there: the
+    // others are made at start too).
+    let m = daemon.scrape_until(Duration::from_secs(15), |m| calls(m, "mremap") >= 20.0);
+    for call in ["brk", "mmap", "munmap", "mremap"] {
+        assert!(calls(&m, call) >= 20.0, "{call}: {}", calls(&m, call));
+    }
+    let steps = calls(&m, "mremap");
+    let mapped = m.process("heapwatch_process_mapped_bytes_total", mapper.pid());
+    let unmapped = m.process("heapwatch_process_unmapped_bytes_total", mapper.pid());
+    // 1 MiB mapped and 1 MiB grown a step, 2 MiB given back (a step may
+    // be half done at the tick).
+    let mib = f64::from(1 << 20);
+    assert!(
+        mapped.is_some_and(|b| (b - 2.0 * mib * steps).abs() <= 2.0 * mib),
+        "{mapped:?} for {steps} steps"
+    );
+    assert!(
+        unmapped.is_some_and(|b| (b - 2.0 * mib * steps).abs() <= 2.0 * mib),
+        "{unmapped:?} for {steps} steps"
+    );
+    assert_eq!(
+        escalated(&m, mapper.pid()),
+        0.0,
+        "its memory does not grow: never traced"
+    );
+
+    drop(mapper);
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
+}
