@@ -294,34 +294,6 @@ mod tests {
     }
 }
 
-/// Tier 0's count of one process's memory calls (system calls), from the
-/// daemon's start or the process's, whichever came later; the kernel drops
-/// it at the process's exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryCalls {
-    /// Calls, indexed by the [`memory_call`] codes.
-    pub calls: [u64; memory_call::COUNT],
-    /// Bytes asked for by anonymous mmap and by mremap's growth.
-    pub mapped_bytes: u64,
-    /// Bytes given back by munmap (of any mapping) and by mremap's shrinking.
-    pub unmapped_bytes: u64,
-}
-
-/// Indices of [`MemoryCalls::calls`].
-pub mod memory_call {
-    /// brk: the heap's end moved (or read).
-    pub const BRK: usize = 0;
-    /// mmap, anonymous or of a file.
-    pub const MMAP: usize = 1;
-    /// munmap.
-    pub const MUNMAP: usize = 2;
-    /// mremap.
-    pub const MREMAP: usize = 3;
-    /// How many kinds.
-    pub const COUNT: usize = 4;
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both types are repr(C), made of integers only, with explicit padding.
@@ -330,6 +302,4 @@ mod pod {
     unsafe impl aya::Pod for super::AllocEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Pending {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::MemoryCalls {}
 }

@@ -12,9 +12,8 @@ use profiler_common::{Counter, kind};
 use crate::{
     filter::traced,
     maps::{
-        EVERY_LIFECYCLE, EXIT_HAS_GROUP_DEAD, FOLLOW_FORKS, HOLD_AT_EXEC, MEMORY_CALLS,
-        NEWTASK_FLAGS_OFFSET, NEWTASK_PID_OFFSET, OOM_ANON_RSS_OFFSET, OOM_PID_OFFSET, SELF_TGID,
-        TARGETS, count,
+        EVERY_LIFECYCLE, EXIT_HAS_GROUP_DEAD, FOLLOW_FORKS, HOLD_AT_EXEC, NEWTASK_FLAGS_OFFSET,
+        NEWTASK_PID_OFFSET, OOM_ANON_RSS_OFFSET, OOM_PID_OFFSET, SELF_TGID, TARGETS, count,
     },
     record::emit,
     tgid_of,
@@ -54,7 +53,6 @@ pub fn process_exit(ctx: RawTracePointContext) -> u32 {
     if !group_dead(&ctx, pid_tgid) {
         return 0;
     }
-    let _ = MEMORY_CALLS.remove(tgid);
     if reported(tgid) {
         emit(kind::EXIT, pid_tgid, 0);
     }

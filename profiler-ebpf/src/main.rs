@@ -10,7 +10,6 @@
 mod filter;
 mod lifecycle;
 mod maps;
-mod memory_calls;
 mod record;
 mod stack_walk;
 mod thread;

@@ -7,10 +7,10 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use profiler_common::{
-    Counter, KNOWN_STACK_SLOTS, MemoryCalls, THREAD_SLOTS_LEN, ThreadState, known_stack_slots,
+    Counter, KNOWN_STACK_SLOTS, THREAD_SLOTS_LEN, ThreadState, known_stack_slots,
 };
 
 /// The tracer's own tgid: never traced.
@@ -120,17 +120,6 @@ pub static SLOT_CLAIMS: HashMap<u32, u8> = HashMap::with_max_entries(THREAD_SLOT
 /// and exec, where no uprobe's registers name the thread.
 #[map]
 pub static SLOT_HOLDERS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SLOTS_LEN, 0);
-
-/// Each process's memory calls (tier 0), by tgid, one count per CPU (a
-/// process's threads call on several at once, and the BPF target has no
-/// atomic add in Rust's `core`); entries are made at a process's first call
-/// and removed at its exit.
-#[map]
-pub static MEMORY_CALLS: PerCpuHashMap<u32, MemoryCalls> =
-    PerCpuHashMap::with_max_entries(MEMORY_CALLS_LEN, BPF_F_NO_PREALLOC);
-
-/// Processes whose memory calls are counted at once, at most.
-const MEMORY_CALLS_LEN: u32 = 65_536;
 
 /// Counts a record of process `tgid` that could not be written.
 pub fn count_lost(tgid: u32) {

@@ -199,7 +199,6 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
         stack_sample: DEFAULT_STACK_SAMPLE,
         thread_slots: DEFAULT_THREAD_SLOTS,
         hold_at_exec: false,
-        memory_calls: false,
     })?;
     let mut reader = probes.reader()?;
     stop_on_signals();

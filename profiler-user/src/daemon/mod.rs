@@ -12,7 +12,7 @@ mod scope_keeper;
 mod state;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fs, io,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -198,7 +198,6 @@ fn probe_config(config: &DaemonConfig) -> ProbeConfig {
         stack_sample: config.stack_sample,
         thread_slots: config.thread_slots,
         hold_at_exec: false,
-        memory_calls: matches!(config.scope, Scope::Tiered(_)),
     }
 }
 
@@ -419,17 +418,9 @@ fn tick(
     escalations: Option<&mpsc::Sender<scope_keeper::Change>>,
 ) {
     let samples = escalations.map(|_| anon_samples()).unwrap_or_default();
-    let (counters, lost, memory_calls) = {
+    let (counters, lost) = {
         let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
-        let memory_calls = escalations.map(|_| probes.memory_calls());
-        (probes.counters(), probes.take_lost(), memory_calls)
-    };
-    let memory_calls = match memory_calls.transpose() {
-        Ok(calls) => calls.unwrap_or_default(),
-        Err(err) => {
-            tracing::warn!(error = %err, "reading the processes' memory calls failed");
-            HashMap::new()
-        }
+        (probes.counters(), probes.take_lost())
     };
     let lost = lost.unwrap_or_else(|err| {
         tracing::warn!(error = %err, "reading the records lost per process failed");
@@ -446,7 +437,6 @@ fn tick(
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let now = monotonic_ns();
         state.note_lost(&lost, now);
-        state.memory_calls = memory_calls;
         if let Some(escalations) = escalations {
             tier_tick(&mut state, &samples, escalations);
         }

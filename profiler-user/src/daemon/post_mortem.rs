@@ -13,7 +13,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use profiler_common::MemoryCalls;
 use serde::Serialize;
 
 use crate::{
@@ -33,8 +32,6 @@ pub struct Victim {
     /// Its anonymous memory's growth over tier 0's window, bytes per second
     /// (`None` when tier 0 does not watch: scope `all` or selectors).
     pub anon_growth_rate: Option<f64>,
-    /// Its memory calls, as of the last tick (tier 0).
-    pub memory_calls: Option<MemoryCalls>,
     /// Its sites, when it was traced.
     pub draft: Option<ReportDraft>,
 }
@@ -48,35 +45,8 @@ struct PostMortem {
     killed_at_unix_ms: u64,
     anon_bytes: u64,
     anon_growth_bytes_per_second: Option<f64>,
-    /// Its memory calls as of the daemon's last tick (tier 0).
-    memory_calls: Option<CallCounts>,
     /// Its heap when it was killed; `None` when it was not traced.
     heap: Option<ProcessReport>,
-}
-
-/// A process's memory calls, as written.
-#[derive(Debug, Serialize)]
-struct CallCounts {
-    brk: u64,
-    mmap: u64,
-    munmap: u64,
-    mremap: u64,
-    mapped_bytes: u64,
-    unmapped_bytes: u64,
-}
-
-impl From<MemoryCalls> for CallCounts {
-    fn from(counts: MemoryCalls) -> Self {
-        let [brk, mmap, munmap, mremap] = counts.calls;
-        Self {
-            brk,
-            mmap,
-            munmap,
-            mremap,
-            mapped_bytes: counts.mapped_bytes,
-            unmapped_bytes: counts.unmapped_bytes,
-        }
-    }
 }
 
 /// Starts the writer of victims' reports under `state_dir`/oom.
@@ -116,7 +86,6 @@ fn report(victim: Victim, symbols: &mut Symbols) -> PostMortem {
         killed_at_unix_ms,
         anon_bytes: victim.anon_bytes,
         anon_growth_bytes_per_second: victim.anon_growth_rate,
-        memory_calls: victim.memory_calls.map(CallCounts::from),
         heap: victim.draft.map(|draft| {
             draft
                 .finish(|stacks| Ok::<_, Infallible>(symbols.symbolize_all(&stacks)))
@@ -157,11 +126,6 @@ mod tests {
                 },
                 anon_bytes: 1 << 30,
                 anon_growth_rate: Some(1e6),
-                memory_calls: Some(MemoryCalls {
-                    calls: [1, 2, 3, 4],
-                    mapped_bytes: 5,
-                    unmapped_bytes: 6,
-                }),
                 draft: None,
             })
             .expect("the writer runs");
@@ -179,8 +143,6 @@ mod tests {
         assert_eq!(json["anon_bytes"], 1u64 << 30);
         assert_eq!(json["anon_growth_bytes_per_second"], 1e6);
         assert!(json["heap"].is_null(), "{json}");
-        assert_eq!(json["memory_calls"]["mremap"], 4);
-        assert_eq!(json["memory_calls"]["unmapped_bytes"], 6);
         assert!(written[0].to_string_lossy().ends_with("-42.json"));
         fs::remove_dir_all(&dir).expect("clean up");
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{Counter, MemoryCalls};
+use profiler_common::Counter;
 
 use super::post_mortem::Victim;
 use crate::{
@@ -39,8 +39,6 @@ pub struct DaemonState {
     /// With scope `tiered`: every process's memory from the kernel, and the
     /// escalations in force.
     pub tiers: Option<Tiers>,
-    /// With scope `tiered`: every process's memory calls at the last tick.
-    pub memory_calls: HashMap<u32, MemoryCalls>,
 }
 
 impl DaemonState {
@@ -53,7 +51,6 @@ impl DaemonState {
             labels: HashMap::new(),
             coverage: HashMap::new(),
             tiers: None,
-            memory_calls: HashMap::new(),
         }
     }
 
@@ -165,7 +162,6 @@ impl DaemonState {
                     growth_rate: tiers.growth_per_tick(pid) / tick_secs,
                     escalated: tiers.is_escalated(pid),
                     live_bytes: traced.map(|(state, _)| state.live_bytes()),
-                    memory_calls: self.memory_calls.get(&pid).copied(),
                     retention: traced.is_some()
                         && self
                             .detector
@@ -198,7 +194,6 @@ impl DaemonState {
                 .tiers
                 .as_ref()
                 .map(|tiers| tiers.growth_per_tick(pid) / tick_secs),
-            memory_calls: self.memory_calls.get(&pid).copied(),
             draft: self.snapshot(pid, &selection),
         }
     }

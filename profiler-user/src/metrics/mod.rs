@@ -70,17 +70,7 @@ pub enum Metric {
     ProcessRetainedBytes,
     /// Retained bytes of a process whose memory grows while its heap does not.
     ProcessRetentionSuspectBytes,
-    /// Memory calls (brk, mmap, munmap, mremap), per process and call (tier 0).
-    ProcessMemoryCalls,
-    /// Bytes asked for by anonymous mmap and mremap's growth, per process.
-    ProcessMappedBytes,
-    /// Bytes given back by munmap and mremap's shrinking, per process.
-    ProcessUnmappedBytes,
 }
-
-/// The `call` label of each of [`profiler_common::MemoryCalls::calls`].
-const MEMORY_CALL_LABELS: [&str; profiler_common::memory_call::COUNT] =
-    ["brk", "mmap", "munmap", "mremap"];
 
 /// How a family's values behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +115,7 @@ const fn family(
 }
 
 /// Every metric family, in [`Metric`]'s order.
-pub const FAMILIES: [Family; 28] = [
+pub const FAMILIES: [Family; 25] = [
     family(
         Metric::ProcessLiveBytes,
         "heapwatch_process_live_bytes",
@@ -301,27 +291,6 @@ pub const FAMILIES: [Family; 28] = [
         "Retained bytes of a traced process whose anonymous memory grows over the window while its live heap does not: allocator retention, not a leak (scope tiered).",
         PROCESS_LABELS,
     ),
-    family(
-        Metric::ProcessMemoryCalls,
-        "heapwatch_process_memory_calls_total",
-        Kind::Counter,
-        "Memory system calls (brk, mmap, munmap, mremap) of the process since the daemon started, from their tracepoints (scope tiered).",
-        &["pid", "comm", "unit", "runtime", "pod_uid", "call"],
-    ),
-    family(
-        Metric::ProcessMappedBytes,
-        "heapwatch_process_mapped_bytes_total",
-        Kind::Counter,
-        "Bytes the process asked for by anonymous mmap and by mremap's growth since the daemon started (scope tiered).",
-        PROCESS_LABELS,
-    ),
-    family(
-        Metric::ProcessUnmappedBytes,
-        "heapwatch_process_unmapped_bytes_total",
-        Kind::Counter,
-        "Bytes the process gave back by munmap (of any mapping) and by mremap's shrinking since the daemon started (scope tiered).",
-        PROCESS_LABELS,
-    ),
 ];
 
 /// The `kind` label of records of this kind.
@@ -431,8 +400,6 @@ pub struct AnonRow {
     pub live_bytes: Option<u64>,
     /// Its anonymous memory grows while its traced heap does not.
     pub retention: bool,
-    /// Its memory calls, when it has made any since the daemon started.
-    pub memory_calls: Option<profiler_common::MemoryCalls>,
 }
 
 impl AnonRow {
@@ -582,17 +549,6 @@ impl Metrics {
                 .set_real(&labels, row.growth_rate);
             self.collector(Metric::ProcessEscalated)
                 .set_whole(&labels, u64::from(row.escalated));
-            if let Some(calls) = &row.memory_calls {
-                for (call, count) in MEMORY_CALL_LABELS.iter().zip(calls.calls) {
-                    let labels = [&labels[..], &[*call]].concat();
-                    self.collector(Metric::ProcessMemoryCalls)
-                        .set_whole(&labels, count);
-                }
-                self.collector(Metric::ProcessMappedBytes)
-                    .set_whole(&labels, calls.mapped_bytes);
-                self.collector(Metric::ProcessUnmappedBytes)
-                    .set_whole(&labels, calls.unmapped_bytes);
-            }
             if let Some(retained) = row.retained_bytes() {
                 self.collector(Metric::ProcessRetainedBytes)
                     .set_whole(&labels, retained);
@@ -785,7 +741,6 @@ mod tests {
         own.anon.push(AnonRow {
             pid: 1,
             live_bytes: Some(0),
-            memory_calls: Some(profiler_common::MemoryCalls::default()),
             ..AnonRow::default()
         });
         metrics.update(&[row(1, 10, 0)], &own);

@@ -16,20 +16,19 @@ mod uprobe_multi;
 mod stack_depth_tests;
 
 use std::{
-    collections::HashMap,
     num::NonZeroU32,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray},
     programs::{
         ProgramError, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use profiler_common::{Counter, MemoryCalls, filter_mode, known_stack_slots};
+use profiler_common::{Counter, filter_mode, known_stack_slots};
 use thiserror::Error;
 
 pub use allocator::{FileFacts, allocators_in_reach, allocators_of, read_facts};
@@ -80,9 +79,6 @@ pub struct ProbeConfig {
     /// Stop a traced process at each exec until userspace continues it
     /// (SIGCONT), having probed the new image's allocator.
     pub hold_at_exec: bool,
-    /// Count every process's memory calls (brk, mmap, munmap, mremap) from
-    /// their syscall tracepoints: tier 0 of the daemon's tiers.
-    pub memory_calls: bool,
 }
 
 const RETURN_PROGRAM: &str = "alloc_return";
@@ -168,15 +164,6 @@ const NEW_TASK_TRACEPOINT: (&str, &str, &str) = ("task", "task_newtask", "new_ta
 /// format: (category, name, program). The daemon's alone: it writes their
 /// post-mortems.
 const OOM_TRACEPOINT: (&str, &str, &str) = ("oom", "mark_victim", "oom_victim");
-
-/// The tracepoints of memory calls, every process's (tier 0): (category,
-/// name, program).
-const MEMORY_CALL_TRACEPOINTS: [(&str, &str, &str); 4] = [
-    ("syscalls", "sys_enter_brk", "brk_call"),
-    ("syscalls", "sys_enter_mmap", "mmap_call"),
-    ("syscalls", "sys_enter_munmap", "munmap_call"),
-    ("syscalls", "sys_enter_mremap", "mremap_call"),
-];
 
 /// What can go wrong while loading and attaching.
 #[derive(Debug, Error)]
@@ -315,13 +302,6 @@ impl Probes {
     pub fn attach(config: &ProbeConfig) -> Result<Self, ProbeError> {
         let mut probes = Self::load(config, Programs::Tracing)?;
         probes.attached = attach_tracepoints(&mut probes.ebpf, config.targets)?;
-        if config.memory_calls {
-            for tracepoint in MEMORY_CALL_TRACEPOINTS {
-                probes
-                    .attached
-                    .push(attach_tracepoint(&mut probes.ebpf, tracepoint)?);
-            }
-        }
         let runtime = cxx_runtime();
         let mut programs: Vec<&'static str> = plan::ENTRY_PROGRAMS.to_vec();
         programs.push(RETURN_PROGRAM);
@@ -435,19 +415,6 @@ impl Probes {
             let _ = lost.remove(tgid);
         }
         Ok(taken)
-    }
-
-    /// Every process's memory calls so far (tier 0), by tgid, summed over CPUs.
-    pub fn memory_calls(&self) -> Result<HashMap<u32, MemoryCalls>, ProbeError> {
-        const NAME: &str = "MEMORY_CALLS";
-        let map = self.ebpf.map(NAME).ok_or_else(|| missing_map(NAME))?;
-        let calls: PerCpuHashMap<&MapData, u32, MemoryCalls> =
-            PerCpuHashMap::try_from(map).map_err(|source| map_error(NAME, source))?;
-        Ok(calls
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(tgid, per_cpu)| (tgid, sum_memory_calls(per_cpu.iter())))
-            .collect())
     }
 
     /// Kernel-side drop counters, summed over CPUs, in [`Counter::ALL`] order.
@@ -692,18 +659,6 @@ impl TracepointOffsets {
     }
 }
 
-/// One process's memory calls: its counts on every CPU, added up.
-fn sum_memory_calls<'a>(per_cpu: impl Iterator<Item = &'a MemoryCalls>) -> MemoryCalls {
-    per_cpu.fold(MemoryCalls::default(), |mut sum, cpu| {
-        for (total, calls) in sum.calls.iter_mut().zip(cpu.calls) {
-            *total += calls;
-        }
-        sum.mapped_bytes += cpu.mapped_bytes;
-        sum.unmapped_bytes += cpu.unmapped_bytes;
-        sum
-    })
-}
-
 fn add_target(ebpf: &mut Ebpf, pid: u32) -> Result<(), ProbeError> {
     tgid_map::<u8>(ebpf, "TARGETS")?
         .insert(pid, 1, 0)
@@ -823,35 +778,5 @@ fn uprobe_scope(targets: Targets) -> Option<UProbeScope> {
         } => Some(UProbeScope::AllProcesses),
         Targets::Process { pid, .. } => Some(UProbeScope::OneProcess(pid)),
         Targets::Selected => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_processs_memory_calls_are_the_sum_of_every_cpus() {
-        let cpus = [
-            MemoryCalls {
-                calls: [1, 2, 3, 4],
-                mapped_bytes: 10,
-                unmapped_bytes: 20,
-            },
-            MemoryCalls {
-                calls: [10, 0, 30, 0],
-                mapped_bytes: 1,
-                unmapped_bytes: 0,
-            },
-        ];
-        assert_eq!(
-            sum_memory_calls(cpus.iter()),
-            MemoryCalls {
-                calls: [11, 2, 33, 4],
-                mapped_bytes: 11,
-                unmapped_bytes: 20,
-            }
-        );
-        assert_eq!(sum_memory_calls([].iter()), MemoryCalls::default());
     }
 }

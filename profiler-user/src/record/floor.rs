@@ -43,7 +43,6 @@ pub fn floor(args: &FloorOptions) -> Result<CommandStatus, RecordError> {
             stack_sample: crate::config::DEFAULT_STACK_SAMPLE,
             thread_slots: crate::config::DEFAULT_THREAD_SLOTS,
             hold_at_exec: false,
-            memory_calls: false,
         },
         args.at_entry,
     )?;

@@ -127,7 +127,6 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         stack_sample: options.stack_sample,
         thread_slots: options.thread_slots,
         hold_at_exec: true,
-        memory_calls: false,
     })?;
     let mut reader = probes.reader()?;
     let mut probed = vec![probes.libc().to_path_buf()];
