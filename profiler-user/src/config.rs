@@ -12,7 +12,12 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{leaks::LeakConfig, scope::Scope, tiers::TierConfig, tracker::TrackerConfig};
+use crate::{
+    leaks::LeakConfig,
+    scope::Scope,
+    tiers::{TierConfig, ticks_covering},
+    tracker::TrackerConfig,
+};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heapwatch/config.toml";
@@ -264,12 +269,9 @@ impl DaemonConfig {
     /// The tiers' configuration: growth judged over the leak rule's window,
     /// an escalation lasting `trace_for` (at least a tick).
     pub fn tiers(&self) -> TierConfig {
-        let tick = self.leak.tick.as_nanos().max(1);
         TierConfig {
             window_ticks: self.leak.samples(),
-            trace_ticks: u64::try_from(self.trace_for.as_nanos().div_ceil(tick))
-                .unwrap_or(u64::MAX)
-                .max(1),
+            trace_ticks: ticks_covering(self.trace_for, self.leak.tick),
             max_escalated: MAX_ESCALATED,
             max_overhead: self.max_overhead,
             event_cost_ns: EVENT_COST_NS,

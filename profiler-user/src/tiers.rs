@@ -3,7 +3,7 @@
 //! (tier 1) only where that memory keeps growing, for a bounded time that
 //! is extended while it still grows. Pure: samples in, decisions out.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use crate::leaks::{History, theil_sen_slope};
 
@@ -267,6 +267,12 @@ impl Tiers {
     }
 }
 
+/// Ticks of `tick` that cover `duration`: at least one.
+pub fn ticks_covering(duration: Duration, tick: Duration) -> u64 {
+    let ticks = duration.as_nanos().div_ceil(tick.as_nanos().max(1));
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+}
+
 /// The anonymous resident bytes of process `pid` (`RssAnon` in its
 /// status), `None` for a kernel thread or a process gone.
 pub fn anon_bytes_of(status: &str) -> Option<u64> {
@@ -444,6 +450,18 @@ mod tests {
         tiers.forget(2);
         let decisions = run(&mut tiers, &[2], 1, |_, t| 2_000_000 + t * 100_000);
         assert_eq!(decisions[0].escalate, [2], "a new image starts afresh");
+    }
+
+    #[test]
+    fn a_duration_is_the_ticks_that_cover_it_and_at_least_one() {
+        let tick = Duration::from_secs(10);
+        assert_eq!(ticks_covering(Duration::from_secs(600), tick), 60);
+        assert_eq!(ticks_covering(Duration::from_secs(15), tick), 2);
+        assert_eq!(ticks_covering(Duration::ZERO, tick), 1);
+        assert_eq!(
+            ticks_covering(Duration::MAX, Duration::from_nanos(1)),
+            u64::MAX
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::{
     procinfo::{ProcessLabels, has_exited, is_kernel_thread, monotonic_ns, owner},
     report::{ProcessReport, SiteSelection},
     stacks::SymbolService,
+    tiers::ticks_covering,
 };
 
 /// What the API handler reads.
@@ -78,13 +79,9 @@ impl ApiSource {
             let mut state = self.lock();
             let tick = state.detector.config().tick;
             let tiers = state.tiers.as_mut().ok_or("the daemon has no tiers")?;
-            let ticks = duration.as_nanos().div_ceil(tick.as_nanos().max(1));
             // One tick more: still traced when the snapshot is asked for.
             tiers
-                .request(
-                    pid,
-                    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1),
-                )
+                .request(pid, ticks_covering(duration, tick).saturating_add(1))
                 .map_err(|refused| format!("process {pid} is not traced on request: {refused}"))?;
         }
         tracing::info!(pid, ?duration, "tiers: traced on request");

@@ -131,18 +131,18 @@ impl DaemonState {
         (shown, own)
     }
 
+    /// Process `pid`'s anonymous memory growth over the window, bytes per second.
+    fn anon_growth_rate(&self, tiers: &Tiers, pid: u32) -> f64 {
+        let tick_secs = self.detector.config().tick.as_secs_f64();
+        tiers.growth_per_tick(pid) / tick_secs.max(f64::MIN_POSITIVE)
+    }
+
     /// Tier 0's rows: the `top` processes by anonymous memory, and every
     /// one escalated, growth in bytes per second.
     fn anon_rows(&self, top: usize, labels: &mut impl FnMut(u32) -> ProcessLabels) -> Vec<AnonRow> {
         let Some(tiers) = &self.tiers else {
             return Vec::new();
         };
-        let tick_secs = self
-            .detector
-            .config()
-            .tick
-            .as_secs_f64()
-            .max(f64::MIN_POSITIVE);
         let mut watched: Vec<(u32, u64)> = tiers.watched().collect();
         watched.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let shown: Vec<(u32, u64)> = watched
@@ -159,7 +159,7 @@ impl DaemonState {
                     pid,
                     labels: labels(pid),
                     anon_bytes,
-                    growth_rate: tiers.growth_per_tick(pid) / tick_secs,
+                    growth_rate: self.anon_growth_rate(tiers, pid),
                     escalated: tiers.is_escalated(pid),
                     live_bytes: traced.map(|(state, _)| state.live_bytes()),
                     retention: traced.is_some()
@@ -181,7 +181,6 @@ impl DaemonState {
             now_ns: Some(monotonic_ns()),
             min_age_ns: 0,
         };
-        let tick_secs = self.detector.config().tick.as_secs_f64();
         Victim {
             pid,
             labels: self
@@ -193,7 +192,7 @@ impl DaemonState {
             anon_growth_rate: self
                 .tiers
                 .as_ref()
-                .map(|tiers| tiers.growth_per_tick(pid) / tick_secs),
+                .map(|tiers| self.anon_growth_rate(tiers, pid)),
             draft: self.snapshot(pid, &selection),
         }
     }
