@@ -149,6 +149,9 @@ impl Session {
         match *event {
             HeapEvent::Exec { tgid } | HeapEvent::Exit { tgid } => {
                 self.let_go.remove(&tgid);
+                if self.retention == Retention::LiveOnly {
+                    self.sites.forget(tgid);
+                }
             }
             HeapEvent::Fork { .. } | HeapEvent::OomVictim { .. } => {}
             HeapEvent::Alloc { task, .. }
@@ -254,6 +257,19 @@ impl Session {
     /// The sites normalized while their processes lived ([`Retention::KeepExited`]).
     pub fn sites(&self) -> &SiteResolver {
         &self.sites
+    }
+
+    /// Reads process `tgid`'s mappings now, while it surely lives, for
+    /// normalizing its sites later even if it has gone by then (a session
+    /// that keeps live processes only normalizes on demand); forgotten at
+    /// its exit or exec.
+    pub fn remember_maps(&mut self, tgid: u32) {
+        self.sites.exec_maps(tgid);
+    }
+
+    /// The resolver of sites, with the mappings remembered.
+    pub fn sites_mut(&mut self) -> &mut SiteResolver {
+        &mut self.sites
     }
 
     /// Retires the stacks that only processes gone since the last call

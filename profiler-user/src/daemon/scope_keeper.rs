@@ -157,6 +157,11 @@ impl ScopeKeeper {
         };
         match attached {
             Ok(probes) => {
+                self.state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .session
+                    .remember_maps(pid);
                 tracing::info!(pid, "scope: tracing");
                 self.attached.insert(pid, probes);
                 self.files

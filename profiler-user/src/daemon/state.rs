@@ -193,7 +193,11 @@ impl DaemonState {
                 .tiers
                 .as_ref()
                 .map(|tiers| self.anon_growth_rate(tiers, pid)),
-            draft: self.snapshot(pid, &selection),
+            // Normalized now with the mappings read at its attach: it may
+            // be gone by the time the report is written.
+            draft: self
+                .snapshot(pid, &selection)
+                .map(|draft| draft.normalize_with(self.session.sites_mut())),
         }
     }
 

@@ -176,6 +176,27 @@ impl ReportDraft {
         &self.report
     }
 
+    /// The draft with its stacks normalized now, by `resolver` (which may
+    /// know the mappings of a process already gone).
+    pub fn normalize_with(self, resolver: &mut SiteResolver) -> Self {
+        let pid = self.report.pid;
+        let mut normalize = |stack: PendingStack| match stack {
+            PendingStack::Raw(site, raw) => {
+                PendingStack::Normalized(resolver.observe(pid, site, || Some(&*raw)))
+            }
+            other => other,
+        };
+        let stacks = self
+            .stacks
+            .into_iter()
+            .map(|(stack, sampled)| (normalize(stack), sampled.map(&mut normalize)))
+            .collect();
+        Self {
+            report: self.report,
+            stacks,
+        }
+    }
+
     /// The report with every stack normalized and symbolized; `symbolize`
     /// takes every stack at once, and gives their frames in the same order.
     pub fn finish<E>(

@@ -196,6 +196,12 @@ impl SiteResolver {
         self.maps.insert(tgid, mappings);
     }
 
+    /// Forgets a process's mappings and sites (it exited or exec'd).
+    pub fn forget(&mut self, tgid: u32) {
+        self.maps.remove(&tgid);
+        self.stacks.retain(|&(owner, _), _| owner != tgid);
+    }
+
     fn frame(&mut self, tgid: u32, address: u64) -> Frame {
         let mut location = self.maps.get(&tgid).and_then(|m| normalize(m, address));
         if location.is_none() {
