@@ -100,6 +100,13 @@ fn a_growing_process_is_traced_while_it_grows_and_steady_ones_never() {
             "{name}'s memory is watched"
         );
     }
+    // Counted by coverage once the escalation's attach is done (a tick).
+    let processes = |m: &Metrics, state: &str| m.labelled("heapwatch_processes", "state", state);
+    let m = daemon.scrape_until(Duration::from_secs(5), |m| processes(m, "traced") == 1.0);
+    assert_eq!(processes(&m, "traced"), 1.0, "the grower alone is traced");
+    // The steady three and the machine's others; not the grower.
+    let watched = processes(&m, "watched");
+    assert!(watched >= steady.len() as f64, "{watched}");
 
     // Traced exactly from then on: its growing site named, its report
     // saying what came before is unseen.

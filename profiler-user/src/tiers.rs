@@ -273,18 +273,19 @@ pub fn ticks_covering(duration: Duration, tick: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
-/// The anonymous resident bytes of process `pid` (`RssAnon` in its
-/// status), `None` for a kernel thread or a process gone.
-pub fn anon_bytes_of(status: &str) -> Option<u64> {
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+/// The anonymous resident bytes in a /proc/PID/statm text, with pages of
+/// `page_size` bytes: its resident pages less its shared ones (file-backed
+/// and shmem), which is `RssAnon`. `None` for a kernel thread (no memory of
+/// its own) or a text not of statm. statm, not status: the same figure for
+/// half the kernel's work, read for every process at every tick.
+pub fn anon_bytes_of(statm: &str, page_size: u64) -> Option<u64> {
+    let mut pages = statm
+        .split_whitespace()
+        .map(|field| field.parse::<u64>().ok());
+    let size = pages.next()??;
+    let resident = pages.next()??;
+    let shared = pages.next()??;
+    (size > 0).then(|| resident.saturating_sub(shared) * page_size)
 }
 
 /// The CPU time, user and system, of a /proc/PID/stat text, in clock ticks
@@ -473,9 +474,39 @@ mod tests {
 
     #[test]
     fn reads_anonymous_resident_memory() {
-        let status = "Name:\tx\nRssAnon:\t    1234 kB\nRssFile:\t 10 kB\n";
-        assert_eq!(anon_bytes_of(status), Some(1234 * 1024));
-        assert_eq!(anon_bytes_of("Name:\tkthreadd\n"), None);
-        assert_eq!(anon_bytes_of("RssAnon:\tx kB\n"), None);
+        assert_eq!(
+            anon_bytes_of("5000 1300 300 20 0 900 0\n", 4096),
+            Some(1000 * 4096)
+        );
+        assert_eq!(
+            anon_bytes_of("0 0 0 0 0 0 0\n", 4096),
+            None,
+            "a kernel thread"
+        );
+        assert_eq!(anon_bytes_of("5000 x 300 20 0 900 0\n", 4096), None);
+        assert_eq!(anon_bytes_of("", 4096), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn anonymous_memory_from_statm_is_rss_anon_from_status() {
+        // SAFETY: sysconf reads a constant of the system.
+        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page");
+        // Hold still while reading both: no allocation between the reads.
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let rss_anon_kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("RssAnon");
+        let from_statm = anon_bytes_of(&statm, page_size).expect("a process");
+        // The two reads are a few pages apart at most (the string read allocates).
+        assert!(
+            from_statm.abs_diff(rss_anon_kib * 1024) <= 64 * page_size,
+            "statm {from_statm}, status {} B",
+            rss_anon_kib * 1024
+        );
     }
 }

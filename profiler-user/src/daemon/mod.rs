@@ -450,12 +450,14 @@ fn tick(
 /// Every process's anonymous resident bytes now (heapwatch's own aside).
 fn anon_samples() -> Vec<(u32, u64)> {
     let own = std::process::id();
+    // SAFETY: sysconf reads a constant of the system.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     running_pids()
         .into_iter()
         .filter(|&pid| pid != own)
         .filter_map(|pid| {
-            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            Some((pid, anon_bytes_of(&status)?))
+            let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+            Some((pid, anon_bytes_of(&statm, page_size)?))
         })
         .collect()
 }
@@ -499,7 +501,9 @@ fn tier_tick(
         coverage.insert(pid, Some(Untraced::OverBudget));
         let _ = escalations.send(scope_keeper::Change::Released(pid));
     }
-    coverage.retain(|pid, _| tiers.over_budget().any(|(barred, _)| barred == *pid));
+    coverage.retain(|pid, untraced| {
+        untraced.is_none() || tiers.over_budget().any(|(barred, _)| barred == *pid)
+    });
 }
 
 /// Process `pid`'s CPU time, user and system, in nanoseconds.

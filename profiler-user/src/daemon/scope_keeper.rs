@@ -157,11 +157,11 @@ impl ScopeKeeper {
         };
         match attached {
             Ok(probes) => {
-                self.state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .session
-                    .remember_maps(pid);
+                {
+                    let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    state.session.remember_maps(pid);
+                    state.coverage.insert(pid, None);
+                }
                 tracing::info!(pid, "scope: tracing");
                 self.attached.insert(pid, probes);
                 self.files
@@ -225,6 +225,13 @@ impl ScopeKeeper {
         let Some(probes) = self.attached.remove(&pid) else {
             return;
         };
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            // A process let go by the cost governor stays marked so.
+            if state.coverage.get(&pid) == Some(&None) {
+                state.coverage.remove(&pid);
+            }
+        }
         self.release(pid);
         if alive {
             self.forget(pid);

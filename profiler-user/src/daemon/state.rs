@@ -122,10 +122,17 @@ impl DaemonState {
             *coverage.entry(*untraced).or_default() += 1;
         }
         let anon = self.anon_rows(top, &mut labels);
+        let watched = self.tiers.as_ref().map(|tiers| {
+            let alone = tiers
+                .watched()
+                .filter(|(pid, _)| !self.coverage.contains_key(pid));
+            u64::try_from(alone.count()).unwrap_or(u64::MAX)
+        });
         let own = SelfFigures {
             session: self.session.figures(),
             kernel: *kernel,
             coverage,
+            watched,
             anon,
         };
         (shown, own)

@@ -253,7 +253,7 @@ pub const FAMILIES: [Family; 25] = [
         Metric::Processes,
         "heapwatch_processes",
         Kind::Gauge,
-        "Processes on the host (scope all): traced, or untraced and why (own_runtime, stripped_static, allocator_not_recognized, attach_failed).",
+        "Processes on the host: traced, watched by tier 0 alone (scope tiered), or untraced and why (own_runtime, stripped_static, allocator_not_recognized, attach_failed, over_budget).",
         &["state", "reason"],
     ),
     family(
@@ -378,6 +378,9 @@ pub struct SelfFigures {
     /// Processes by coverage: traced (`None`) or untraced and why; empty
     /// where processes are not looked at (a scope other than `all`).
     pub coverage: std::collections::BTreeMap<Option<Untraced>, u64>,
+    /// Processes watched by tier 0 alone (scope `tiered`): neither traced nor
+    /// let go; `None` without tiers.
+    pub watched: Option<u64>,
     /// Tier 0's rows (scope `tiered`): the processes with the most
     /// anonymous memory, and those escalated.
     pub anon: Vec<AnonRow>,
@@ -533,6 +536,10 @@ impl Metrics {
             };
             self.collector(Metric::Processes).set_whole(&labels, *count);
         }
+        if let Some(watched) = own.watched {
+            self.collector(Metric::Processes)
+                .set_whole(&["watched", ""], watched);
+        }
         for row in &own.anon {
             let pid = row.pid.to_string();
             let l = &row.labels;
@@ -686,6 +693,7 @@ mod tests {
         own.kernel[Counter::RingbufFull as usize] = 2;
         own.coverage.insert(None, 5);
         own.coverage.insert(Some(Untraced::OwnRuntime), 1);
+        own.watched = Some(40);
         metrics.update(&[row(1, 10, 0), row(2, 20, 4)], &own);
         let text = metrics.render().expect("renders");
         for line in [
@@ -693,6 +701,7 @@ mod tests {
             "heapwatch_process_leak_suspect_bytes{comm=\"p2\",pid=\"2\",pod_uid=\"\",runtime=\"\",unit=\"test.service\"} 4",
             "heapwatch_processes{reason=\"\",state=\"traced\"} 5",
             "heapwatch_processes{reason=\"own_runtime\",state=\"untraced\"} 1",
+            "heapwatch_processes{reason=\"\",state=\"watched\"} 40",
             "heapwatch_events_total{kind=\"alloc\"} 3",
             "heapwatch_events_lost_total 2",
             "# TYPE heapwatch_process_allocations_total counter",

@@ -1,7 +1,11 @@
 //! What users feel: real programs — a C++ compile, perl filling a hash,
 //! python3 round-tripping JSON, sort — bare, under a daemon tracing every
 //! process (`--scope all`) and under the daemon at its defaults (tiers),
-//! seconds, the median of the runs, and each one's ratio to bare.
+//! seconds, the median of the runs, and each one's ratio to bare. A short
+//! program is run several times back to back as one sample, so that a
+//! difference of a few percent stands above the machine's noise; the
+//! configurations' order alternates from round to round, so that the
+//! machine's drift favours none.
 
 use std::{
     fs,
@@ -36,26 +40,35 @@ const CONFIGURATIONS: [(&str, &[&str]); 2] = [
     ("defaults (scope tiered)", &[]),
 ];
 
-/// One program: its name and its command line.
+/// One program: its name, its command line, and how many runs make one
+/// sample (a few seconds).
 struct Program {
     name: &'static str,
     argv: Vec<String>,
+    repeat: u32,
 }
 
 /// Measures every program bare and under each configuration, `runs` times.
 pub fn programs(tools: &Tools, runs: usize) -> Result<Value> {
     let programs = prepare(&tools.dir)?;
-    // times[program][configuration: bare, then CONFIGURATIONS]
+    // times[program][configuration: bare, then CONFIGURATIONS], seconds a run
     let mut times = vec![vec![Vec::new(); CONFIGURATIONS.len() + 1]; programs.len()];
     for run in 0..runs {
         eprintln!("programs: round {}/{runs}", run + 1);
-        for (i, program) in programs.iter().enumerate() {
-            times[i][0].push(wall(&program.argv)?);
+        let mut order: Vec<usize> = (0..=CONFIGURATIONS.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
         }
-        for (c, (name, flags)) in CONFIGURATIONS.iter().enumerate() {
-            let daemon = Daemon::start(tools, flags).with_context(|| format!("daemon, {name}"))?;
+        for configuration in order {
+            let daemon = match configuration.checked_sub(1) {
+                None => None,
+                Some(c) => {
+                    let (name, flags) = CONFIGURATIONS[c];
+                    Some(Daemon::start(tools, flags).with_context(|| format!("daemon, {name}"))?)
+                }
+            };
             for (i, program) in programs.iter().enumerate() {
-                times[i][c + 1].push(wall(&program.argv)?);
+                times[i][configuration].push(sample(program)?);
             }
             drop(daemon);
         }
@@ -67,6 +80,7 @@ pub fn programs(tools: &Tools, runs: usize) -> Result<Value> {
             let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
             json!({
                 "program": program.name,
+                "runs_per_sample": program.repeat,
                 "bare_secs": medians[0],
                 "scope_all_secs": medians[1],
                 "tiered_secs": medians[2],
@@ -79,17 +93,20 @@ pub fn programs(tools: &Tools, runs: usize) -> Result<Value> {
 /// Prints the table.
 pub fn print(report: &Value) {
     println!(
-        "\nreal programs: wall seconds, median of {} runs, bare and under the daemon\n",
+        "\nreal programs: wall seconds a run, median of {} samples (each of one or more runs back to back), bare and under the daemon\n",
         report["runs"]
     );
-    println!("| program | bare | scope all | × bare | defaults (tiered) | × bare |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| program | runs a sample | bare | scope all | × bare | defaults (tiered) | × bare |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for row in report["rows"].as_array().into_iter().flatten() {
         let secs = |key: &str| row[key].as_f64().unwrap_or(0.0);
         let bare = secs("bare_secs").max(f64::MIN_POSITIVE);
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |",
             row["program"].as_str().unwrap_or(""),
+            row["runs_per_sample"],
             bare,
             secs("scope_all_secs"),
             secs("scope_all_secs") / bare,
@@ -118,6 +135,7 @@ fn prepare(dir: &Path) -> Result<Vec<Program>> {
                 "-o",
                 &path(&dir.join("heavy.o")),
             ]),
+            repeat: 1,
         },
         Program {
             name: "perl: a 300,000-entry hash",
@@ -126,6 +144,7 @@ fn prepare(dir: &Path) -> Result<Vec<Program>> {
                 "-e",
                 "my %h; $h{$_} = $_ x 2 for 1..300000; print scalar(keys %h)",
             ]),
+            repeat: 6,
         },
         Program {
             name: "python3: JSON of 200,000 dicts",
@@ -134,10 +153,12 @@ fn prepare(dir: &Path) -> Result<Vec<Program>> {
                 "-c",
                 "import json; d = [{'a': i, 'b': str(i)} for i in range(200000)]; json.loads(json.dumps(d))",
             ]),
+            repeat: 4,
         },
         Program {
             name: "sort: 1,000,000 lines",
             argv: argv(&["sort", &path(&lines)]),
+            repeat: 4,
         },
     ])
 }
@@ -153,6 +174,15 @@ fn shuffled_lines(count: u64) -> String {
         text.push_str(&format!("line {}\n", state % 10_000_000));
     }
     text
+}
+
+/// The wall seconds of one run of `program`: its sample's, averaged.
+fn sample(program: &Program) -> Result<f64> {
+    let mut total = 0.0;
+    for _ in 0..program.repeat {
+        total += wall(&program.argv)?;
+    }
+    Ok(total / f64::from(program.repeat))
 }
 
 /// The wall time of `argv`, which must succeed; its output is dropped.
