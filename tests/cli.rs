@@ -743,3 +743,20 @@ fn every_flag_of_every_subcommand_has_a_case() {
         "flags without a bad-input case in tests/cli.rs: {missing:?}"
     );
 }
+
+#[test]
+fn a_daemon_that_may_open_too_few_files_refuses_to_start_in_one_line() {
+    let s = Scratch::create();
+    let output = Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(env!("CARGO_BIN_EXE_heapwatch"))
+        .args(s.command_line(&case(&["daemon"], 1, &[])))
+        .output()
+        .expect("run prlimit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    for words in ["needs at least 1024 open files", "only 64", "LimitNOFILE="] {
+        assert!(stderr.contains(words), "{words:?} in {stderr}");
+    }
+}

@@ -477,3 +477,49 @@ fn the_stacks_of_processes_gone_are_forgotten() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn processes_whose_exit_records_were_lost_leave_no_series_behind() {
+    // 64 KiB of ring buffer, overflowed by two threads churning flat out,
+    // while short processes come and go: some of their exits are lost.
+    let mut daemon = Daemon::start(
+        &config_file(""),
+        &[&FAST[..], &["--ring-kib", "64", "--top", "1000"]].concat(),
+    );
+    let churn = fixture("churn");
+    let mut overflow = Command::new(&churn)
+        .args(["2", "4"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the churn");
+    let mut short = 0;
+    while overflow.try_wait().expect("the churn").is_none() {
+        let status = Command::new(&churn)
+            .args(["1", "1", "1000"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run a short churn");
+        assert!(status.success());
+        short += 1;
+    }
+    let lost = daemon.scrape().total("heapwatch_events_lost_total");
+    assert!(lost > 0.0, "nothing lost: the test proves nothing");
+
+    // Within a few ticks, every process with series still runs.
+    let gone = |m: &Metrics| -> Vec<String> {
+        m.family("heapwatch_process_live_bytes")
+            .iter()
+            .filter_map(|s| s.labels.get("pid"))
+            .filter(|pid| {
+                pid.parse::<u32>()
+                    .is_ok_and(|pid| !support::process::is_running(pid))
+            })
+            .cloned()
+            .collect()
+    };
+    let m = daemon.scrape_until(Duration::from_secs(5), |m| gone(m).is_empty());
+    eprintln!("{short} short processes beside the overflow, {lost} records lost");
+    assert_eq!(gone(&m), Vec::<String>::new(), "series of processes gone");
+    assert!(daemon.stop().success());
+}

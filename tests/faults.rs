@@ -23,7 +23,7 @@ use support::{
         Gated, INT3, eventually, first_byte_of_malloc, is_running, snapshot_json, status_kib,
         workload_named,
     },
-    tempfile_path,
+    sigalloc_count, tempfile_path,
 };
 
 const LIVE: &str = "heapwatch_process_live_bytes";
@@ -325,4 +325,88 @@ fn a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid(
     assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
     drop(reborn);
     assert!(daemon.stop().success());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn after_a_burst_is_freed_the_trackers_memory_returns_to_its_size_before() {
+    const TRACKER: &str = "heapwatch_tracker_memory_bytes";
+    let baseline = BpfBaseline::take();
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s"]);
+    let mut flood = Gated::spawn(&fixture("workload"), "flood");
+    let pid = flood.pid();
+    flood.allocate();
+    let before = daemon
+        .scrape_until(Duration::from_secs(5), |m| m.process(LIVE, pid).is_some())
+        .total(TRACKER);
+
+    flood.step("flooded\n");
+    let peak = daemon
+        .scrape_until(Duration::from_secs(20), |m| {
+            m.process(BLOCKS, pid).is_some_and(|n| n >= 1_000_000.0)
+        })
+        .total(TRACKER);
+    flood.step("drained\n");
+    let drained = daemon.scrape_until(Duration::from_secs(20), |m| {
+        m.process(BLOCKS, pid).is_some_and(|n| n < 1_000.0)
+    });
+    let after = drained.total(TRACKER);
+    eprintln!("tracker: {before} bytes before, {peak} at 1,000,000 blocks, {after} after");
+    assert!(
+        peak - before > 16.0 * 1e6,
+        "the burst was tracked: {before} then {peak}"
+    );
+    // Within 10 %, give or take what the machine's other processes
+    // (traced too) hold meanwhile.
+    let slack = before * 0.1 + 32.0 * 1024.0;
+    assert!(
+        after <= before + slack,
+        "{after} bytes after, {before} before ({peak} at the peak)"
+    );
+
+    flood.finish();
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn allocations_in_a_signal_handler_are_counted_exactly_by_the_daemon() {
+    let baseline = BpfBaseline::take();
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s"]);
+    let mut program = Command::new(fixture("sigalloc"))
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start sigalloc");
+    let _kill = KillOnDrop::pid_only(program.id() as i32);
+    let pid = program.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(program.stdout.as_mut().expect("piped")),
+        &mut line,
+    )
+    .expect("its count");
+    let (blocks, bytes, signals) = sigalloc_count(line.as_bytes());
+    assert!(
+        signals >= 1_000,
+        "only {signals} signals: the test proves little"
+    );
+
+    let m = daemon.scrape_until(Duration::from_secs(10), |m| {
+        m.process(BLOCKS, pid) == Some(blocks as f64)
+    });
+    assert_eq!(
+        m.process(BLOCKS, pid),
+        Some(blocks as f64),
+        "{signals} signals"
+    );
+    assert_eq!(m.process(LIVE, pid), Some(bytes as f64));
+    assert_eq!(m.process(INEXACT, pid), Some(0.0));
+
+    drop(program.stdin.take());
+    assert!(program.wait().expect("wait for sigalloc").success());
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
 }

@@ -160,3 +160,118 @@ fn scrapes_at_50_per_second_and_snapshots_in_a_loop_while_two_threads_churn() {
     );
     assert!(daemon.stop().success());
 }
+
+/// Raises this test process's soft limit of open files to `at_least`.
+fn raise_own_open_files(at_least: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit touch only the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.max(at_least.min(limit.rlim_max));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+/// CPU seconds, user and system, process `pid` has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// Connections made and held, each given `within` (a listener that accepts
+/// nothing leaves a connection pending past its backlog).
+fn idle_tcp_connections(address: &str, count: usize, within: Duration) -> Vec<std::net::TcpStream> {
+    let address = address.parse().expect("an address");
+    (0..count)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&address, within).ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn idle_connections_take_neither_the_descriptors_nor_the_answers() {
+    const IDLE: usize = 1_100;
+    raise_own_open_files(4 * IDLE as u64);
+    let config = config_file("");
+    let socket = tempfile_path("api.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path").to_owned();
+    // The usual limit, which the daemon cannot raise: fewer descriptors
+    // than connections.
+    let mut daemon = Daemon::start_program(
+        "prlimit",
+        &[
+            "--nofile=1024:1024".to_owned(),
+            env!("CARGO_BIN_EXE_heapwatch").to_owned(),
+        ],
+        &config,
+        &["--socket", &socket_arg],
+    );
+
+    // Unix connections block past a backlog nobody accepts: made on a
+    // thread, counted as they come.
+    let (sender, made) = std::sync::mpsc::channel();
+    let api_path = socket.clone();
+    let holder = thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..IDLE {
+            let Ok(stream) = std::os::unix::net::UnixStream::connect(&api_path) else {
+                break;
+            };
+            held.push(stream);
+            let _ = sender.send(held.len());
+        }
+        // Held until the daemon is gone (a read then ends).
+        for stream in &mut held {
+            let _ = std::io::Read::read(stream, &mut [0; 1]);
+        }
+    });
+    let idle_http = idle_tcp_connections(&daemon.address, IDLE, Duration::from_secs(3));
+    let mut api_made = 0;
+    while let Ok(n) = made.recv_timeout(Duration::from_secs(5)) {
+        api_made = n;
+        if n == IDLE {
+            break;
+        }
+    }
+    assert_eq!(idle_http.len(), IDLE, "every /metrics connection made");
+    assert_eq!(api_made, IDLE, "every API connection made");
+
+    // Answered at once, idle ones notwithstanding, and the daemon idle.
+    let cpu_before = cpu_secs(daemon.pid());
+    let started = Instant::now();
+    let body = http_get(&daemon.address, "/metrics");
+    let scraped_in = started.elapsed();
+    assert!(body.contains("heapwatch_events_total"), "{body}");
+    let started = Instant::now();
+    let reply = api_reply(&socket, b"{\"op\":\"health\"}\n");
+    let asked_in = started.elapsed();
+    assert!(
+        String::from_utf8_lossy(&reply).contains("\"ok\":true"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    eprintln!(
+        "with {IDLE} idle connections each: /metrics in {scraped_in:?}, the API in {asked_in:?}"
+    );
+    // Without room made, both wait for idle ones to time out (5 s).
+    assert!(scraped_in < Duration::from_secs(1), "{scraped_in:?}");
+    assert!(asked_in < Duration::from_secs(1), "{asked_in:?}");
+    thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_secs(daemon.pid()) - cpu_before;
+    assert!(
+        cpu < 0.3,
+        "the daemon used {cpu} s of CPU in 2 s: its accept loops spin"
+    );
+
+    drop(idle_http);
+    daemon.stop_cleanly();
+    holder.join().expect("the holder ends with the daemon");
+}

@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use support::{
     BpfBaseline, KillOnDrop, Summary, c_fixture_with, fixture, functions, heapwatch, record,
-    record_with_env, sampled_functions, valgrind, valgrind_with,
+    record_with_env, sampled_functions, sigalloc_count, valgrind, valgrind_with,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -684,4 +684,26 @@ fn programs_on_other_allocators_match_valgrind() {
         recorded.stderr()
     );
     assert_eq!(recorded.report["allocator_library"], static_musl.as_str());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn allocations_in_a_signal_handler_are_counted_exactly() {
+    // valgrind runs signal handlers at its own points, never inside malloc:
+    // the program's own count is the reference.
+    let sigalloc = fixture("sigalloc");
+    let recorded = record(&[], &[sigalloc.to_str().expect("utf-8 path")]);
+    let (blocks, bytes, signals) = sigalloc_count(&recorded.output.stdout);
+    assert!(
+        signals >= 1_000,
+        "only {signals} signals: the test proves little"
+    );
+    recorded.assert_exact();
+    let summaries = recorded.summaries();
+    let summary = summaries.first().expect("one process");
+    assert_eq!(
+        (summary.in_use_blocks, summary.in_use_bytes),
+        (blocks, bytes),
+        "in use at exit against the program's own count ({signals} signals handled)"
+    );
 }

@@ -152,12 +152,16 @@ pub struct Pending {
     /// Hash of the call's user stack when known at entry (the site of the
     /// C++ `operator new` it serves); 0 when its return finds it.
     pub stack: u64,
+    /// The stack pointer at the call's entry: where the calls it makes
+    /// itself start (just below) and its return ends (just above), and
+    /// what a signal handler's call starts far below.
+    pub sp: u64,
     /// One of the [`func`] codes.
     pub func: u32,
     /// Allocator calls nested inside this one (glibc calling itself), still to return.
     pub depth: u32,
 }
-const _: () = assert!(size_of::<Pending>() == 32);
+const _: () = assert!(size_of::<Pending>() == 40);
 
 /// Where a C++ `operator new` was called from, kept until the malloc it makes
 /// (libstdc++ has no frame pointers, so malloc's own stack walk skips this caller).
@@ -178,6 +182,9 @@ const _: () = assert!(size_of::<OuterCall>() == 16);
 pub struct ThreadState {
     /// The outermost allocator call in progress; `func` 0 when none is.
     pub call: Pending,
+    /// An allocator call a signal handler makes while `call` is in
+    /// progress (it interrupted it); `func` 0 when none is.
+    pub handler: Pending,
     /// The thread's pending C++ `operator new`; `sp` 0 when none is.
     pub outer: OuterCall,
     /// Non-zero once an allocation of this thread woke the reader in this image.
@@ -190,7 +197,7 @@ pub struct ThreadState {
     /// Explicit padding.
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<ThreadState>() == 64);
+const _: () = assert!(size_of::<ThreadState>() == 112);
 
 /// Slots of the kernel's array of thread states, indexed by thread id
 /// modulo this power of two. A thread whose slot another live thread holds
@@ -199,6 +206,57 @@ pub const THREAD_SLOTS_LEN: u32 = 1 << 14;
 
 /// How far below `operator new`'s stack pointer its malloc call may start.
 pub const OUTER_CALL_MAX_FRAME: u64 = 512;
+
+/// How far below an allocator call's stack pointer a call it makes itself
+/// may start (glibc's realloc calling malloc, an interposer calling the C
+/// library's). A signal handler's call starts farther: below the signal
+/// frame the kernel pushes, larger than this alone on x86_64 (the saved
+/// registers, the FPU state and the red zone).
+pub const NESTED_CALL_MAX_FRAME: u64 = 1024;
+
+/// How far above an allocator call in progress a new call may start on the
+/// same stack (the call was left by `longjmp`, or its return lost); farther
+/// is another stack (a signal handler's on `sigaltstack`).
+pub const SAME_STACK_SPAN: u64 = 8 << 20;
+
+/// Where a call starting at stack pointer `sp` stands to an allocator call
+/// `pending` in progress on the same thread, whose entry's was `pending_sp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Made by the call in progress itself (or jumped to from it): not
+    /// counted.
+    Nested,
+    /// Made by a signal handler that interrupted it: counted on its own.
+    Handler,
+    /// The call in progress was left: it ends unfinished.
+    Left,
+}
+
+/// Where a call starting at `sp` stands to a call in progress that started
+/// at `pending_sp` (see [`Placement`]).
+pub const fn placement(pending_sp: u64, sp: u64) -> Placement {
+    // At the same stack pointer: a tail call (glibc's realloc of NULL
+    // jumping to malloc), nested.
+    if sp <= pending_sp {
+        if pending_sp - sp <= NESTED_CALL_MAX_FRAME {
+            Placement::Nested
+        } else {
+            Placement::Handler
+        }
+    } else if sp - pending_sp <= SAME_STACK_SPAN {
+        Placement::Left
+    } else {
+        Placement::Handler
+    }
+}
+
+/// True when a return with stack pointer `sp` ends the call that started
+/// at `pending_sp` or one nested in it: a return pops the return address,
+/// one word above the entry's stack pointer.
+pub const fn returns_within(pending_sp: u64, sp: u64) -> bool {
+    let top = pending_sp.wrapping_add(8);
+    sp <= top && top - sp <= NESTED_CALL_MAX_FRAME
+}
 
 /// Kernel-side counters of records and entries that could not be kept,
 /// indexes of the per-CPU `COUNTERS` array.
@@ -253,7 +311,37 @@ pub const fn saturating_product(a: u64, b: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{KNOWN_STACK_SLOTS, known_stack_slots, saturating_product, stack_hash};
+    use super::{
+        KNOWN_STACK_SLOTS, NESTED_CALL_MAX_FRAME, Placement, known_stack_slots, placement,
+        returns_within, saturating_product, stack_hash,
+    };
+
+    #[test]
+    fn a_call_is_placed_by_its_stack_pointer_against_the_call_in_progress() {
+        let sp = 0x7ffc_0000_8000;
+        // realloc calling malloc: a frame or two below.
+        assert_eq!(placement(sp, sp - 72), Placement::Nested);
+        assert_eq!(placement(sp, sp - NESTED_CALL_MAX_FRAME), Placement::Nested);
+        // A handler, below the signal frame.
+        assert_eq!(placement(sp, sp - 2_000), Placement::Handler);
+        // A tail call (realloc of NULL jumping to malloc).
+        assert_eq!(placement(sp, sp), Placement::Nested);
+        // Back above it on its stack: the call was left (longjmp).
+        assert_eq!(placement(sp, sp + 8), Placement::Left);
+        assert_eq!(placement(sp, sp + 4_096), Placement::Left);
+        // On another stack (sigaltstack, mapped elsewhere).
+        assert_eq!(placement(sp, sp + (1 << 30)), Placement::Handler);
+        assert_eq!(placement(sp, 0x7f12_0000_0000), Placement::Handler);
+    }
+
+    #[test]
+    fn a_return_ends_its_call_or_one_nested_in_it() {
+        let sp = 0x7ffc_0000_8000;
+        assert!(returns_within(sp, sp + 8), "its own return");
+        assert!(returns_within(sp, sp - 64), "a nested call's");
+        assert!(!returns_within(sp, sp - 2_000), "a handler's");
+        assert!(!returns_within(sp, sp + 16), "an outer call's");
+    }
 
     #[test]
     fn a_stacks_two_slots_are_in_the_array_and_spread_over_it() {

@@ -14,17 +14,21 @@ mod record;
 mod stack_walk;
 mod thread;
 
+use core::ptr;
+
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
-    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, ThreadState, func, kind, saturating_product,
+    Counter, OUTER_CALL_MAX_FRAME, OuterCall, Pending, Placement, ThreadState, func, kind,
+    placement, returns_within, saturating_product,
 };
 
 use crate::{
-    maps::count,
+    maps::{count, mark_unseen},
     record::{emit, emit_alloc},
     stack_walk::{CallSite, site},
     thread::Thread,
@@ -96,15 +100,34 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     };
     let kind = match state {
         // SAFETY: the thread's own storage, read only.
-        Some(thread) => match unsafe { ((*thread).call.func, (*thread).exiting) } {
-            (0, 0) => kind::FREE,
-            (0, _) => kind::EXITING_FREE,
-            _ => return 0,
+        Some(thread) => unsafe {
+            if made_by_a_call_in_progress(thread, stack_pointer(ctx.regs)) {
+                return 0;
+            }
+            if (*thread).exiting == 0 {
+                kind::FREE
+            } else {
+                kind::EXITING_FREE
+            }
         },
         None => kind::FREE,
     };
     emit(kind, pid_tgid, ptr);
     0
+}
+
+/// True when a call starting at `sp` is made by one of `thread`'s
+/// allocator calls in progress (glibc calling itself), not by the program
+/// or a signal handler.
+///
+/// # Safety
+///
+/// `thread` is the current thread's storage.
+unsafe fn made_by_a_call_in_progress(thread: *const ThreadState, sp: u64) -> bool {
+    // SAFETY: as the caller promises.
+    let (call, handler) = unsafe { (&(*thread).call, &(*thread).handler) };
+    (call.func != 0 && placement(call.sp, sp) == Placement::Nested)
+        || (handler.func != 0 && placement(handler.sp, sp) == Placement::Nested)
 }
 
 /// Entry of glibc's `__call_tls_dtors`, the first step of a thread's exit
@@ -126,7 +149,7 @@ pub fn cxx_new_entry(ctx: ProbeContext) -> u32 {
     let Some(thread) = Thread::current(ctx.regs, true).and_then(|thread| thread.state) else {
         return 0;
     };
-    let sp = stack_pointer(&ctx);
+    let sp = stack_pointer(ctx.regs);
     // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
     unsafe {
         // operator new[] calls operator new: keep the outermost call site.
@@ -151,18 +174,31 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     else {
         return 0;
     };
+    let sp = stack_pointer(ctx.regs);
     // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
     let (pending, first) = unsafe {
-        let call = &mut (*thread).call;
-        if call.func == 0 {
+        let handler = &raw mut (*thread).handler;
+        // A handler's call returns before the call it interrupted.
+        let in_handler = (*handler).func != 0 && returns_within((*handler).sp, sp);
+        let call = if in_handler {
+            handler
+        } else {
+            &raw mut (*thread).call
+        };
+        if (*call).func == 0 {
             return 0;
         }
-        if call.depth > 0 {
-            call.depth -= 1;
+        if (*call).depth > 0 {
+            (*call).depth -= 1;
             return 0;
         }
         let pending = *call;
-        call.func = 0;
+        (*call).func = 0;
+        if !in_handler {
+            // A handler's call left unfinished (longjmp out of the
+            // handler) ends with the call it interrupted.
+            (*handler).func = 0;
+        }
         (pending, first_allocation(thread))
     };
     // SAFETY: the thread's own storage, as above.
@@ -228,31 +264,87 @@ fn begin_realloc(ctx: &ProbeContext, size: u64) {
     }
 }
 
-/// Records the outermost allocator call of a thread; a nested call only
-/// deepens the guard. Returns the caller's pid_tgid when the call is recorded.
+/// Records the outermost allocator call of a thread, or a signal handler's
+/// call made while one is in progress; a nested call only deepens the
+/// guard. Returns the caller's pid_tgid when the call is recorded.
 fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64> {
     let Thread { pid_tgid, state } = Thread::current(ctx.regs, true)?;
     let Some(thread) = state else {
         count(Counter::Unpaired);
         return None;
     };
+    let sp = stack_pointer(ctx.regs);
     // SAFETY: the thread's own storage, valid for this run; only this thread writes it.
     unsafe {
-        if (*thread).call.func != 0 {
-            (*thread).call.depth += 1;
-            return None;
-        }
+        let slot = call_slot(thread, sp)?;
         // The site is found at return, where the caller costs no user read.
         let stack = outer_site(ctx, thread).unwrap_or(NO_SITE_YET);
-        (*thread).call = Pending {
-            size,
-            aux,
-            stack,
-            func,
-            depth: 0,
-        };
+        // Field by field: a whole `Pending` built first would take stack
+        // space the kernel then gives the program privately (see
+        // stack_depth_tests.rs).
+        (*slot).size = size;
+        (*slot).aux = aux;
+        (*slot).stack = stack;
+        (*slot).sp = sp;
+        (*slot).func = func;
+        (*slot).depth = 0;
     }
     Some(pid_tgid)
+}
+
+/// Where `thread`'s call starting at `sp` is to be recorded: the outermost
+/// call's place, or a signal handler's while a call is in progress; `None`
+/// for a call nested in one (its depth is counted) or a handler's call
+/// while another handler's is in progress (the process is marked inexact).
+///
+/// # Safety
+///
+/// `thread` is the current thread's storage.
+unsafe fn call_slot(thread: *mut ThreadState, sp: u64) -> Option<*mut Pending> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let call = &raw mut (*thread).call;
+        let handler = &raw mut (*thread).handler;
+        if (*call).func != 0 {
+            match placement((*call).sp, sp) {
+                Placement::Nested => {
+                    (*call).depth += 1;
+                    return None;
+                }
+                Placement::Handler => return handler_slot(handler, sp),
+                Placement::Left => {}
+            }
+        }
+        (*handler).func = 0;
+        Some(call)
+    }
+}
+
+/// The handler's place for a call starting at `sp` (see [`call_slot`]).
+///
+/// # Safety
+///
+/// `handler` is the current thread's handler call.
+unsafe fn handler_slot(handler: *mut Pending, sp: u64) -> Option<*mut Pending> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        if (*handler).func != 0 {
+            match placement((*handler).sp, sp) {
+                Placement::Nested => {
+                    (*handler).depth += 1;
+                    return None;
+                }
+                Placement::Handler => {
+                    // A third level (a signal within a handler's call): not
+                    // followed; the process's figures are marked inexact.
+                    mark_unseen(tgid_of(bpf_get_current_pid_tgid()));
+                    return None;
+                }
+                Placement::Left => {}
+            }
+        }
+        Some(handler)
+    }
 }
 
 /// The call site of the `operator new` this allocation is made for, if the
@@ -262,9 +354,16 @@ fn begin_call(ctx: &ProbeContext, func: u32, size: u64, aux: u64) -> Option<u64>
 ///
 /// `thread` is the current thread's storage.
 unsafe fn outer_site(ctx: &ProbeContext, thread: *mut ThreadState) -> Option<u64> {
-    // SAFETY: as the caller promises.
-    let outer = unsafe { core::mem::take(&mut (*thread).outer) };
-    encloses(&outer, stack_pointer(ctx)).then_some(outer.stack)
+    // SAFETY: as the caller promises. Cleared by two volatile stores: LLVM
+    // makes any other clearing a call of memset, across which begin_call
+    // spills registers past the stack the kernel lets it use.
+    let outer = unsafe {
+        let outer = (*thread).outer;
+        ptr::write_volatile(&raw mut (*thread).outer.stack, 0);
+        ptr::write_volatile(&raw mut (*thread).outer.sp, 0);
+        outer
+    };
+    encloses(&outer, stack_pointer(ctx.regs)).then_some(outer.stack)
 }
 
 /// True when a call with stack pointer `sp` is made from inside `outer`'s call.
@@ -272,9 +371,10 @@ fn encloses(outer: &OuterCall, sp: u64) -> bool {
     sp < outer.sp && outer.sp - sp <= OUTER_CALL_MAX_FRAME
 }
 
-fn stack_pointer(ctx: &ProbeContext) -> u64 {
+/// The stack pointer in a probe's saved registers `regs`.
+fn stack_pointer(regs: *const pt_regs) -> u64 {
     // SAFETY: `regs` points at the probe's saved registers for this run.
-    unsafe { (*ctx.regs).rsp }
+    unsafe { (*regs).rsp }
 }
 
 /// The benchmark's floor: an entry program that does nothing, to measure

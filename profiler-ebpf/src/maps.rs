@@ -124,6 +124,17 @@ pub static SLOT_HOLDERS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SL
 /// Counts a record of process `tgid` that could not be written.
 pub fn count_lost(tgid: u32) {
     count(Counter::RingbufFull);
+    mark_lost(tgid);
+}
+
+/// Counts an allocator call of process `tgid` that could not be followed.
+pub fn mark_unseen(tgid: u32) {
+    count(Counter::Unpaired);
+    mark_lost(tgid);
+}
+
+/// Marks process `tgid`'s figures inexact: one of its events was lost.
+fn mark_lost(tgid: u32) {
     match LOST.get_ptr_mut(tgid) {
         // SAFETY: the value stays valid for this program's run; a racing
         // increment may be missed, and only marks the process.

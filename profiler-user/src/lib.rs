@@ -12,6 +12,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod container;
 pub mod coverage;
 pub mod daemon;

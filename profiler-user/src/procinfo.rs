@@ -62,6 +62,11 @@ pub fn has_exited(pid: u32) -> bool {
     read_stat(pid).is_some_and(|(state, _)| matches!(state, 'Z' | 'X'))
 }
 
+/// True for a process the kernel runs: neither gone nor a zombie.
+pub fn is_running(pid: u32) -> bool {
+    read_stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+}
+
 /// The state and flags of process `pid`.
 fn read_stat(pid: u32) -> Option<(char, u64)> {
     stat_state_and_flags(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)

@@ -147,12 +147,7 @@ impl Session {
     pub fn apply(&mut self, event: &HeapEvent) -> Applied {
         self.events[event.kind() as usize] += 1;
         match *event {
-            HeapEvent::Exec { tgid } | HeapEvent::Exit { tgid } => {
-                self.let_go.remove(&tgid);
-                if self.retention == Retention::LiveOnly {
-                    self.sites.forget(tgid);
-                }
-            }
+            HeapEvent::Exec { tgid } | HeapEvent::Exit { tgid } => self.image_ended(tgid),
             HeapEvent::Fork { .. } | HeapEvent::OomVictim { .. } => {}
             HeapEvent::Alloc { task, .. }
             | HeapEvent::Free { task, .. }
@@ -178,6 +173,33 @@ impl Session {
             event: *event,
             ended,
         }
+    }
+
+    /// Ends process `tgid`, which the kernel no longer runs though its exit
+    /// record never came (lost in an overflow), as that record would have;
+    /// no event is counted. True if it had any state.
+    pub fn end_vanished(&mut self, tgid: u32) -> bool {
+        self.image_ended(tgid);
+        match self.tracker.apply(&HeapEvent::Exit { tgid }) {
+            Some(finished) => {
+                self.finish(finished);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What process `tgid`'s image leaves behind when it ends (exec or exit).
+    fn image_ended(&mut self, tgid: u32) {
+        self.let_go.remove(&tgid);
+        if self.retention == Retention::LiveOnly {
+            self.sites.forget(tgid);
+        }
+    }
+
+    /// The processes tracked now.
+    pub fn tracked(&self) -> impl Iterator<Item = u32> + '_ {
+        self.tracker.processes().map(|(tgid, _)| tgid)
     }
 
     /// Traces process `tgid` again after it was let go.

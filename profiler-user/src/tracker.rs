@@ -217,11 +217,10 @@ impl LiveBlocks {
     }
 
     fn remove(&mut self, ptr: u64) -> Option<LiveBlock> {
-        let block = self
-            .shards
-            .get_mut(Self::shard(ptr))?
-            .remove(&BlockKey::new(ptr))?;
+        let shard = self.shards.get_mut(Self::shard(ptr))?;
+        let block = shard.remove(&BlockKey::new(ptr))?;
         self.len -= 1;
+        shrink_emptied(shard);
         Some(block)
     }
 
@@ -241,6 +240,27 @@ impl LiveBlocks {
         self.shards
             .iter()
             .flat_map(|shard| shard.iter().map(|(key, block)| (key.ptr(), block)))
+    }
+}
+
+/// Tables below this capacity are shrunk only once empty: they cost little.
+const SHRINK_FROM: usize = 64;
+
+/// A table's smallest capacity but one (hashbrown's four buckets hold
+/// three): an emptied table of it is kept, so that a process allocating
+/// and freeing one block at a time does not free and remake it each time.
+const SMALLEST_TABLE: usize = 3;
+
+/// Gives back most of a table's memory once it is mostly empty (below an
+/// eighth of its capacity), so that a burst of blocks, freed, does not keep
+/// the tracker at its peak. Shrunk to twice what it holds: a table that
+/// grows again soon does not rehash at once, and one rehash of `n` entries
+/// follows at least `n * 3` removals. An empty table is given back whole.
+fn shrink_emptied(table: &mut BlockTable) {
+    let (len, capacity) = (table.len(), table.capacity());
+    let emptied = len == 0 && capacity > SMALLEST_TABLE;
+    if emptied || (capacity >= SHRINK_FROM && len < capacity / 8) {
+        table.shrink_to(len * 2);
     }
 }
 

@@ -482,6 +482,53 @@ fn live_blocks_spread_over_every_shard_and_stay_counted() {
 }
 
 #[test]
+fn a_burst_freed_gives_its_tables_memory_back() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    let blocks = 300_000u64;
+    let address = |i: u64| 0x7f00_0000_0000 + i * 32;
+    t.apply(&alloc(1, address(0), 8));
+    let before = t.memory_bytes();
+    for i in 1..=blocks {
+        t.apply(&alloc(1, address(i), 8));
+    }
+    let peak = t.memory_bytes();
+    assert!(peak > before + blocks * 20, "{peak} bytes at the peak");
+    for i in 1..=blocks {
+        t.apply(&free(1, address(i)));
+    }
+    let after = t.memory_bytes();
+    // Shards emptied at their smallest capacity are kept (see SMALLEST_TABLE).
+    let smallest = table_bytes(SMALLEST_TABLE, size_of::<(BlockKey, LiveBlock)>());
+    assert!(
+        after <= before + SHARDS as u64 * smallest,
+        "{before} bytes before the burst, {peak} at its peak, {after} after"
+    );
+    assert_eq!(t.process(TGID).map(ProcessState::live_blocks), Some(1));
+}
+
+#[test]
+fn a_shrunk_table_keeps_every_block() {
+    let mut live = LiveBlocks::default();
+    let block = LiveBlock::new(16, 0, 0);
+    for i in 0..100_000u64 {
+        live.insert(0x5555_0000_0000 + i * 16, block);
+    }
+    // Free all but every hundredth: the tables shrink on the way.
+    for i in (0..100_000u64).filter(|i| i % 100 != 0) {
+        assert_eq!(live.remove(0x5555_0000_0000 + i * 16), Some(block));
+    }
+    assert_eq!(live.len(), 1_000);
+    for i in (0..100_000u64).step_by(100) {
+        assert_eq!(
+            live.remove(0x5555_0000_0000 + i * 16),
+            Some(block),
+            "block {i}"
+        );
+    }
+    assert_eq!(live.len(), 0);
+}
+
+#[test]
 fn blocks_of_4_gib_and_more_keep_their_exact_size() {
     let mut t = Tracker::new(TrackerConfig::default());
     let huge = 5 << 30;

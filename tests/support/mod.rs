@@ -517,3 +517,21 @@ pub fn config_file(text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write the config file");
     path
 }
+
+/// The `sigalloc` fixture's own count, from its line "live B blocks N
+/// bytes, S signals handled": (blocks, bytes, signals).
+pub fn sigalloc_count(stdout: &[u8]) -> (u64, u64, u64) {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("live "))
+        .unwrap_or_else(|| panic!("no count in {text:?}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    match numbers[..] {
+        [blocks, bytes, signals] => (blocks, bytes, signals),
+        _ => panic!("not a count: {line:?}"),
+    }
+}

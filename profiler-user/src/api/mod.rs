@@ -23,6 +23,8 @@ use tokio::{
     time::timeout,
 };
 
+use crate::connections::{MAX_CONNECTIONS, Slot, Slots, after_failed_accept};
+
 pub use protocol::{
     Health, MAX_REQUEST_BYTES, ProcessListEntry, Reply, Request, RequestError, UntracedEntry,
     authorize, parse_request,
@@ -110,25 +112,44 @@ fn group_id(name: &str) -> Option<u32> {
     (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
-/// Serves connections until the task is dropped.
+/// Serves connections until the task is dropped, at most
+/// [`MAX_CONNECTIONS`] at once.
 pub async fn serve(listener: UnixListener, handler: Handler) {
+    let slots = Slots::new(MAX_CONNECTIONS);
+    let mut failing = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                after_failed_accept("api", &err, &mut failing).await;
+                continue;
+            }
+        };
+        failing = 0;
+        // Every connection busy answering: this one is closed.
+        let Some(slot) = slots.take() else {
             continue;
         };
         let handler = Arc::clone(&handler);
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, handler).await {
-                tracing::debug!(error = %err, "API connection failed");
+            tokio::select! {
+                () = slot.closed() => tracing::debug!("API connection closed to make room"),
+                result = answer(stream, handler, &slot) => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "API connection failed");
+                    }
+                }
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, handler: Handler) -> io::Result<()> {
+async fn answer(stream: UnixStream, handler: Handler, slot: &Slot) -> io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (mut read, mut write) = stream.into_split();
-    let reply = match timeout(REQUEST_TIMEOUT, read_line(&mut read)).await {
+    let line = timeout(REQUEST_TIMEOUT, read_line(&mut read)).await;
+    slot.answering();
+    let reply = match line {
         Err(_) => Reply::error("request timed out"),
         Ok(Err(err)) => Reply::error(err),
         Ok(Ok(line)) => match parse_request(&line) {

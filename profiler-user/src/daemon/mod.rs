@@ -34,12 +34,14 @@ use tokio::{
 
 pub use state::{DaemonState, KernelCounts};
 
+use profiler_common::Counter;
+
 use crate::{
     config::{ConfigSource, DaemonConfig, LoadError},
     coverage::{Coverage, Discovery, Untraced},
     metrics::{Metrics, http},
     probes::{KnownStacks, ProbeConfig, ProbeError, Probes, Targets},
-    procinfo::{ProcessLabels, monotonic_ns},
+    procinfo::{self, ProcessLabels, monotonic_ns},
     scope::Scope,
     stacks::{DEFAULT_CACHE_FRAMES, SymbolService},
     tiers::{Decisions, Tiers, Usage, anon_bytes_of, cpu_ticks_of},
@@ -78,6 +80,54 @@ pub enum DaemonError {
     /// The runtime or a signal handler could not be set up.
     #[error("start the daemon's runtime: {0}")]
     Runtime(#[source] io::Error),
+    /// The process may open too few files.
+    #[error(
+        "heapwatch daemon needs at least {MIN_OPEN_FILES} open files and may open only {limit}: raise the limit (`ulimit -n {OPEN_FILES}`, or LimitNOFILE= in its unit)"
+    )]
+    OpenFiles {
+        /// The hard limit found.
+        limit: u64,
+    },
+}
+
+/// Open files the daemon needs at least: its listeners' connections (two
+/// [`crate::connections::MAX_CONNECTIONS`]), a perf event per probe
+/// attached, a file per mapped object it symbolizes.
+const MIN_OPEN_FILES: u64 = 1024;
+
+/// Open files the daemon raises its soft limit to, if the hard limit allows.
+const OPEN_FILES: u64 = 65_536;
+
+/// Raises the soft limit of open files towards [`OPEN_FILES`] (a host's
+/// default soft limit, 1,024, is a shell's, not a daemon's); refuses to
+/// start where the hard limit is below [`MIN_OPEN_FILES`], rather than fail
+/// later in the middle of its work.
+fn raise_open_files_limit() -> Result<(), DaemonError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(DaemonError::Runtime(io::Error::last_os_error()));
+    }
+    if limit.rlim_max < MIN_OPEN_FILES {
+        return Err(DaemonError::OpenFiles {
+            limit: limit.rlim_max,
+        });
+    }
+    let wanted = limit.rlim_max.min(OPEN_FILES).max(limit.rlim_cur);
+    if wanted > limit.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads only the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(DaemonError::Runtime(io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the probes and checks that everything attaches; prints what works.
@@ -93,6 +143,7 @@ pub fn check(source: &ConfigSource) -> Result<(), DaemonError> {
 /// The configuration, the /metrics address and the API socket's path are
 /// checked before any probe is loaded.
 pub fn run(source: &ConfigSource, socket: &Path) -> Result<(), DaemonError> {
+    raise_open_files_limit()?;
     let config = source.load()?;
     let metrics_listener = bind_metrics(config.listen)?;
     crate::api::check_vacant(socket).map_err(|source| DaemonError::Api {
@@ -437,7 +488,12 @@ fn tick(
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let now = monotonic_ns();
         state.note_lost(&lost, now);
+        let lost_records = kernel[Counter::RingbufFull as usize];
+        let vanished = state.end_vanished(lost_records, procinfo::is_running);
         if let Some(escalations) = escalations {
+            for pid in vanished {
+                let _ = escalations.send(scope_keeper::Change::Ended(pid));
+            }
             tier_tick(&mut state, &samples, escalations);
         }
         let figures = state.tick(now, top, &kernel, ProcessLabels::read);

@@ -39,6 +39,9 @@ pub struct DaemonState {
     /// With scope `tiered`: every process's memory from the kernel, and the
     /// escalations in force.
     pub tiers: Option<Tiers>,
+    /// The kernel's count of lost records when processes were last
+    /// reconciled with those it runs.
+    lost_records_reconciled: u64,
 }
 
 impl DaemonState {
@@ -51,6 +54,7 @@ impl DaemonState {
             labels: HashMap::new(),
             coverage: HashMap::new(),
             tiers: None,
+            lost_records_reconciled: 0,
         }
     }
 
@@ -77,6 +81,28 @@ impl DaemonState {
         if self.session.forget_process(tgid) {
             self.forget_history(tgid);
         }
+    }
+
+    /// After records were lost (the kernel's count of them, `lost_records`,
+    /// grew since the last call), ends the processes tracked that are not
+    /// `running`: their exit records may have been among those lost.
+    /// Returns the processes ended.
+    pub fn end_vanished(&mut self, lost_records: u64, running: impl Fn(u32) -> bool) -> Vec<u32> {
+        if lost_records <= self.lost_records_reconciled {
+            return Vec::new();
+        }
+        self.lost_records_reconciled = lost_records;
+        let vanished: Vec<u32> = self
+            .session
+            .tracked()
+            .filter(|&tgid| !running(tgid))
+            .collect();
+        for &tgid in &vanished {
+            if self.session.end_vanished(tgid) {
+                self.forget_history(tgid);
+            }
+        }
+        vanished
     }
 
     /// The tracker's caps and the leak rule's thresholds change.
@@ -263,7 +289,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        events::{RawSite, Task, stack_record_bytes},
+        events::{EventKind, RawSite, Task, stack_record_bytes},
         report::SiteReport,
         tracker::TIME_GRAIN_NS,
     };
@@ -298,6 +324,34 @@ mod tests {
             min_age_ns: min_age,
         };
         Some(s.snapshot(10, &selection)?.report().sites.clone())
+    }
+
+    #[test]
+    fn after_records_are_lost_processes_no_longer_running_are_ended() {
+        let mut s = state();
+        for tgid in [7, 8, 9] {
+            s.apply(&alloc(tgid, 0x1000, 1, 0));
+        }
+        let running = |tgid: u32| tgid == 7;
+        assert!(
+            s.end_vanished(0, running).is_empty(),
+            "nothing lost: no check"
+        );
+        let mut ended = s.end_vanished(3, running);
+        ended.sort_unstable();
+        assert_eq!(ended, [8, 9]);
+        assert_eq!(s.session.tracked().collect::<Vec<_>>(), [7]);
+        assert_eq!(
+            s.session.figures().events[EventKind::Exit as usize],
+            0,
+            "no exit counted"
+        );
+        s.apply(&alloc(8, 0x1000, 1, 0));
+        assert!(
+            s.end_vanished(3, running).is_empty(),
+            "no new loss: no check"
+        );
+        assert_eq!(s.end_vanished(4, running), [8]);
     }
 
     fn labels(pid: u32) -> ProcessLabels {

@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use super::Metrics;
+use crate::connections::{MAX_CONNECTIONS, Slot, Slots, after_failed_accept};
 
 /// Largest request head accepted.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -51,23 +52,42 @@ pub fn route(head: &str) -> Route {
     }
 }
 
-/// Serves requests until the task is dropped.
+/// Serves requests until the task is dropped, at most [`MAX_CONNECTIONS`]
+/// connections at once.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Slots::new(MAX_CONNECTIONS);
+    let mut failing = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                after_failed_accept("metrics", &err, &mut failing).await;
+                continue;
+            }
+        };
+        failing = 0;
+        // Every connection busy answering: this one is closed.
+        let Some(slot) = slots.take() else {
             continue;
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, &metrics).await {
-                tracing::debug!(error = %err, "metrics request failed");
+            tokio::select! {
+                () = slot.closed() => tracing::debug!("metrics connection closed to make room"),
+                result = answer(stream, &metrics, &slot) => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "metrics request failed");
+                    }
+                }
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let head = match timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+async fn answer(mut stream: TcpStream, metrics: &Metrics, slot: &Slot) -> std::io::Result<()> {
+    let head = timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await;
+    slot.answering();
+    let head = match head {
         Ok(head) => head?,
         Err(_) => {
             return respond(
