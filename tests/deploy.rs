@@ -1,6 +1,8 @@
-//! deploy/: the systemd unit, the Prometheus rules and the Grafana dashboard,
-//! checked by the tools that consume them, and against a real Prometheus
-//! server scraping a real daemon in a leak scenario; `cargo xtask install`.
+//! deploy/: the systemd unit, the Prometheus rules, the Grafana dashboard and
+//! the Kubernetes manifest, checked by the tools that consume them (and the
+//! manifest against the unit, the config and the daemon's flags), and against
+//! a real Prometheus server scraping a real daemon in a leak scenario; `cargo
+//! xtask install`.
 
 #[allow(
     dead_code,
@@ -15,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::Parser;
+use heapwatch::cli::{Cli, Command as Heapwatch};
 use serde_json::Value;
 use support::{
     Workload,
@@ -65,6 +69,257 @@ fn promtool_accepts_the_alerting_rules() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// A tool of the tests' virtualenv, which `cargo xtask setup` (and so
+/// `cargo xtask test`) creates.
+fn venv_tool(name: &str) -> PathBuf {
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools/venv/bin")
+        .join(name);
+    assert!(
+        tool.is_file(),
+        "{} is missing: run `cargo xtask test` (or `cargo xtask setup`), which installs it",
+        tool.display()
+    );
+    tool
+}
+
+/// The documents of a YAML file as JSON, read by the virtualenv's PyYAML
+/// (the project has no YAML crate).
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let output = Command::new(venv_tool("python"))
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             docs = yaml.safe_load_all(open(sys.argv[1]))\n\
+             json.dump([d for d in docs if d is not None], sys.stdout)",
+        ])
+        .arg(path)
+        .output()
+        .expect("run the virtualenv's python");
+    assert!(
+        output.status.success(),
+        "PyYAML cannot read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let documents: Value = serde_json::from_slice(&output.stdout).expect("PyYAML's JSON");
+    documents.as_array().cloned().unwrap_or_default()
+}
+
+/// The strings of a JSON array (none if it is not one).
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The oldest Kubernetes the manifest is meant for, and the newest whose
+/// schemas kubernetes-validate (pinned by xtask) ships.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+
+#[test]
+fn kubernetes_validate_accepts_the_kubernetes_manifest() {
+    let manifest = deploy("kubernetes/heapwatch.yaml");
+    let resources = yaml_documents(&manifest).len();
+    assert!(resources >= 3, "{resources} resources in the manifest");
+    for version in KUBERNETES_VERSIONS {
+        let output = Command::new(venv_tool("kubernetes-validate"))
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(&manifest)
+            .output()
+            .expect("run kubernetes-validate");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // A kind or apiVersion it has no schema for is only a warning to it.
+        let passed = said.matches(" passed for resource ").count();
+        assert!(
+            output.status.success() && passed == resources && !said.contains("WARN"),
+            "kubernetes-validate --strict against {version}, {passed} of {resources} resources passed:\n{said}"
+        );
+    }
+}
+
+/// The Kubernetes manifest's resources.
+struct Manifest(Vec<Value>);
+
+impl Manifest {
+    fn read() -> Self {
+        Self(yaml_documents(&deploy("kubernetes/heapwatch.yaml")))
+    }
+
+    /// The resource of this kind.
+    fn get(&self, kind: &str) -> &Value {
+        self.0
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in the manifest"))
+    }
+
+    /// The DaemonSet's pod template.
+    fn pod(&self) -> &Value {
+        &self.get("DaemonSet")["spec"]["template"]
+    }
+
+    /// The pod's one container.
+    fn container(&self) -> &Value {
+        match self.pod()["spec"]["containers"]
+            .as_array()
+            .map(Vec::as_slice)
+        {
+            Some([container]) => container,
+            _ => panic!("the pod has not one container"),
+        }
+    }
+
+    /// The volume the container mounts at `path`.
+    fn volume_at(&self, path: &Path) -> &Value {
+        let mount = self.container()["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mountPath"].as_str().map(Path::new) == Some(path))
+            .unwrap_or_else(|| panic!("nothing is mounted at {}", path.display()));
+        self.pod()["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {}", mount["name"]))
+    }
+}
+
+#[test]
+fn the_kubernetes_manifest_runs_the_daemon_as_the_unit_does() {
+    let manifest = Manifest::read();
+    let spec = &manifest.pod()["spec"];
+    let container = manifest.container();
+    assert_eq!(
+        spec["hostPID"], true,
+        "the daemon must see the node's processes"
+    );
+    let unit = std::fs::read_to_string(deploy("heapwatch.service")).expect("read the unit");
+    let unit_key = |key: &str| {
+        unit.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key} in the unit"))
+    };
+    assert_eq!(
+        strings(&container["command"]),
+        unit_key("ExecStart").split_whitespace().collect::<Vec<_>>()
+    );
+    let bounding: Vec<&str> = unit_key("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| cap.strip_prefix("CAP_").expect("a CAP_ name"))
+        .collect();
+    let capabilities = &container["securityContext"]["capabilities"];
+    assert_eq!(strings(&capabilities["add"]), bounding);
+    assert_eq!(strings(&capabilities["drop"]), ["ALL"]);
+    let stop: u64 = unit_key("TimeoutStopSec")
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert_eq!(spec["terminationGracePeriodSeconds"], stop);
+}
+
+#[test]
+fn the_kubernetes_manifest_gives_the_daemon_its_config_its_port_and_its_host_paths() {
+    let manifest = Manifest::read();
+    let container = manifest.container();
+    let shipped = std::fs::read_to_string(deploy("config.toml")).expect("read the config");
+    let config_map = manifest.get("ConfigMap");
+    assert_eq!(
+        config_map["data"]["config.toml"].as_str(),
+        Some(shipped.as_str()),
+        "the ConfigMap's config.toml is not deploy/config.toml"
+    );
+    // The container's command line as the daemon parses it, reading the
+    // ConfigMap where --config points.
+    let argv = [strings(&container["command"]), strings(&container["args"])].concat();
+    let Heapwatch::Daemon(args) = Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("heapwatch refuses {argv:?}: {e}"))
+        .command
+    else {
+        panic!("{argv:?} is not `heapwatch daemon`");
+    };
+    let mut source = args.config_source();
+    let config_path = source
+        .file
+        .replace(support::config_file(&shipped))
+        .expect("--config FILE");
+    let config = source
+        .load()
+        .expect("the daemon accepts its flags and config");
+    let _ = std::fs::remove_file(source.file.unwrap_or_default());
+    assert_eq!(config_path.file_name(), Some("config.toml".as_ref()));
+    let config_dir = config_path.parent().expect("the config's directory");
+    assert_eq!(
+        manifest.volume_at(config_dir)["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+    for dir in [
+        config.state_dir.as_path(),
+        args.socket.parent().expect("a socket directory"),
+    ] {
+        assert_eq!(
+            manifest.volume_at(dir)["hostPath"]["path"]
+                .as_str()
+                .map(Path::new),
+            Some(dir),
+            "{} is not the host's",
+            dir.display()
+        );
+    }
+
+    // /metrics, reachable from the pod network, on the port every other
+    // resource names.
+    assert!(
+        config.listen.ip().is_unspecified(),
+        "/metrics listens on {}",
+        config.listen
+    );
+    let port = config.listen.port();
+    let ports = container["ports"].as_array().cloned().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == port),
+        "no containerPort metrics {port}: {ports:?}"
+    );
+    let pod = manifest.pod();
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert!(
+            get["port"] == "metrics" && get["path"] == "/metrics",
+            "{probe}: {get}"
+        );
+    }
+    let service = manifest.get("Service");
+    assert_eq!(service["spec"]["selector"], pod["metadata"]["labels"]);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    let monitors = yaml_documents(&deploy("kubernetes/servicemonitor.yaml"));
+    let monitor = monitors.first().expect("a ServiceMonitor");
+    assert_eq!(
+        monitor["metadata"]["namespace"],
+        service["metadata"]["namespace"]
+    );
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        service["metadata"]["labels"]
+    );
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
     );
 }
 

@@ -110,7 +110,8 @@ fn a_restarted_daemon_counts_frees_of_blocks_it_never_saw_as_unmatched() {
     assert_eq!(m.process(BLOCKS, pid), Some(10.0));
     assert_eq!(m.process("heapwatch_process_frees_total", pid), Some(0.0));
     assert_eq!(m.process(INEXACT, pid), Some(1.0));
-    assert!(m.total("heapwatch_unmatched_frees_total") >= 100.0);
+    // Blocks from before this daemon: told apart from records missed.
+    assert!(m.total("heapwatch_pretrace_frees_total") >= 100.0);
     let json = snapshot_json(&socket, pid).expect("a snapshot");
     assert_eq!(json["unmatched_frees"], 100, "{json}");
     assert_eq!(json["in_use_bytes"], 10_000, "{json}");

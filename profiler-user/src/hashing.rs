@@ -1,7 +1,7 @@
 //! A fast hasher for the integer keys heapwatch's tables use on every record.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasherDefault, Hasher},
 };
 
@@ -36,6 +36,9 @@ impl Hasher for FoldHasher {
 
 /// A hash map of integer keys, hashed by [`FoldHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FoldHasher>>;
+
+/// A set with [`FoldHasher`].
+pub type FastSet<K> = HashSet<K, BuildHasherDefault<FoldHasher>>;
 
 /// Bytes a map of `capacity` with `entry_bytes` entries takes: the table
 /// has a power-of-two number of buckets, 8 for every 7 entries it may hold

@@ -48,8 +48,12 @@ pub struct SessionFigures {
     pub events: [u64; EventKind::ALL.len()],
     /// Records that could not be decoded.
     pub malformed_records: u64,
-    /// Frees of blocks never seen allocated, gone processes included.
+    /// Frees of blocks never seen allocated in processes traced from their
+    /// start (records missed), gone processes included.
     pub unmatched_frees: u64,
+    /// Frees of blocks allocated before tracing began, in processes not
+    /// traced from their start, gone processes included.
+    pub pretrace_frees: u64,
     /// Live blocks not tracked because a cap was reached, gone processes included.
     pub refused_allocations: u64,
     /// Processes with heap state.
@@ -72,6 +76,7 @@ pub struct Session {
     events: [u64; EventKind::ALL.len()],
     malformed: u64,
     unmatched_gone: u64,
+    pretrace_gone: u64,
     refused_gone: u64,
     /// Processes let go while alive: their allocator calls are ignored.
     let_go: HashSet<u32>,
@@ -90,6 +95,7 @@ impl Session {
             events: [0; EventKind::ALL.len()],
             malformed: 0,
             unmatched_gone: 0,
+            pretrace_gone: 0,
             refused_gone: 0,
             let_go: HashSet::new(),
         }
@@ -197,9 +203,9 @@ impl Session {
         }
     }
 
-    /// The processes tracked now.
+    /// The processes known now: with heap state, or traced from their exec.
     pub fn tracked(&self) -> impl Iterator<Item = u32> + '_ {
-        self.tracker.processes().map(|(tgid, _)| tgid)
+        self.tracker.known()
     }
 
     /// Traces process `tgid` again after it was let go.
@@ -307,14 +313,19 @@ impl Session {
     /// The session's own figures.
     pub fn figures(&self) -> SessionFigures {
         let running = self.tracker.processes().map(|(_, s)| s.counters());
-        let (unmatched, refused) = running
-            .fold((self.unmatched_gone, self.refused_gone), |(u, r), c| {
-                (u + c.unmatched_frees, r + c.refused_blocks)
-            });
+        let start = (self.unmatched_gone, self.pretrace_gone, self.refused_gone);
+        let (unmatched, pretrace, refused) = running.fold(start, |(u, p, r), c| {
+            (
+                u + c.unmatched_frees,
+                p + c.pretrace_frees,
+                r + c.refused_blocks,
+            )
+        });
         SessionFigures {
             events: self.events,
             malformed_records: self.malformed,
-            unmatched_frees: unmatched,
+            unmatched_frees: unmatched - pretrace,
+            pretrace_frees: pretrace,
             refused_allocations: refused,
             tracked_processes: self.tracker.processes().count() as u64,
             tracker_memory_bytes: self.tracker.memory_bytes(),
@@ -350,6 +361,7 @@ impl Session {
                 self.gone_stacks.extend(stack_hashes([&finished.state]));
                 let counters = finished.state.counters();
                 self.unmatched_gone += counters.unmatched_frees;
+                self.pretrace_gone += counters.pretrace_frees;
                 self.refused_gone += counters.refused_blocks;
             }
         }

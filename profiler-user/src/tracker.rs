@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     events::{HeapEvent, RawSite, Task},
-    hashing::{FastMap, table_bytes},
+    hashing::{FastMap, FastSet, table_bytes},
 };
 
 /// Tracker options.
@@ -85,6 +85,11 @@ pub struct Counters {
     pub bytes_freed: u64,
     /// Frees of blocks never seen allocated (allocated before tracing began).
     pub unmatched_frees: u64,
+    /// Of `unmatched_frees`, those of a process not traced from its start
+    /// (running when tracing began, or a fork of one): blocks from before
+    /// tracing, expected. In a process traced from its start, every
+    /// unmatched free is a record missed.
+    pub pretrace_frees: u64,
     /// Frees, by exiting threads, of blocks not live: glibc emptying its
     /// per-thread cache of blocks the program had freed already. Not a miss.
     pub thread_cache_frees: u64,
@@ -279,6 +284,9 @@ pub struct ProcessState {
     /// realloc's old block per thread (address, block, size), freed at
     /// entry, restored if the call fails.
     realloc_pending: FastMap<u32, (u64, LiveBlock, u64)>,
+    /// Traced from its exec (or a copy of such a process's heap): every
+    /// block it holds was seen allocated.
+    traced_from_start: bool,
 }
 
 impl ProcessState {
@@ -394,6 +402,9 @@ impl ProcessState {
         let freed = self.free_live(tid, ptr);
         if freed.is_none() {
             self.counters.unmatched_frees += 1;
+            if !self.traced_from_start {
+                self.counters.pretrace_frees += 1;
+            }
         }
         freed
     }
@@ -524,6 +535,9 @@ pub struct Tracker {
     config: TrackerConfig,
     processes: FastMap<u32, ProcessState>,
     live_total: u64,
+    /// Processes traced from their exec, state or not (see
+    /// [`Counters::pretrace_frees`]).
+    from_start: FastSet<u32>,
 }
 
 impl Tracker {
@@ -533,6 +547,7 @@ impl Tracker {
             config,
             processes: FastMap::default(),
             live_total: 0,
+            from_start: FastSet::default(),
         }
     }
 
@@ -554,7 +569,9 @@ impl Tracker {
             .values()
             .map(ProcessState::memory_bytes)
             .sum();
-        states + table_bytes(self.processes.capacity(), per_process)
+        states
+            + table_bytes(self.processes.capacity(), per_process)
+            + table_bytes(self.from_start.capacity(), size_of::<u32>())
     }
 
     /// Applies one event; returns a process's final state when it exits or execs.
@@ -598,8 +615,14 @@ impl Tracker {
                 state.realloc_fail(task.tid, ptr);
                 self.live_total += state.live_blocks() - before;
             }
-            HeapEvent::Exec { tgid } => return self.finish(tgid, EndReason::Exec),
-            HeapEvent::Exit { tgid } => return self.finish(tgid, EndReason::Exit),
+            HeapEvent::Exec { tgid } => {
+                self.from_start.insert(tgid);
+                return self.finish(tgid, EndReason::Exec);
+            }
+            HeapEvent::Exit { tgid } => {
+                self.from_start.remove(&tgid);
+                return self.finish(tgid, EndReason::Exit);
+            }
             HeapEvent::Fork { child, parent } => self.fork(child, parent),
             // Its state stays until its exit, which follows.
             HeapEvent::OomVictim { .. } => {}
@@ -623,11 +646,10 @@ impl Tracker {
     /// Notes that process `tgid`'s allocator was attached after it had
     /// started using it: its figures miss what it allocated before.
     pub fn note_attached_late(&mut self, tgid: u32) {
-        self.processes
-            .entry(tgid)
-            .or_default()
-            .counters
-            .attached_late = true;
+        self.from_start.remove(&tgid);
+        let state = self.processes.entry(tgid).or_default();
+        state.counters.attached_late = true;
+        state.traced_from_start = false;
     }
 
     /// Every tracked process.
@@ -641,8 +663,24 @@ impl Tracker {
         self.processes.drain().collect()
     }
 
+    /// Every process known: those with state and those traced from their
+    /// exec that have none yet.
+    pub fn known(&self) -> impl Iterator<Item = u32> + '_ {
+        let stateless = self
+            .from_start
+            .iter()
+            .filter(|tgid| !self.processes.contains_key(tgid));
+        self.processes.keys().chain(stateless).copied()
+    }
+
     fn state(&mut self, task: Task) -> &mut ProcessState {
-        self.processes.entry(task.tgid).or_default()
+        let from_start = self.from_start.contains(&task.tgid);
+        self.processes
+            .entry(task.tgid)
+            .or_insert_with(|| ProcessState {
+                traced_from_start: from_start,
+                ..ProcessState::default()
+            })
     }
 
     fn finish(&mut self, tgid: u32, reason: EndReason) -> Option<Finished> {
@@ -658,6 +696,10 @@ impl Tracker {
     fn fork(&mut self, child: u32, parent: u32) {
         if !self.config.copy_on_fork {
             return;
+        }
+        // Its heap is a copy of one whose every block was seen.
+        if self.from_start.contains(&parent) {
+            self.from_start.insert(child);
         }
         if let Some(state) = self.processes.get(&parent) {
             let mut copy = state.clone();

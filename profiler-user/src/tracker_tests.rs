@@ -55,6 +55,57 @@ fn malloc_and_free_balance() {
 }
 
 #[test]
+fn frees_of_blocks_from_before_tracing_are_told_apart_from_misses() {
+    let mut t = Tracker::new(TrackerConfig {
+        copy_on_fork: true,
+        ..TrackerConfig::default()
+    });
+    let free_in = |tgid: u32, ptr: u64| HeapEvent::Free {
+        task: Task { tgid, tid: tgid },
+        ptr,
+    };
+    // 1 ran before tracing began; 2 is its fork, a copy of a partial heap.
+    t.apply(&free_in(1, 0x10));
+    t.apply(&HeapEvent::Fork {
+        child: 2,
+        parent: 1,
+    });
+    t.apply(&free_in(2, 0x20));
+    // 3 is traced from its exec, and so is its fork 4.
+    t.apply(&HeapEvent::Exec { tgid: 3 });
+    t.apply(&HeapEvent::Fork {
+        child: 4,
+        parent: 3,
+    });
+    t.apply(&free_in(3, 0x30));
+    t.apply(&free_in(4, 0x40));
+    // 5 was seen exec'ing, then attached late (tiers' escalation).
+    t.apply(&HeapEvent::Exec { tgid: 5 });
+    t.note_attached_late(5);
+    t.apply(&free_in(5, 0x50));
+    // (unmatched, of them before tracing); 2's copy starts with 1's counts.
+    for (tgid, frees) in [
+        (1, (1, 1)),
+        (2, (2, 2)),
+        (3, (1, 0)),
+        (4, (1, 0)),
+        (5, (1, 1)),
+    ] {
+        let c = t.process(tgid).expect("tracked").counters();
+        assert_eq!(
+            (c.unmatched_frees, c.pretrace_frees),
+            frees,
+            "process {tgid}"
+        );
+    }
+    t.apply(&HeapEvent::Exit { tgid: 3 });
+    t.apply(&HeapEvent::Exec { tgid: 6 });
+    let mut known: Vec<u32> = t.known().collect();
+    known.sort_unstable();
+    assert_eq!(known, [1, 2, 4, 5, 6], "6 without state yet");
+}
+
+#[test]
 fn unmatched_free_never_goes_negative() {
     let t = run(&[alloc(1, 0x10, 8), free(1, 0x99)]);
     let p = t.process(TGID).expect("process tracked");

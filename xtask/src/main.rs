@@ -4,6 +4,7 @@ mod bench;
 mod fuzz;
 mod install;
 mod packages;
+mod python_tools;
 mod run;
 mod toolchain;
 
@@ -20,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (nightly's rust-src, bpf-linker, Debian packages).
+    /// Install what building and testing need (nightly's rust-src, bpf-linker,
+    /// Debian packages, the tests' Python tools in target/tools/venv).
     Setup,
     /// Build heapwatch (release) with its eBPF programs.
     Build,
@@ -117,5 +119,6 @@ fn main() -> Result<()> {
 
 fn setup() -> Result<()> {
     toolchain::ensure()?;
-    packages::ensure(packages::TEST_PACKAGES)
+    packages::ensure(packages::TEST_PACKAGES)?;
+    python_tools::ensure()
 }

@@ -11,7 +11,8 @@ use crate::toolchain::run;
 /// what is attached and count stack-map entries, a Prometheus server and
 /// promtool, systemd-analyze for the unit, useradd and setpriv for the
 /// unprivileged-user tests, and other allocators (jemalloc, tcmalloc,
-/// mimalloc, static musl) for programs that do not use the C library's.
+/// mimalloc, static musl) for programs that do not use the C library's, and
+/// python3-venv for the Python tools' virtualenv (`python_tools`).
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -31,6 +32,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "runc",
     "libmimalloc-dev",
     "musl-tools",
+    "python3-venv",
 ];
 
 /// Installs the packages not yet installed (apt-get update first, once).

@@ -530,6 +530,7 @@ mod tests {
     #[test]
     fn exited_processes_leave_no_row_and_count_their_events() {
         let mut s = state();
+        s.apply(&HeapEvent::Exec { tgid: 10 });
         s.apply(&alloc(10, 0x1000, 0x1, 0));
         s.apply(&HeapEvent::Free {
             task: Task { tgid: 10, tid: 10 },
@@ -542,6 +543,7 @@ mod tests {
         let (rows, own) = s.tick(SECOND, 10, &kernel, labels);
         assert!(rows.is_empty());
         assert_eq!(own.session.events[..2], [1, 1], "an alloc and a free");
+        assert_eq!(own.session.pretrace_frees, 0);
         assert_eq!(
             (
                 own.session.unmatched_frees,

@@ -44,8 +44,10 @@ pub enum Metric {
     EventsLost,
     /// Other kernel-side drops, by reason.
     KernelDrops,
-    /// Frees of blocks never seen allocated.
+    /// Frees of blocks never seen allocated, in processes traced from their start.
     UnmatchedFrees,
+    /// Frees of blocks allocated before tracing began.
+    PretraceFrees,
     /// Live blocks not tracked because a cap was reached.
     RefusedAllocations,
     /// Records that could not be decoded.
@@ -115,7 +117,7 @@ const fn family(
 }
 
 /// Every metric family, in [`Metric`]'s order.
-pub const FAMILIES: [Family; 25] = [
+pub const FAMILIES: [Family; 26] = [
     family(
         Metric::ProcessLiveBytes,
         "heapwatch_process_live_bytes",
@@ -204,7 +206,14 @@ pub const FAMILIES: [Family; 25] = [
         Metric::UnmatchedFrees,
         "heapwatch_unmatched_frees_total",
         Kind::Counter,
-        "Frees of blocks heapwatch never saw allocated.",
+        "Frees of blocks heapwatch never saw allocated, in processes traced from their start: records missed.",
+        &[],
+    ),
+    family(
+        Metric::PretraceFrees,
+        "heapwatch_pretrace_frees_total",
+        Kind::Counter,
+        "Frees of blocks allocated before tracing began, in processes running when it began (or forks of them): expected, not a miss.",
         &[],
     ),
     family(
@@ -521,6 +530,7 @@ impl Metrics {
         let session = &own.session;
         for (metric, value) in [
             (Metric::UnmatchedFrees, session.unmatched_frees),
+            (Metric::PretraceFrees, session.pretrace_frees),
             (Metric::RefusedAllocations, session.refused_allocations),
             (Metric::MalformedRecords, session.malformed_records),
             (Metric::TrackedProcesses, session.tracked_processes),
