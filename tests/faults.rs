@@ -411,3 +411,36 @@ fn allocations_in_a_signal_handler_are_counted_exactly_by_the_daemon() {
     daemon.stop_cleanly();
     baseline.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn short_processes_started_under_the_daemon_leave_no_unmatched_free() {
+    let baseline = BpfBaseline::take();
+    let mut daemon = Daemon::start(&config_file(""), &["--tick", "1s"]);
+    let before = daemon.scrape();
+    // Started after the daemon: a shell spawning with vfork, whose children
+    // allocate in its memory before they exec.
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 500 ]; do /bin/true; ls / > /dev/null; i=$((i+1)); done",
+        ])
+        .status()
+        .expect("run the shell loop");
+    assert!(status.success());
+    let settled = |m: &Metrics| m.events("exit") >= before.events("exit") + 1_000.0;
+    let after = daemon.scrape_until(Duration::from_secs(10), settled);
+    assert!(settled(&after), "the exits were applied");
+    let unmatched = |m: &Metrics| m.total("heapwatch_unmatched_frees_total");
+    eprintln!(
+        "1,000 short processes: unmatched frees {} -> {}, frees of blocks from before tracing {} -> {}",
+        unmatched(&before),
+        unmatched(&after),
+        before.total("heapwatch_pretrace_frees_total"),
+        after.total("heapwatch_pretrace_frees_total"),
+    );
+    assert_eq!(after.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(unmatched(&after), unmatched(&before), "frees missed");
+    daemon.stop_cleanly();
+    baseline.assert_nothing_left();
+}

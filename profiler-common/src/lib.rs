@@ -20,8 +20,13 @@ pub mod kind {
     pub const EXEC: u32 = 5;
     /// The process `tgid` exited (its last thread is gone).
     pub const EXIT: u32 = 6;
-    /// The process `tgid` was forked from the process whose tgid is in `ptr`.
+    /// The process `tgid` was forked from the process whose tgid is in
+    /// `ptr`'s low half; `ptr`'s bit [`FORK_SHARES_MEMORY`] is set when it
+    /// runs in its parent's memory until it execs (vfork, `CLONE_VM`).
     pub const FORK: u32 = 7;
+    /// The bit of a [`FORK`] record's `ptr` that says the child shares its
+    /// parent's memory.
+    pub const FORK_SHARES_MEMORY: u64 = 1 << 32;
     /// A user stack seen for the first time: a [`StackEvent`].
     pub const STACK: u32 = 8;
     /// A block was freed by a thread that has begun to exit (glibc's

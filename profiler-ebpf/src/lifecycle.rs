@@ -21,6 +21,8 @@ use crate::{
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+/// clone's flag of a child that runs in its parent's memory (vfork).
+const CLONE_VM: u64 = 0x0000_0100;
 
 /// sched_process_exec(task, old_pid, bprm): the process's old image and
 /// heap are gone, and so is the state its one remaining thread kept for it.
@@ -87,10 +89,15 @@ pub fn new_task(ctx: TracePointContext) -> u32 {
     if FOLLOW_FORKS.load() != 0 && TARGETS.insert(child, 1u8, 0).is_err() {
         count(Counter::TargetsFull);
     }
+    let shares_memory = if flags & CLONE_VM != 0 {
+        kind::FORK_SHARES_MEMORY
+    } else {
+        0
+    };
     emit(
         kind::FORK,
         (u64::from(child) << 32) | u64::from(child),
-        u64::from(parent),
+        u64::from(parent) | shares_memory,
     );
     0
 }

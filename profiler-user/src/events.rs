@@ -77,6 +77,9 @@ pub enum HeapEvent {
         child: u32,
         /// The process it was forked from.
         parent: u32,
+        /// It runs in its parent's memory until it execs or exits (vfork):
+        /// its allocator calls are its parent's.
+        shares_memory: bool,
     },
     /// The OOM killer chose process `tgid`, traced or not; its exit follows.
     OomVictim {
@@ -247,6 +250,7 @@ fn decode_event(bytes: &[u8]) -> Result<HeapEvent, DecodeError> {
         kind::FORK => HeapEvent::Fork {
             child: raw.tgid,
             parent: raw.ptr as u32,
+            shares_memory: raw.ptr & kind::FORK_SHARES_MEMORY != 0,
         },
         kind::OOM_VICTIM => HeapEvent::OomVictim {
             tgid: raw.tgid,

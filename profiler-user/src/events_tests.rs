@@ -69,7 +69,20 @@ fn decodes_frees_and_lifecycle_records() {
         decode(&bytes_of(&fork)),
         Ok(Record::Heap(HeapEvent::Fork {
             child: 20,
-            parent: 10
+            parent: 10,
+            shares_memory: false,
+        }))
+    );
+    let vfork = Event {
+        ptr: 10 | kind::FORK_SHARES_MEMORY,
+        ..fork
+    };
+    assert_eq!(
+        decode(&bytes_of(&vfork)),
+        Ok(Record::Heap(HeapEvent::Fork {
+            child: 20,
+            parent: 10,
+            shares_memory: true,
         }))
     );
     let exit = Event {

@@ -343,7 +343,7 @@ impl Session {
                     .observe(task.tgid, site, || stacks.get(site.stack).map(|raw| &**raw));
             }
             HeapEvent::Exec { tgid } => self.sites.exec_maps(tgid),
-            HeapEvent::Fork { child, parent } => self.sites.inherit_maps(child, parent),
+            HeapEvent::Fork { child, parent, .. } => self.sites.inherit_maps(child, parent),
             _ => {}
         }
     }

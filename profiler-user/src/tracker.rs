@@ -538,6 +538,9 @@ pub struct Tracker {
     /// Processes traced from their exec, state or not (see
     /// [`Counters::pretrace_frees`]).
     from_start: FastSet<u32>,
+    /// Processes running in another's memory (vfork children until they
+    /// exec or exit), with that process: their calls are its.
+    borrowers: FastMap<u32, u32>,
 }
 
 impl Tracker {
@@ -548,6 +551,7 @@ impl Tracker {
             processes: FastMap::default(),
             live_total: 0,
             from_start: FastSet::default(),
+            borrowers: FastMap::default(),
         }
     }
 
@@ -572,6 +576,7 @@ impl Tracker {
         states
             + table_bytes(self.processes.capacity(), per_process)
             + table_bytes(self.from_start.capacity(), size_of::<u32>())
+            + table_bytes(self.borrowers.capacity(), size_of::<(u32, u32)>())
     }
 
     /// Applies one event; returns a process's final state when it exits or execs.
@@ -616,14 +621,28 @@ impl Tracker {
                 self.live_total += state.live_blocks() - before;
             }
             HeapEvent::Exec { tgid } => {
+                self.borrowers.remove(&tgid);
                 self.from_start.insert(tgid);
                 return self.finish(tgid, EndReason::Exec);
             }
             HeapEvent::Exit { tgid } => {
+                self.borrowers.remove(&tgid);
                 self.from_start.remove(&tgid);
                 return self.finish(tgid, EndReason::Exit);
             }
-            HeapEvent::Fork { child, parent } => self.fork(child, parent),
+            HeapEvent::Fork {
+                child,
+                parent,
+                shares_memory: true,
+            } => {
+                let lender = self.owner(parent);
+                self.borrowers.insert(child, lender);
+            }
+            HeapEvent::Fork {
+                child,
+                parent,
+                shares_memory: false,
+            } => self.fork(child, self.owner(parent)),
             // Its state stays until its exit, which follows.
             HeapEvent::OomVictim { .. } => {}
         }
@@ -639,7 +658,8 @@ impl Tracker {
     pub fn note_lost(&mut self, tgid: u32, count: u64, now_ns: u64) {
         if let Some(process) = self.processes.get_mut(&tgid) {
             process.counters.lost_records += count;
-            process.last_loss_ns = now_ns;
+            // 0 means never: a loss found at time 0 is kept as 1 ns.
+            process.last_loss_ns = now_ns.max(1);
         }
     }
 
@@ -673,14 +693,20 @@ impl Tracker {
         self.processes.keys().chain(stateless).copied()
     }
 
+    /// The process whose heap process `tgid`'s calls work on: its own, or
+    /// the one whose memory it runs in.
+    fn owner(&self, tgid: u32) -> u32 {
+        self.borrowers.get(&tgid).copied().unwrap_or(tgid)
+    }
+
+    /// The state of the process whose heap `task`'s calls work on.
     fn state(&mut self, task: Task) -> &mut ProcessState {
-        let from_start = self.from_start.contains(&task.tgid);
-        self.processes
-            .entry(task.tgid)
-            .or_insert_with(|| ProcessState {
-                traced_from_start: from_start,
-                ..ProcessState::default()
-            })
+        let tgid = self.owner(task.tgid);
+        let from_start = self.from_start.contains(&tgid);
+        self.processes.entry(tgid).or_insert_with(|| ProcessState {
+            traced_from_start: from_start,
+            ..ProcessState::default()
+        })
     }
 
     fn finish(&mut self, tgid: u32, reason: EndReason) -> Option<Finished> {
@@ -704,6 +730,9 @@ impl Tracker {
         if let Some(state) = self.processes.get(&parent) {
             let mut copy = state.clone();
             copy.realloc_pending.clear();
+            // Its parent's misses stay its parent's: counted once.
+            copy.counters.unmatched_frees = 0;
+            copy.counters.pretrace_frees = 0;
             self.live_total += copy.live_blocks();
             if let Some(replaced) = self.processes.insert(child, copy) {
                 self.live_total -= replaced.live_blocks();

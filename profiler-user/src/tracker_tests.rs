@@ -69,6 +69,7 @@ fn frees_of_blocks_from_before_tracing_are_told_apart_from_misses() {
     t.apply(&HeapEvent::Fork {
         child: 2,
         parent: 1,
+        shares_memory: false,
     });
     t.apply(&free_in(2, 0x20));
     // 3 is traced from its exec, and so is its fork 4.
@@ -76,6 +77,7 @@ fn frees_of_blocks_from_before_tracing_are_told_apart_from_misses() {
     t.apply(&HeapEvent::Fork {
         child: 4,
         parent: 3,
+        shares_memory: false,
     });
     t.apply(&free_in(3, 0x30));
     t.apply(&free_in(4, 0x40));
@@ -83,10 +85,10 @@ fn frees_of_blocks_from_before_tracing_are_told_apart_from_misses() {
     t.apply(&HeapEvent::Exec { tgid: 5 });
     t.note_attached_late(5);
     t.apply(&free_in(5, 0x50));
-    // (unmatched, of them before tracing); 2's copy starts with 1's counts.
+    // (unmatched, of them before tracing); a copy does not take its parent's misses.
     for (tgid, frees) in [
         (1, (1, 1)),
-        (2, (2, 2)),
+        (2, (1, 1)),
         (3, (1, 0)),
         (4, (1, 0)),
         (5, (1, 1)),
@@ -103,6 +105,50 @@ fn frees_of_blocks_from_before_tracing_are_told_apart_from_misses() {
     let mut known: Vec<u32> = t.known().collect();
     known.sort_unstable();
     assert_eq!(known, [1, 2, 4, 5, 6], "6 without state yet");
+}
+
+#[test]
+fn a_vfork_childs_calls_before_its_exec_are_its_parents() {
+    let mut t = Tracker::new(TrackerConfig {
+        copy_on_fork: true,
+        ..TrackerConfig::default()
+    });
+    let on = |tgid: u32| Task { tgid, tid: tgid };
+    t.apply(&HeapEvent::Exec { tgid: 1 });
+    t.apply(&HeapEvent::Fork {
+        child: 2,
+        parent: 1,
+        shares_memory: true,
+    });
+    // The child allocates in the memory it shares, then execs; its parent
+    // frees that block later.
+    t.apply(&HeapEvent::Alloc {
+        task: on(2),
+        ptr: 0x10,
+        size: 32,
+        site: site(1),
+        time_ns: 0,
+    });
+    t.apply(&HeapEvent::Exec { tgid: 2 });
+    t.apply(&HeapEvent::Free {
+        task: on(1),
+        ptr: 0x10,
+    });
+    let parent = t.process(1).expect("the parent").counters();
+    assert_eq!(
+        (parent.allocs, parent.frees, parent.unmatched_frees),
+        (1, 1, 0)
+    );
+    // After its exec the child's calls are its own.
+    t.apply(&HeapEvent::Alloc {
+        task: on(2),
+        ptr: 0x20,
+        size: 8,
+        site: site(1),
+        time_ns: 0,
+    });
+    assert_eq!(t.process(2).map(ProcessState::live_bytes), Some(8));
+    assert_eq!(t.process(1).map(ProcessState::live_bytes), Some(0));
 }
 
 #[test]
@@ -185,6 +231,7 @@ fn fork_copies_the_parent_only_when_asked() {
         t.apply(&HeapEvent::Fork {
             child: 200,
             parent: TGID,
+            shares_memory: false,
         });
         let child = t.process(200).map(|p| p.live_bytes());
         assert_eq!(child, copy_on_fork.then_some(8));

@@ -501,6 +501,7 @@ mod tests {
         s.apply(&HeapEvent::Fork {
             child: 30,
             parent: 10,
+            shares_memory: false,
         });
         let unused_at_tick = |s: &mut DaemonState| {
             let (_, own) = s.tick(SECOND, 10, &KernelCounts::default(), labels);
