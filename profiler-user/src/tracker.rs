@@ -696,15 +696,23 @@ impl Tracker {
     /// The process whose heap process `tgid`'s calls work on: its own, or
     /// the one whose memory it runs in.
     fn owner(&self, tgid: u32) -> u32 {
+        // Almost always none: no hash for each record then.
+        if self.borrowers.is_empty() {
+            return tgid;
+        }
         self.borrowers.get(&tgid).copied().unwrap_or(tgid)
     }
 
     /// The state of the process whose heap `task`'s calls work on.
     fn state(&mut self, task: Task) -> &mut ProcessState {
         let tgid = self.owner(task.tgid);
-        let from_start = self.from_start.contains(&tgid);
-        self.processes.entry(tgid).or_insert_with(|| ProcessState {
-            traced_from_start: from_start,
+        let Self {
+            processes,
+            from_start,
+            ..
+        } = self;
+        processes.entry(tgid).or_insert_with(|| ProcessState {
+            traced_from_start: from_start.contains(&tgid),
             ..ProcessState::default()
         })
     }
