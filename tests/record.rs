@@ -15,8 +15,9 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    BpfBaseline, KillOnDrop, Summary, c_fixture_with, fixture, functions, heapwatch, record,
-    record_with_env, sampled_functions, sigalloc_count, valgrind, valgrind_with,
+    BpfBaseline, KillOnDrop, Summary, c_fixture_with, c_fixture_without_frame_pointers, fixture,
+    functions, heapwatch, record, record_with_env, sampled_functions, sigalloc_count, valgrind,
+    valgrind_with,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -163,6 +164,46 @@ fn a_call_sites_first_allocation_keeps_its_full_stack_when_sampled() {
             .contains("(the callers sampled most often here:)"),
         "{}",
         recorded.stderr()
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_program_without_frame_pointers_has_no_junk_frames_and_no_split_sites() {
+    // Without frame pointers the register holds whatever the code put
+    // there: the walk from main read a heap address as a caller, and the
+    // same call site came out as two sites whose junk differed.
+    let program = c_fixture_without_frame_pointers("late_site");
+    let recorded = assert_matches_valgrind(&[], &[program.to_str().expect("utf-8 path")]);
+    let summary = recorded.summaries()[0];
+    let process = &recorded.processes()[0];
+    let sites = live_sites(process);
+    for site in &sites {
+        let frames = site["stack"].as_array().expect("a stack");
+        assert!(
+            frames.iter().all(|frame| frame["module"].is_string()),
+            "a frame in no mapped file: {site}"
+        );
+    }
+    let stacks: Vec<(Value, Vec<String>)> = sites
+        .iter()
+        .map(|site| (site["stack_status"].clone(), functions(site)))
+        .collect();
+    for (index, stack) in stacks.iter().enumerate() {
+        assert!(
+            !stacks[..index].contains(stack),
+            "one stack shown as two sites: {process}"
+        );
+    }
+    let late = site_holding(process, 4321);
+    let busy = sites
+        .iter()
+        .find(|site| site != &&late)
+        .expect("the busy call site");
+    assert_eq!(
+        busy["live_blocks"].as_u64(),
+        Some(summary.in_use_blocks - 1),
+        "every block but late's, at one site: {process}"
     );
 }
 

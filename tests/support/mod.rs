@@ -58,6 +58,14 @@ pub fn c_fixture_with(name: &str, binary: &str, compiler: &str, args: &[&str]) -
     fixture_built_by(name, binary, command, args)
 }
 
+/// Builds the C fixture NAME as a distribution builds programs: -O2,
+/// without frame pointers (gcc's default there), with debug info.
+pub fn c_fixture_without_frame_pointers(name: &str) -> PathBuf {
+    let mut command = Command::new("gcc");
+    command.args(["-O2", "-g", "-fomit-frame-pointer"]);
+    fixture_built_by(name, &format!("{name}-no-fp"), command, &[])
+}
+
 fn fixture_sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }

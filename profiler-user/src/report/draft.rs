@@ -3,7 +3,10 @@
 //! long), then finished: stacks normalized where that is still to do, and
 //! all symbolized in one batch.
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::Arc,
+};
 
 use super::{ProcessReport, SampledStacks, SiteReport};
 use crate::{
@@ -213,32 +216,131 @@ impl ReportDraft {
                 status: StackStatus::NotCaptured,
             }),
         };
-        let mut batch = Vec::with_capacity(stacks.len());
-        let mut has_sampled = Vec::with_capacity(stacks.len());
-        let mut sampled_batch = Vec::new();
-        for (stack, sampled) in stacks {
-            batch.push(normalize(stack));
-            has_sampled.push(sampled.is_some());
-            sampled_batch.extend(sampled.map(&mut normalize));
-        }
-        let statuses: Vec<StackStatus> = batch.iter().map(|stack| stack.status).collect();
-        let site_count = batch.len();
-        batch.extend(sampled_batch);
-        let mut frames = symbolize(batch)?.into_iter();
-        let site_frames: Vec<Vec<SymFrame>> = frames.by_ref().take(site_count).collect();
-        for (((site, stack), status), has_sampled) in report
+        let sites = report
             .sites
-            .iter_mut()
-            .zip(site_frames)
-            .zip(statuses)
-            .zip(has_sampled)
-        {
-            site.stack = stack;
-            site.stack_status = status;
-            if has_sampled {
-                site.sampled_stack = frames.next().unwrap_or_default();
+            .drain(..)
+            .zip(stacks)
+            .map(|(report, (stack, sampled))| Site {
+                report,
+                stack: normalize(stack),
+                sampled: sampled.map(&mut normalize),
+            });
+        let sites = merge_same_stacks(sites.collect());
+        let mut batch: Vec<Arc<Stack>> = sites.iter().map(|site| Arc::clone(&site.stack)).collect();
+        batch.extend(sites.iter().filter_map(|site| site.sampled.clone()));
+        let mut frames = symbolize(batch)?.into_iter();
+        let site_frames: Vec<Vec<SymFrame>> = frames.by_ref().take(sites.len()).collect();
+        for (site, stack_frames) in sites.into_iter().zip(site_frames) {
+            let mut shown = site.report;
+            shown.stack = stack_frames;
+            shown.stack_status = site.stack.status;
+            if site.sampled.is_some() {
+                shown.sampled_stack = frames.next().unwrap_or_default();
             }
+            report.sites.push(shown);
         }
         Ok(report)
+    }
+}
+
+/// A site of a draft being finished, with its normalized stacks.
+struct Site {
+    report: SiteReport,
+    stack: Arc<Stack>,
+    /// For an unsampled site, the full stack sampled most often at its call site.
+    sampled: Option<Arc<Stack>>,
+}
+
+/// Merges the sites whose normalized stacks are the same (walks that
+/// differed only past the code, where normalizing cut them) into the first
+/// of them; returns the sites largest first.
+fn merge_same_stacks(sites: Vec<Site>) -> Vec<Site> {
+    let mut merged: Vec<Site> = Vec::with_capacity(sites.len());
+    let mut first_with: HashMap<(StackStatus, Vec<u64>), usize> = HashMap::new();
+    for site in sites {
+        if site.stack.status == StackStatus::NotCaptured {
+            merged.push(site);
+            continue;
+        }
+        let addresses = site.stack.frames.iter().map(|f| f.address).collect();
+        match first_with.entry((site.stack.status, addresses)) {
+            Entry::Occupied(first) => merged[*first.get()].report.absorb(&site.report),
+            Entry::Vacant(first) => {
+                first.insert(merged.len());
+                merged.push(site);
+            }
+        }
+    }
+    merged.sort_by_key(|site| std::cmp::Reverse(site.report.live_bytes));
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::Frame;
+
+    fn site(live_bytes: u64, status: StackStatus, addresses: &[u64], suspect: bool) -> Site {
+        let frames = addresses
+            .iter()
+            .map(|&address| Frame {
+                address,
+                location: None,
+            })
+            .collect();
+        Site {
+            report: SiteReport {
+                live_bytes,
+                live_blocks: 1,
+                allocs: 2,
+                bytes_allocated: live_bytes * 2,
+                stack: Vec::new(),
+                stack_status: status,
+                sampled_stack: Vec::new(),
+                oldest_age_secs: Some(live_bytes as f64),
+                growth_bytes_per_sec: Some(1.0),
+                leak_suspect: suspect,
+            },
+            stack: Arc::new(Stack { frames, status }),
+            sampled: None,
+        }
+    }
+
+    #[test]
+    fn sites_with_one_stack_become_one_largest_first() {
+        let full = StackStatus::Full;
+        let merged = merge_same_stacks(vec![
+            site(50, full, &[1, 2], false),
+            site(40, full, &[3], false),
+            site(30, full, &[1, 2], true),
+            site(20, StackStatus::Unsampled, &[1, 2], false),
+            site(10, StackStatus::NotCaptured, &[], false),
+            site(5, StackStatus::NotCaptured, &[], false),
+        ]);
+        let shown: Vec<(u64, u64, bool)> = merged
+            .iter()
+            .map(|s| {
+                (
+                    s.report.live_bytes,
+                    s.report.live_blocks,
+                    s.report.leak_suspect,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (80, 2, true),
+                (40, 1, false),
+                (20, 1, false),
+                (10, 1, false),
+                (5, 1, false)
+            ],
+            "sites whose stacks are unknown are never taken for one"
+        );
+        let first = &merged[0].report;
+        assert_eq!((first.allocs, first.bytes_allocated), (4, 160));
+        assert_eq!(first.oldest_age_secs, Some(50.0), "the older block's age");
+        assert_eq!(first.growth_bytes_per_sec, Some(2.0));
     }
 }

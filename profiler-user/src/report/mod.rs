@@ -172,6 +172,24 @@ impl SiteReport {
             leak_suspect: false,
         }
     }
+
+    /// Takes in the figures of `other`, a site found to have the same stack
+    /// (two walks that differed only past where the stack is cut).
+    pub fn absorb(&mut self, other: &SiteReport) {
+        self.live_bytes += other.live_bytes;
+        self.live_blocks += other.live_blocks;
+        self.allocs += other.allocs;
+        self.bytes_allocated += other.bytes_allocated;
+        self.oldest_age_secs = match (self.oldest_age_secs, other.oldest_age_secs) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.growth_bytes_per_sec = match (self.growth_bytes_per_sec, other.growth_bytes_per_sec) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.leak_suspect |= other.leak_suspect;
+    }
 }
 
 /// The renderings of a report.

@@ -1,7 +1,7 @@
 //! A process's executable file mappings, from /proc/PID/maps: pure parsing
 //! and address normalization to (file, build id, file offset).
 
-use std::{path::Path, sync::Arc};
+use std::{ops::Range, path::Path, sync::Arc};
 
 use super::files::MappedFile;
 
@@ -44,6 +44,22 @@ pub struct Location {
 /// The executable file mappings listed in a /proc/PID/maps text.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
+}
+
+/// The address ranges of every executable mapping in a /proc/PID/maps
+/// text, files' or not (code a JIT compiler wrote, the vDSO): where a
+/// return address can lie.
+pub fn code_ranges(text: &str) -> Vec<Range<u64>> {
+    text.lines()
+        .filter_map(|line| {
+            let (range, rest) = line.split_once(' ')?;
+            if !rest.split(' ').next()?.contains('x') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some(u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?)
+        })
+        .collect()
 }
 
 /// What the kernel appends to the path of a file deleted since it was mapped.
@@ -145,6 +161,20 @@ mod tests {
         );
         assert_eq!(&*maps[0].path, Path::new("/tmp/a b/prog"));
         assert_eq!(&*maps[1].path, Path::new("/tmp/c"));
+    }
+
+    #[test]
+    fn code_is_every_executable_mapping() {
+        let code = code_ranges(MAPS);
+        assert_eq!(
+            code,
+            [
+                0x5581a2a01000..0x5581a2a02000,
+                0x7f00aa228000..0x7f00aa3bd000,
+                0x7ffd0e1f0000..0x7ffd0e211000,
+            ]
+        );
+        assert!(code_ranges("zz-yy r-xp 0 0 0 /x\nno\n").is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod symbols;
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    ops::Range,
     path::Path,
     sync::Arc,
 };
@@ -17,7 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use files::{FileId, MappedFile, OpenFiles, file_id, open_mapped};
-pub use maps::{Location, Mapping, normalize, parse_maps};
+pub use maps::{Location, Mapping, code_ranges, normalize, parse_maps};
 pub use service::SymbolService;
 pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
 
@@ -36,7 +37,7 @@ pub struct Frame {
 }
 
 /// How much of an allocation's stack is known.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StackStatus {
     /// The immediate caller and the frame-pointer walk above it.
@@ -126,10 +127,27 @@ impl StackTable {
     }
 }
 
+/// What a process maps, as far as its stacks need.
+#[derive(Clone, Default)]
+struct ProcessMaps {
+    /// Its executable file mappings, with their files.
+    files: Vec<Mapping>,
+    /// Every executable range, files' or not.
+    code: Vec<Range<u64>>,
+}
+
+impl ProcessMaps {
+    /// True when `address` is known to lie outside the process's code (its
+    /// maps were read, and no executable mapping holds it).
+    fn outside_code(&self, address: u64) -> bool {
+        !self.code.is_empty() && !self.code.iter().any(|range| range.contains(&address))
+    }
+}
+
 /// Normalizes each process's allocation sites once, while it lives.
 #[derive(Default)]
 pub struct SiteResolver {
-    maps: HashMap<u32, Vec<Mapping>>,
+    maps: HashMap<u32, ProcessMaps>,
     stacks: FastMap<(u32, RawSite), Arc<Stack>>,
     files: OpenFiles,
     build_ids: HashMap<FileId, Option<Arc<[u8]>>>,
@@ -160,11 +178,7 @@ impl SiteResolver {
                 status: StackStatus::NotCaptured,
             });
         };
-        let frames = raw
-            .frames
-            .iter()
-            .map(|&address| self.frame(tgid, address))
-            .collect();
+        let frames = self.frames(tgid, &raw.frames);
         let stack = Arc::new(Stack {
             frames,
             status: raw.status,
@@ -202,25 +216,49 @@ impl SiteResolver {
         self.stacks.retain(|&(owner, _), _| owner != tgid);
     }
 
+    /// The frames of a walked stack, up to the first that lies in no code
+    /// of the process: a frame pointer left by code built without frame
+    /// pointers (the C library, a program at -O2) leads the walk into junk,
+    /// and on past it. The immediate caller, read where the call put its
+    /// return address, is always kept.
+    fn frames(&mut self, tgid: u32, addresses: &[u64]) -> Vec<Frame> {
+        let mut frames = Vec::with_capacity(addresses.len());
+        for (depth, &address) in addresses.iter().enumerate() {
+            let frame = self.frame(tgid, address);
+            if depth > 0
+                && self
+                    .maps
+                    .get(&tgid)
+                    .is_some_and(|maps| maps.outside_code(address))
+            {
+                break;
+            }
+            frames.push(frame);
+        }
+        frames
+    }
+
     fn frame(&mut self, tgid: u32, address: u64) -> Frame {
-        let mut location = self.maps.get(&tgid).and_then(|m| normalize(m, address));
+        let mut location = self
+            .maps
+            .get(&tgid)
+            .and_then(|m| normalize(&m.files, address));
         if location.is_none() {
-            let mappings = self.read_maps(tgid);
-            location = normalize(&mappings, address);
+            let maps = self.read_maps(tgid);
+            location = normalize(&maps.files, address);
             // A process gone has no maps left to read: keep those known.
-            if !mappings.is_empty() {
-                self.maps.insert(tgid, mappings);
+            if !maps.code.is_empty() {
+                self.maps.insert(tgid, maps);
             }
         }
         Frame { address, location }
     }
 
-    /// The process's executable mappings, each with its file opened as the
-    /// process maps it and that file's build id.
-    fn read_maps(&mut self, tgid: u32) -> Vec<Mapping> {
-        let mut mappings = fs::read_to_string(format!("/proc/{tgid}/maps"))
-            .map(|text| parse_maps(&text))
-            .unwrap_or_default();
+    /// The process's mappings, each executable file's opened as the process
+    /// maps it, with that file's build id.
+    fn read_maps(&mut self, tgid: u32) -> ProcessMaps {
+        let text = fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();
+        let mut mappings = parse_maps(&text);
         for mapping in &mut mappings {
             let Some(file) = open_mapped(tgid, mapping) else {
                 continue;
@@ -234,7 +272,10 @@ impl SiteResolver {
             mapping.file = Some(file);
         }
         self.build_ids.retain(|id, _| self.files.holds(id));
-        mappings
+        ProcessMaps {
+            files: mappings,
+            code: code_ranges(&text),
+        }
     }
 }
 
@@ -341,6 +382,7 @@ mod tests {
         let mut resolver = SiteResolver::new();
         resolver.exec_maps(pid);
         let program = resolver.maps[&pid]
+            .files
             .iter()
             .find(|m| m.path.ends_with("sleep"))
             .map(|m| m.start)
@@ -361,6 +403,42 @@ mod tests {
             location.is_some_and(|l| l.path.ends_with("sleep")),
             "found in the maps read at its exec, though it is gone: {location:?}"
         );
+    }
+
+    #[test]
+    fn a_walk_that_leaves_the_code_is_cut_there() {
+        let mut resolver = SiteResolver::new();
+        let pid = std::process::id();
+        let this_test: fn() = a_walk_that_leaves_the_code_is_cut_there;
+        let code = this_test as *const () as u64;
+        let heap = Box::new(0u64);
+        let junk = &raw const *heap as u64;
+        let raw = RawStack {
+            frames: Box::new([junk, code, code + 1, junk, code, 0x10]),
+            status: StackStatus::Full,
+        };
+        let stack = resolver.observe(pid, RawSite { stack: 1 }, || Some(&raw));
+        let kept: Vec<u64> = stack.frames.iter().map(|f| f.address).collect();
+        assert_eq!(
+            kept,
+            [junk, code, code + 1],
+            "the immediate caller stays; the walk ends at its first frame outside the code"
+        );
+    }
+
+    #[test]
+    fn a_gone_process_whose_maps_were_never_read_keeps_its_frames() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        let pid = child.id();
+        child.wait().expect("true is reaped");
+        let raw = RawStack {
+            frames: Box::new([0x1000, 0x10, 0x2000]),
+            status: StackStatus::Full,
+        };
+        let stack = SiteResolver::new().observe(pid, RawSite { stack: 1 }, || Some(&raw));
+        assert_eq!(stack.frames.len(), 3, "nothing known to cut by");
     }
 
     #[test]
