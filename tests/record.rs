@@ -8,16 +8,18 @@
 mod support;
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
 use support::{
     BpfBaseline, KillOnDrop, Summary, c_fixture_with, c_fixture_without_frame_pointers, fixture,
-    functions, heapwatch, record, record_with_env, sampled_functions, sigalloc_count, valgrind,
-    valgrind_with,
+    functions, heapwatch,
+    pprof::{Profile, go_pprof},
+    record, record_with_env, sampled_functions, sigalloc_count, valgrind, valgrind_with,
 };
 
 /// Records `command` and runs it under valgrind; asserts equal summaries.
@@ -205,6 +207,127 @@ fn a_program_without_frame_pointers_has_no_junk_frames_and_no_split_sites() {
         Some(summary.in_use_blocks - 1),
         "every block but late's, at one site: {process}"
     );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn inlined_calls_are_frames_of_their_own_in_text_and_pprof() {
+    let program = fixture("inlined");
+    let path = program.to_str().expect("utf-8 path");
+    let pprof_path = support::tempfile_path("inlined.pb.gz");
+    let recorded = record(
+        &[
+            "--format",
+            "pprof",
+            "-o",
+            pprof_path.to_str().expect("utf-8"),
+        ],
+        &[path],
+    );
+    let summary = recorded.summaries()[0];
+    assert_eq!(summary, valgrind(&[path])[0]);
+    let profile = Profile::read(&pprof_path);
+    let sample = profile.sample_at("inner");
+    assert_eq!(
+        profile.functions(sample)[..4],
+        ["inner", "middle", "outer", "main"]
+    );
+    let leaf = &profile.locations[&sample.locations[0]];
+    assert_eq!(leaf.lines.len(), 3, "one address, three calls: {leaf:?}");
+    let text = String::from_utf8(
+        heapwatch()
+            .args(["record", "--", path])
+            .output()
+            .expect("run heapwatch record")
+            .stderr,
+    )
+    .expect("utf-8");
+    let calls: Vec<&str> = text
+        .lines()
+        .skip_while(|line| !line.contains("still in use at exit"))
+        .skip(1)
+        .take(4)
+        .collect();
+    let named = |line: &str, function: &str| line.contains(&format!(": {function} (inlined.c:"));
+    assert!(
+        named(calls[0], "inner")
+            && named(calls[1], "middle")
+            && named(calls[2], "outer")
+            && named(calls[3], "main"),
+        "{text}"
+    );
+    let address = |line: &str| {
+        line.split(": ")
+            .next()
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        address(calls[0]),
+        address(calls[2]),
+        "inlined calls at their function's address"
+    );
+    let _ = std::fs::remove_file(pprof_path);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn processes_in_one_profile_are_told_apart_by_their_labels() {
+    let leak = fixture("leak");
+    let pprof_path = support::tempfile_path("two.pb.gz");
+    let script = format!("{0} & {0}; wait", leak.display());
+    let recorded = record(
+        &[
+            "--follow-forks",
+            "--format",
+            "pprof",
+            "-o",
+            pprof_path.to_str().expect("utf-8"),
+        ],
+        &["sh", "-c", &script],
+    );
+    let leakers: Vec<u64> = recorded
+        .processes()
+        .iter()
+        .filter(|p| p["in_use_blocks"].as_u64() >= Some(100_000))
+        .map(|p| p["pid"].as_u64().expect("a pid"))
+        .collect();
+    assert_eq!(leakers.len(), 2, "{}", recorded.stderr());
+    let profile = Profile::read(&pprof_path);
+    let at_leak: Vec<&support::pprof::Sample> = profile
+        .samples
+        .iter()
+        .filter(|s| profile.functions(s).first().map(String::as_str) == Some("leak"))
+        .collect();
+    let mut pids: Vec<u64> = at_leak
+        .iter()
+        .flat_map(|s| &s.labels)
+        .filter(|(key, _)| key == "pid")
+        .map(|(_, pid)| pid.parse().expect("a pid"))
+        .collect();
+    pids.sort_unstable();
+    let mut expected = leakers.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        pids, expected,
+        "a sample per process, labelled with its pid"
+    );
+    let one = leakers[0].to_string();
+    let focused = go_pprof(&[
+        "-top",
+        "-sample_index=inuse_objects",
+        &format!("-tagfocus=pid={one}"),
+        pprof_path.to_str().expect("utf-8"),
+    ]);
+    let summary = valgrind(&[leak.to_str().expect("utf-8 path")])[0];
+    assert!(
+        focused.lines().any(|l| l
+            .trim_start()
+            .starts_with(&format!("{} ", summary.in_use_blocks))
+            && l.ends_with(" leak")),
+        "one process's leak alone: {focused}"
+    );
+    let _ = std::fs::remove_file(pprof_path);
 }
 
 #[test]
@@ -563,30 +686,65 @@ fn the_leak_as_pprof_and_flame_graph() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let profile =
-        support::pprof::Profile::decode(&std::fs::read(&pprof_path).expect("read the profile"));
+    let profile = Profile::read(&pprof_path);
     assert_eq!(
-        profile.sample_types(),
+        profile.sample_types,
         [
-            "inuse_space",
-            "inuse_objects",
-            "alloc_space",
-            "alloc_objects"
-        ]
+            "alloc_objects/count",
+            "alloc_space/bytes",
+            "inuse_objects/count",
+            "inuse_space/bytes[dflt]"
+        ],
+        "Go's heap profile's types, in use space shown by default"
     );
-    let leak_function = profile
-        .strings
-        .iter()
-        .position(|s| s == "leak")
-        .expect("the function leak is named");
-    let leaking: Vec<&Vec<i64>> = profile
-        .samples
-        .iter()
-        .filter(|(locations, _)| profile.leaf_function(locations) == Some(leak_function as u64))
-        .map(|(_, values)| values)
-        .collect();
-    assert_eq!(leaking.len(), 1, "one site in leak");
-    assert_eq!(leaking[0][..2], [400_000_000, 100_000]);
+    assert_eq!(
+        (profile.period_type.as_str(), profile.period.as_str()),
+        ("space bytes", "1")
+    );
+    let year: u64 = profile.time[..4].parse().expect("a year first");
+    let this_year = 1970
+        + SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            / 31_556_952;
+    assert!(
+        year.abs_diff(this_year) <= 1,
+        "taken now, not in 1970: {}",
+        profile.time
+    );
+    assert!(profile.duration.is_some(), "{profile:?}");
+    let summary = valgrind(&[leak.to_str().expect("utf-8 path")])[0];
+    let sample = profile.sample_at("leak");
+    let inuse = |name| sample.values[profile.value_index(name)] as u64;
+    assert_eq!(
+        (inuse("inuse_space"), inuse("inuse_objects")),
+        (summary.in_use_bytes, summary.in_use_blocks),
+        "valgrind's figures"
+    );
+    assert!(
+        sample
+            .labels
+            .contains(&("comm".to_owned(), "leak".to_owned()))
+            && sample.labels.iter().any(|(key, _)| key == "pid"),
+        "{sample:?}"
+    );
+    let mapping = profile.leaf_mapping(sample).expect("the leak's mapping");
+    let leaf = &profile.locations[&sample.locations[0]];
+    assert!(
+        (mapping.start..mapping.limit).contains(&leaf.address) && mapping.offset > 0,
+        "a mapping with its range and offset: {mapping:?}"
+    );
+    assert_eq!(
+        (Path::new(&mapping.file), mapping.build_id.as_str()),
+        (leak.as_path(), support::readelf_build_id(&leak).as_str())
+    );
+    let top = go_pprof(&[
+        "-top",
+        "-sample_index=inuse_space",
+        pprof_path.to_str().expect("utf-8"),
+    ]);
+    assert!(top.lines().any(|l| l.ends_with(" leak")), "{top}");
     let svg = std::fs::read_to_string(&svg_path).expect("read the SVG");
     assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "an SVG");
     assert!(

@@ -22,6 +22,7 @@ use support::{
     Workload, c_fixture_with,
     daemon::{Daemon, api_reply},
     fixture, functions, heapwatch,
+    pprof::{Profile, go_pprof},
     process::Gated,
     sampled_functions, tempfile_path,
 };
@@ -169,6 +170,46 @@ fn a_snapshot_names_the_leaking_function_in_every_format() {
         profile.windows(9).any(|w| w == b"leak_step"),
         "the profile names leak_step"
     );
+    // pprof's -base: what grew between two snapshots, by function.
+    thread::sleep(Duration::from_millis(1500));
+    let later_path = tempfile_path("leak-later.pb.gz");
+    let later = snapshot(
+        &socket,
+        leak.pid(),
+        &[
+            "--format",
+            "pprof",
+            "-o",
+            later_path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(later.status.success());
+    let inuse_total = |path: &Path| -> i64 {
+        let profile = Profile::read(path);
+        let index = profile.value_index("inuse_space");
+        profile.samples.iter().map(|s| s.values[index]).sum()
+    };
+    let grown = inuse_total(&later_path) - inuse_total(&pprof_path);
+    assert!(grown > 0, "the leak grew between the snapshots");
+    let diff = go_pprof(&[
+        "-top",
+        "-sample_index=inuse_space",
+        "-unit=B",
+        "-base",
+        pprof_path.to_str().expect("utf-8"),
+        later_path.to_str().expect("utf-8"),
+    ]);
+    let leak_step_flat = diff
+        .lines()
+        .find(|l| l.ends_with(" leak_step"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|flat| flat.trim_end_matches('B').parse::<i64>().ok());
+    assert_eq!(
+        leak_step_flat,
+        Some(grown),
+        "all the growth is leak_step's: {diff}"
+    );
+    let _ = std::fs::remove_file(later_path);
     let ps = heapwatch()
         .args(["ps", "--socket"])
         .arg(&socket)
@@ -421,17 +462,17 @@ fn cpp_and_rust_leaks_are_named_with_their_callers_in_every_format_without_a_dae
                 pprof_path.to_str().expect("utf-8"),
             ],
         );
-        let profile =
-            support::pprof::Profile::decode(&std::fs::read(&pprof_path).expect("profile"));
-        let (locations, _) = profile
+        let profile = support::pprof::Profile::read(&pprof_path);
+        let inuse = profile.value_index("inuse_space");
+        let sample = profile
             .samples
             .iter()
-            .max_by_key(|(_, values)| values[0])
+            .max_by_key(|sample| sample.values[inuse])
             .expect("a sample");
-        assert_eq!(profile.stack_functions(locations)[..4], chain);
-        let (file, id) = profile.leaf_mapping(locations).expect("a mapping");
+        assert_eq!(profile.functions(sample)[..4], chain);
+        let mapping = profile.leaf_mapping(sample).expect("a mapping");
         assert_eq!(
-            (Path::new(file), id.as_str()),
+            (Path::new(&mapping.file), mapping.build_id.as_str()),
             (binary.as_path(), build_id.as_str())
         );
 

@@ -22,11 +22,10 @@ pub struct ProcessLabels {
 impl ProcessLabels {
     /// Reads a live process's labels; a process already gone gets empty ones.
     pub fn read(pid: u32) -> Self {
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let container = Container::from_cgroup(&cgroup);
         Self {
-            comm: comm.trim_end().to_owned(),
+            comm: comm(pid).unwrap_or_default(),
             unit: unit_from_cgroup(&cgroup),
             runtime: container
                 .as_ref()
@@ -36,6 +35,12 @@ impl ProcessLabels {
             pod_uid: container.and_then(|c| c.pod_uid).unwrap_or_default(),
         }
     }
+}
+
+/// The command name of process `pid` (/proc/PID/comm), if it exists.
+pub fn comm(pid: u32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_owned())
 }
 
 /// The real uid owning process `pid`, if it exists.

@@ -12,6 +12,7 @@ use std::{
 use crate::{
     events::{EventKind, HeapEvent, Record, decode},
     probes::EventReader,
+    procinfo,
     stacks::{SiteResolver, StackTable},
     tracker::{EndReason, Finished, ProcessState, Tracker, TrackerConfig},
 };
@@ -80,6 +81,9 @@ pub struct Session {
     refused_gone: u64,
     /// Processes let go while alive: their allocator calls are ignored.
     let_go: HashSet<u32>,
+    /// Command names read at each exec, for the reports of processes gone
+    /// ([`Retention::KeepExited`]).
+    names: HashMap<u32, String>,
 }
 
 impl Session {
@@ -98,7 +102,16 @@ impl Session {
             pretrace_gone: 0,
             refused_gone: 0,
             let_go: HashSet::new(),
+            names: HashMap::new(),
         }
+    }
+
+    /// Process `pid`'s command name: as read at its exec, or now.
+    pub fn comm(&self, pid: u32) -> Option<String> {
+        self.names
+            .get(&pid)
+            .cloned()
+            .or_else(|| procinfo::comm(pid))
     }
 
     /// What the session keeps of processes.
@@ -342,8 +355,18 @@ impl Session {
                 self.sites
                     .observe(task.tgid, site, || stacks.get(site.stack).map(|raw| &**raw));
             }
-            HeapEvent::Exec { tgid } => self.sites.exec_maps(tgid),
-            HeapEvent::Fork { child, parent, .. } => self.sites.inherit_maps(child, parent),
+            HeapEvent::Exec { tgid } => {
+                self.sites.exec_maps(tgid);
+                if let Some(name) = procinfo::comm(tgid) {
+                    self.names.insert(tgid, name);
+                }
+            }
+            HeapEvent::Fork { child, parent, .. } => {
+                self.sites.inherit_maps(child, parent);
+                if let Some(name) = self.comm(parent) {
+                    self.names.insert(child, name);
+                }
+            }
             _ => {}
         }
     }

@@ -11,8 +11,10 @@ use crate::toolchain::run;
 /// what is attached and count stack-map entries, a Prometheus server and
 /// promtool, systemd-analyze for the unit, useradd and setpriv for the
 /// unprivileged-user tests, and other allocators (jemalloc, tcmalloc,
-/// mimalloc, static musl) for programs that do not use the C library's, and
-/// python3-venv for the Python tools' virtualenv (`python_tools`).
+/// mimalloc, static musl) for programs that do not use the C library's,
+/// python3-venv for the Python tools' virtualenv (`python_tools`), golang-go
+/// for the real `go tool pprof` that reads the profiles, and
+/// systemd-nspawn (systemd-container) to boot the unit under a real systemd.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -33,6 +35,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "libmimalloc-dev",
     "musl-tools",
     "python3-venv",
+    "golang-go",
+    "systemd-container",
 ];
 
 /// Installs the packages not yet installed (apt-get update first, once).

@@ -6,7 +6,7 @@ mod command;
 mod exec;
 mod floor;
 
-use std::{convert::Infallible, io, num::NonZeroU32, path::PathBuf};
+use std::{convert::Infallible, io, num::NonZeroU32, path::PathBuf, time::Instant};
 
 use profiler_common::Counter;
 use thiserror::Error;
@@ -145,9 +145,11 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         probes: &mut probes,
         follower: &mut follower,
     };
+    let started = Instant::now();
     let status = traced
         .run(&mut command.child)
         .map_err(|source| command.trace_error(source))?;
+    let duration_secs = started.elapsed().as_secs_f64();
     let counters = probes.counters()?;
     let report = RecordReport {
         command: options.command.clone(),
@@ -161,6 +163,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
             .collect(),
         unprobed_allocators: std::mem::take(&mut follower.failures),
         processes: process_reports(&session, pid.get()),
+        duration_secs,
         lost_records: counters[Counter::RingbufFull as usize],
         unpaired_calls: counters[Counter::Unpaired as usize],
         malformed_records: session.figures().malformed_records,

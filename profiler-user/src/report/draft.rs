@@ -91,6 +91,7 @@ pub fn draft_of(
     verdict: Option<&Verdict<'_>>,
 ) -> ReportDraft {
     let mut report = ProcessReport::summary(pid, state, exited);
+    report.comm = session.comm(pid);
     report.only_older_than_secs =
         (selection.min_age_ns > 0).then(|| selection.min_age_ns as f64 / 1e9);
     let mut held = state.sites_holding(selection.before_ns());

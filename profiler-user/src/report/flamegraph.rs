@@ -9,17 +9,18 @@ pub fn folded_stacks(processes: &[ProcessReport]) -> Vec<String> {
     let mut lines = Vec::new();
     for process in processes {
         for site in &process.sites {
-            let frames: Vec<String> = site
+            let mut frames: Vec<String> = site
                 .stack
                 .iter()
-                .rev()
-                .map(|f| {
-                    f.function
-                        .clone()
-                        .unwrap_or_else(|| format!("0x{:x}", f.address))
-                        .replace(';', ":")
+                .flat_map(|f| {
+                    f.calls().map(|(function, _, _)| {
+                        function
+                            .map_or_else(|| format!("0x{:x}", f.address), str::to_owned)
+                            .replace(';', ":")
+                    })
                 })
                 .collect();
+            frames.reverse();
             let stack = if frames.is_empty() {
                 "[no stack]".to_owned()
             } else {

@@ -7,11 +7,14 @@ mod flamegraph;
 mod pprof;
 mod sampled;
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    time::{Duration, SystemTime},
+};
 
 pub use draft::{ReportDraft, SiteSelection, draft, draft_of};
 pub use flamegraph::{folded_stacks, render_flamegraph};
-pub use pprof::{SAMPLE_TYPES, render_pprof};
+pub use pprof::{ProfileTime, SAMPLE_TYPES, render_pprof};
 pub use sampled::SampledStacks;
 
 use serde::Serialize;
@@ -41,6 +44,8 @@ pub struct RecordReport {
     pub unprobed_allocators: Vec<String>,
     /// The command's process first, then any followed children.
     pub processes: Vec<ProcessReport>,
+    /// How long the command ran, in seconds.
+    pub duration_secs: f64,
     /// Records the kernel could not write (ring buffer full): figures are inexact when non-zero.
     pub lost_records: u64,
     /// Allocations whose entry could not be paired with their return (thread state refused).
@@ -64,6 +69,9 @@ pub enum CommandStatus {
 pub struct ProcessReport {
     /// Process id.
     pub pid: u32,
+    /// Its command name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
     /// False when it was still running as the recording ended (a followed child).
     pub exited: bool,
     /// Bytes still allocated at exit.
@@ -139,6 +147,7 @@ impl ProcessReport {
         let c = state.counters();
         Self {
             pid,
+            comm: None,
             exited,
             in_use_bytes: state.live_bytes(),
             in_use_blocks: state.live_blocks(),
@@ -221,7 +230,13 @@ pub fn render(report: &RecordReport, format: Format, top: usize) -> std::io::Res
     match format {
         Format::Text => Ok(render_text(report, top).into_bytes()),
         Format::Json => to_json(report),
-        Format::Pprof => render_pprof(&report.processes),
+        Format::Pprof => render_pprof(
+            &report.processes,
+            ProfileTime {
+                taken: SystemTime::now(),
+                duration: Some(Duration::from_secs_f64(report.duration_secs)),
+            },
+        ),
         Format::Flamegraph => render_flamegraph(&report.processes),
     }
 }
@@ -236,7 +251,13 @@ pub fn render_snapshot(
     match format {
         Format::Text => Ok(render_snapshot_text(process, top).into_bytes()),
         Format::Json => to_json(process),
-        Format::Pprof => render_pprof(processes),
+        Format::Pprof => render_pprof(
+            processes,
+            ProfileTime {
+                taken: SystemTime::now(),
+                duration: process.traced_secs.map(Duration::from_secs_f64),
+            },
+        ),
         Format::Flamegraph => render_flamegraph(processes),
     }
 }
@@ -392,9 +413,9 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
         thousands(site.live_bytes),
         thousands(site.live_blocks)
     );
-    for (i, frame) in site.stack.iter().enumerate() {
+    for (i, line) in site.stack.iter().flat_map(describe).enumerate() {
         let lead = if i == 0 { "at" } else { "by" };
-        let _ = writeln!(out, "{tag}    {lead} {}", describe(frame));
+        let _ = writeln!(out, "{tag}    {lead} {line}");
     }
     match (site.stack.is_empty(), site.stack_status) {
         (true, StackStatus::NotCaptured) => {
@@ -410,8 +431,8 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
             let _ = writeln!(out, "{tag}    (callers not sampled: --stack-sample)");
             if let Some(callers) = site.sampled_stack.get(1..).filter(|c| !c.is_empty()) {
                 let _ = writeln!(out, "{tag}    (the callers sampled most often here:)");
-                for frame in callers {
-                    let _ = writeln!(out, "{tag}    by {}", describe(frame));
+                for line in callers.iter().flat_map(describe) {
+                    let _ = writeln!(out, "{tag}    by {line}");
                 }
             }
         }
@@ -420,14 +441,21 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
     let _ = writeln!(out, "{tag}");
 }
 
-fn describe(frame: &SymFrame) -> String {
-    let function = frame.function.as_deref().unwrap_or("???");
-    let place = match (&frame.file, frame.line, &frame.module) {
-        (Some(file), Some(line), _) => format!(" ({}:{line})", basename(file)),
-        (_, _, Some(module)) => format!(" (in {module})"),
-        _ => String::new(),
-    };
-    format!("0x{:X}: {function}{place}", frame.address)
+/// A frame's lines as valgrind writes them: one per call, inlined ones
+/// first, all at the frame's address.
+fn describe(frame: &SymFrame) -> Vec<String> {
+    frame
+        .calls()
+        .map(|(function, file, line)| {
+            let place = match (file, line, &frame.module) {
+                (Some(file), Some(line), _) => format!(" ({}:{line})", basename(file)),
+                (_, _, Some(module)) => format!(" (in {module})"),
+                _ => String::new(),
+            };
+            let function = function.unwrap_or("???");
+            format!("0x{:X}: {function}{place}", frame.address)
+        })
+        .collect()
 }
 
 fn basename(path: &str) -> &str {
@@ -460,12 +488,15 @@ mod tests {
             function: Some(function.to_owned()),
             file: Some("/src/leak.c".to_owned()),
             line: Some(line),
+            mapping: None,
+            inlined: Vec::new(),
         }
     }
 
     fn process(in_use_blocks: u64, sites: Vec<SiteReport>) -> ProcessReport {
         ProcessReport {
             pid: 42,
+            comm: Some("leak".to_owned()),
             exited: true,
             in_use_bytes: in_use_blocks * 4000,
             in_use_blocks,
@@ -490,6 +521,7 @@ mod tests {
             absent_functions: vec![],
             other_allocators: vec![],
             unprobed_allocators: vec![],
+            duration_secs: 1.5,
             processes,
             lost_records: 0,
             unpaired_calls: 0,

@@ -1,48 +1,77 @@
-//! The gzipped pprof profile (profile.proto) of a report's sites: sample
-//! types inuse_space, inuse_objects, alloc_space, alloc_objects, readable by
-//! `go tool pprof`, Pyroscope and Parca.
+//! The gzipped pprof profile (profile.proto) of a report's sites, as Go
+//! writes a heap profile: sample types alloc_objects, alloc_space,
+//! inuse_objects and inuse_space (the last, shown by default), period type
+//! space/bytes, the time it was taken, mappings with their ranges, file
+//! offsets and build ids (a backend can symbolize again), one location per
+//! address of a mapping with its inlined calls, and `pid`/`comm` labels on
+//! each sample. Read by `go tool pprof` (`-base` diffs two), Pyroscope and
+//! Parca.
 
-use std::{collections::HashMap, io::Write};
+use std::{
+    collections::HashMap,
+    io::Write,
+    time::{Duration, SystemTime},
+};
 
 use flate2::{Compression, write::GzEncoder};
 
 use super::{ProcessReport, SiteReport};
 use crate::stacks::SymFrame;
 
-/// The sample types, in the order of each sample's values.
+/// The sample types, in the order of each sample's values: Go's.
 pub const SAMPLE_TYPES: [(&str, &str); 4] = [
-    ("inuse_space", "bytes"),
-    ("inuse_objects", "count"),
-    ("alloc_space", "bytes"),
     ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
 ];
 
+/// When a profile was taken, and over how long its figures were gathered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileTime {
+    /// When it was taken.
+    pub taken: SystemTime,
+    /// How long the figures were gathered, when known.
+    pub duration: Option<Duration>,
+}
+
 /// Encodes every process's sites as one gzipped profile.
-pub fn render_pprof(processes: &[ProcessReport]) -> std::io::Result<Vec<u8>> {
+pub fn render_pprof(processes: &[ProcessReport], time: ProfileTime) -> std::io::Result<Vec<u8>> {
     let mut profile = ProfileBuilder::default();
     for process in processes {
         for site in &process.sites {
-            profile.add_site(site);
+            profile.add_site(process, site);
         }
     }
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&profile.encode())?;
+    gz.write_all(&profile.encode(time))?;
     gz.finish()
+}
+
+/// A mapping as a profile keys it: one process's mapping of one file.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MappingKey {
+    pid: u32,
+    file: String,
+    build_id: String,
+    start: u64,
 }
 
 #[derive(Default)]
 struct ProfileBuilder {
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
-    functions: Vec<(u64, i64, i64)>,
-    function_ids: HashMap<(String, String), u64>,
-    /// (id, filename, build id) string indexes
-    mappings: Vec<(u64, i64, i64)>,
-    mapping_ids: HashMap<(String, String), u64>,
-    /// (id, mapping id or 0, address, function id, line)
-    locations: Vec<(u64, u64, u64, u64, i64)>,
-    location_ids: HashMap<u64, u64>,
-    samples: Vec<(Vec<u64>, [i64; 4])>,
+    /// (name, file name) string indexes, by id - 1.
+    functions: Vec<(i64, i64)>,
+    function_ids: HashMap<(i64, i64), u64>,
+    /// The encoded mappings, by id - 1.
+    mappings: Vec<Vec<u8>>,
+    mapping_ids: HashMap<MappingKey, u64>,
+    /// The encoded locations, by id - 1.
+    locations: Vec<Vec<u8>>,
+    /// By (process, mapping id or 0, address).
+    location_ids: HashMap<(u32, u64, u64), u64>,
+    samples: Vec<Vec<u8>>,
 }
 
 impl ProfileBuilder {
@@ -60,123 +89,193 @@ impl ProfileBuilder {
         id
     }
 
-    fn function(&mut self, frame: &SymFrame) -> u64 {
-        let name = frame
-            .function
-            .clone()
-            .unwrap_or_else(|| format!("0x{:x}", frame.address));
-        let file = frame
-            .file
-            .clone()
-            .or_else(|| frame.module.clone())
-            .unwrap_or_default();
-        if let Some(&id) = self.function_ids.get(&(name.clone(), file.clone())) {
+    fn function(&mut self, name: &str, file: &str) -> u64 {
+        let key = (self.string(name), self.string(file));
+        if let Some(&id) = self.function_ids.get(&key) {
             return id;
         }
-        let id = self.functions.len() as u64 + 1;
-        let (name_id, file_id) = (self.string(&name), self.string(&file));
-        self.functions.push((id, name_id, file_id));
-        self.function_ids.insert((name, file), id);
+        self.functions.push(key);
+        let id = self.functions.len() as u64;
+        self.function_ids.insert(key, id);
         id
     }
 
-    /// The mapping of the frame's file and build id; 0 (none) when the file is unknown.
-    fn mapping(&mut self, frame: &SymFrame) -> u64 {
-        let Some(file) = frame.module.clone() else {
+    /// The mapping of the frame's file in process `pid`; 0 (none) when the
+    /// file is unknown.
+    fn mapping(&mut self, pid: u32, frame: &SymFrame) -> u64 {
+        let Some(file) = &frame.module else {
             return 0;
         };
-        let build_id = frame.build_id.clone().unwrap_or_default();
-        let key = (file, build_id);
+        let range = frame.mapping;
+        let key = MappingKey {
+            pid,
+            file: file.clone(),
+            build_id: frame.build_id.clone().unwrap_or_default(),
+            start: range.map_or(0, |r| r.start),
+        };
         if let Some(&id) = self.mapping_ids.get(&key) {
             return id;
         }
         let id = self.mappings.len() as u64 + 1;
-        let (file_id, build_id_id) = (self.string(&key.0), self.string(&key.1));
-        self.mappings.push((id, file_id, build_id_id));
+        let mut mapping = Message::default();
+        mapping.int(1, id);
+        if let Some(range) = range {
+            mapping.int(2, range.start);
+            mapping.int(3, range.limit);
+            mapping.int(4, range.file_offset);
+        }
+        mapping.int(5, self.string(&key.file) as u64);
+        mapping.int(6, self.string(&key.build_id) as u64);
+        // Symbolized already: functions, file names, lines, inlined calls.
+        for field in 7..=10 {
+            mapping.int(field, 1);
+        }
+        self.mappings.push(mapping.0);
         self.mapping_ids.insert(key, id);
         id
     }
 
-    fn location(&mut self, frame: &SymFrame) -> u64 {
-        if let Some(&id) = self.location_ids.get(&frame.address) {
+    fn location(&mut self, pid: u32, frame: &SymFrame) -> u64 {
+        let mapping = self.mapping(pid, frame);
+        let key = (pid, mapping, frame.address);
+        if let Some(&id) = self.location_ids.get(&key) {
             return id;
         }
-        let function = self.function(frame);
-        let mapping = self.mapping(frame);
         let id = self.locations.len() as u64 + 1;
-        let line = i64::from(frame.line.unwrap_or(0));
-        self.locations
-            .push((id, mapping, frame.address, function, line));
-        self.location_ids.insert(frame.address, id);
+        let mut location = Message::default();
+        location.int(1, id);
+        location.int(2, mapping);
+        location.int(3, frame.address);
+        let fallback_name = format!("0x{:x}", frame.address);
+        // Innermost first: the last line is the function the others were
+        // inlined into.
+        for (function, file, line) in frame.calls() {
+            let file = file.or(frame.module.as_deref()).unwrap_or_default();
+            let function = self.function(function.unwrap_or(&fallback_name), file);
+            let mut entry = Message::default();
+            entry.int(1, function);
+            entry.int(2, u64::from(line.unwrap_or(0)));
+            location.bytes(4, &entry.0);
+        }
+        self.locations.push(location.0);
+        self.location_ids.insert(key, id);
         id
     }
 
-    fn add_site(&mut self, site: &SiteReport) {
-        let locations = site.stack.iter().map(|f| self.location(f)).collect();
+    fn add_site(&mut self, process: &ProcessReport, site: &SiteReport) {
+        let locations: Vec<u64> = site
+            .stack
+            .iter()
+            .map(|frame| self.location(process.pid, frame))
+            .collect();
         let values = [
-            site.live_bytes,
-            site.live_blocks,
-            site.bytes_allocated,
             site.allocs,
+            site.bytes_allocated,
+            site.live_blocks,
+            site.live_bytes,
         ]
-        .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
-        self.samples.push((locations, values));
+        .map(|v| v.min(i64::MAX as u64));
+        let mut sample = Message::default();
+        sample.packed(1, &locations);
+        sample.packed(2, &values);
+        // As perf's converter labels them: the pid a number, the command
+        // name a string.
+        let mut pid = Message::default();
+        pid.int(1, self.string("pid") as u64);
+        pid.int(3, u64::from(process.pid));
+        sample.bytes(3, &pid.0);
+        if let Some(comm) = &process.comm {
+            let mut label = Message::default();
+            label.int(1, self.string("comm") as u64);
+            label.int(2, self.string(comm) as u64);
+            sample.bytes(3, &label.0);
+        }
+        self.samples.push(sample.0);
     }
 
-    fn encode(mut self) -> Vec<u8> {
-        let types: Vec<(i64, i64)> = SAMPLE_TYPES
+    fn encode(mut self, time: ProfileTime) -> Vec<u8> {
+        let types: Vec<Vec<u8>> = SAMPLE_TYPES
             .iter()
-            .map(|(kind, unit)| (self.string(kind), self.string(unit)))
+            .map(|&(kind, unit)| self.value_type(kind, unit))
             .collect();
-        let mut out = Vec::new();
-        for (kind, unit) in &types {
-            let value_type = [field_int(1, *kind as u64), field_int(2, *unit as u64)].concat();
-            out.extend(field_bytes(1, &value_type));
+        let period_type = self.value_type("space", "bytes");
+        let default_type = self.string(SAMPLE_TYPES[3].0);
+        let mut out = Message::default();
+        for value_type in &types {
+            out.bytes(1, value_type);
         }
-        for (locations, values) in &self.samples {
-            let values: Vec<u64> = values.iter().map(|&v| v as u64).collect();
-            let sample = [field_packed(1, locations), field_packed(2, &values)].concat();
-            out.extend(field_bytes(2, &sample));
+        for sample in &self.samples {
+            out.bytes(2, sample);
         }
-        for &(id, file, build_id) in &self.mappings {
-            // Symbolized already: has_functions, has_filenames, has_line_numbers.
-            let mapping = [
-                field_int(1, id),
-                field_int(5, file as u64),
-                field_int(6, build_id as u64),
-                field_int(7, 1),
-                field_int(8, 1),
-                field_int(9, 1),
-            ]
-            .concat();
-            out.extend(field_bytes(3, &mapping));
+        for mapping in &self.mappings {
+            out.bytes(3, mapping);
         }
-        for &(id, mapping, address, function, line) in &self.locations {
-            let line = [field_int(1, function), field_int(2, line as u64)].concat();
-            let location = [
-                field_int(1, id),
-                field_int(2, mapping),
-                field_int(3, address),
-                field_bytes(4, &line),
-            ]
-            .concat();
-            out.extend(field_bytes(4, &location));
+        for location in &self.locations {
+            out.bytes(4, location);
         }
-        for &(id, name, file) in &self.functions {
-            let function = [
-                field_int(1, id),
-                field_int(2, name as u64),
-                field_int(3, name as u64),
-                field_int(4, file as u64),
-            ]
-            .concat();
-            out.extend(field_bytes(5, &function));
+        for (id, &(name, file)) in self.functions.iter().enumerate() {
+            let mut function = Message::default();
+            function.int(1, id as u64 + 1);
+            function.int(2, name as u64);
+            function.int(3, name as u64);
+            function.int(4, file as u64);
+            out.bytes(5, &function.0);
         }
         for s in &self.strings {
-            out.extend(field_bytes(6, s.as_bytes()));
+            out.bytes(6, s.as_bytes());
         }
-        out.extend(field_int(14, types[0].0 as u64));
-        out
+        let since_epoch = time
+            .taken
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        out.int(9, nanos(since_epoch));
+        if let Some(duration) = time.duration {
+            out.int(10, nanos(duration));
+        }
+        out.bytes(11, &period_type);
+        // Every allocation is counted: a sampling period of one byte.
+        out.int(12, 1);
+        out.int(14, default_type as u64);
+        out.0
+    }
+
+    fn value_type(&mut self, kind: &str, unit: &str) -> Vec<u8> {
+        let mut value_type = Message::default();
+        value_type.int(1, self.string(kind) as u64);
+        value_type.int(2, self.string(unit) as u64);
+        value_type.0
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A protobuf message being encoded.
+#[derive(Default)]
+struct Message(Vec<u8>);
+
+impl Message {
+    /// A varint field.
+    fn int(&mut self, field: u64, value: u64) {
+        varint(field << 3, &mut self.0);
+        varint(value, &mut self.0);
+    }
+
+    /// A length-delimited field: bytes, a string or a message.
+    fn bytes(&mut self, field: u64, bytes: &[u8]) {
+        varint((field << 3) | 2, &mut self.0);
+        varint(bytes.len() as u64, &mut self.0);
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// A packed repeated varint field.
+    fn packed(&mut self, field: u64, values: &[u64]) {
+        let mut packed = Vec::new();
+        for &v in values {
+            varint(v, &mut packed);
+        }
+        self.bytes(field, &packed);
     }
 }
 
@@ -188,40 +287,122 @@ fn varint(mut value: u64, out: &mut Vec<u8>) {
     out.push(value as u8);
 }
 
-fn field_int(field: u64, value: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint(field << 3, &mut out);
-    varint(value, &mut out);
-    out
-}
-
-fn field_bytes(field: u64, bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint((field << 3) | 2, &mut out);
-    varint(bytes.len() as u64, &mut out);
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn field_packed(field: u64, values: &[u64]) -> Vec<u8> {
-    let mut packed = Vec::new();
-    for &v in values {
-        varint(v, &mut packed);
-    }
-    field_bytes(field, &packed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        stacks::{InlinedCall, MappedRange, StackStatus},
+        tracker::SiteStats,
+    };
+
+    fn frame(address: u64, start: u64, inlined: &[&str]) -> SymFrame {
+        SymFrame {
+            address,
+            module: Some("/usr/bin/app".to_owned()),
+            build_id: Some("ab".to_owned()),
+            file_offset: Some(address - start),
+            function: Some("outer".to_owned()),
+            file: Some("app.c".to_owned()),
+            line: Some(7),
+            mapping: Some(MappedRange {
+                start,
+                limit: start + 0x1000,
+                file_offset: 0,
+            }),
+            inlined: inlined
+                .iter()
+                .map(|&function| InlinedCall {
+                    function: function.to_owned(),
+                    file: Some("app.h".to_owned()),
+                    line: Some(3),
+                })
+                .collect(),
+        }
+    }
+
+    fn process(pid: u32, stack: Vec<SymFrame>) -> ProcessReport {
+        let stats = SiteStats {
+            live_bytes: 100,
+            live_blocks: 1,
+            allocs: 2,
+            bytes_allocated: 200,
+            site: crate::events::RawSite { stack: 1 },
+        };
+        ProcessReport {
+            comm: Some(format!("app{pid}")),
+            sites: vec![SiteReport::new(&stats, stack, StackStatus::Full)],
+            ..ProcessReport::summary(pid, &Default::default(), true)
+        }
+    }
+
+    #[test]
+    fn processes_keep_their_own_mappings_and_locations_and_inlined_calls_their_lines() {
+        let mut builder = ProfileBuilder::default();
+        // One address in two processes, which map the file at it alike.
+        let a = process(1, vec![frame(0x1010, 0x1000, &["inner", "innermost"])]);
+        let b = process(2, vec![frame(0x1010, 0x1000, &[])]);
+        for p in [&a, &b] {
+            builder.add_site(p, &p.sites[0]);
+        }
+        assert_eq!(builder.mappings.len(), 2, "a mapping per process");
+        assert_eq!(
+            builder.locations.len(),
+            2,
+            "a location per mapping and address"
+        );
+        assert_eq!(builder.functions.len(), 3, "outer, inner, innermost");
+        for label in ["pid", "comm", "app1", "app2"] {
+            assert!(builder.string_ids.contains_key(label), "{label}");
+        }
+        let lines = |location: &[u8]| fields(location).filter(|&f| f == 4).count();
+        assert_eq!(
+            (lines(&builder.locations[0]), lines(&builder.locations[1])),
+            (3, 1),
+            "two inlined calls and the function they are in"
+        );
+    }
+
+    /// The field numbers of a message's fields, in order.
+    fn fields(mut message: &[u8]) -> impl Iterator<Item = u64> + '_ {
+        std::iter::from_fn(move || {
+            let tag = read_varint(&mut message)?;
+            match tag & 7 {
+                0 => drop(read_varint(&mut message)?),
+                2 => {
+                    let len = read_varint(&mut message)? as usize;
+                    message = message.get(len..)?;
+                }
+                _ => return None,
+            }
+            Some(tag >> 3)
+        })
+    }
+
+    fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
 
     #[test]
     fn varints_are_little_endian_base_128() {
         let mut out = Vec::new();
         varint(300, &mut out);
         assert_eq!(out, [0xac, 0x02]);
-        assert_eq!(field_int(1, 1), [0x08, 0x01]);
-        assert_eq!(field_bytes(6, b"ab"), [0x32, 2, b'a', b'b']);
-        assert_eq!(field_packed(1, &[1, 300]), [0x0a, 3, 1, 0xac, 0x02]);
+        let mut message = Message::default();
+        message.int(1, 1);
+        message.bytes(6, b"ab");
+        message.packed(1, &[1, 300]);
+        assert_eq!(
+            message.0,
+            [0x08, 0x01, 0x32, 2, b'a', b'b', 0x0a, 3, 1, 0xac, 0x02]
+        );
     }
 }

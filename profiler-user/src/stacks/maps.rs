@@ -3,6 +3,8 @@
 
 use std::{ops::Range, path::Path, sync::Arc};
 
+use serde::{Deserialize, Serialize};
+
 use super::files::MappedFile;
 
 /// One executable, file-backed mapping.
@@ -27,6 +29,17 @@ pub struct Mapping {
     pub file: Option<Arc<MappedFile>>,
 }
 
+/// Where a file is mapped: the addresses, and the file offset of the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedRange {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub limit: u64,
+    /// The file offset mapped at `start`.
+    pub file_offset: u64,
+}
+
 /// Where a return address lies in a mapped file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -36,6 +49,8 @@ pub struct Location {
     pub build_id: Option<Arc<[u8]>>,
     /// The offset in the file.
     pub offset: u64,
+    /// The mapping holding the address.
+    pub mapping: MappedRange,
     /// The file as the process mapped it, held open: its symbols are read
     /// from it, not from whatever the path names now.
     pub file: Option<Arc<MappedFile>>,
@@ -110,6 +125,11 @@ pub fn normalize(mappings: &[Mapping], address: u64) -> Option<Location> {
             path: Arc::clone(&m.path),
             build_id: m.build_id.clone(),
             offset: address - m.start + m.file_offset,
+            mapping: MappedRange {
+                start: m.start,
+                limit: m.end,
+                file_offset: m.file_offset,
+            },
             file: m.file.clone(),
         })
 }

@@ -18,9 +18,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use files::{FileId, MappedFile, OpenFiles, file_id, open_mapped};
-pub use maps::{Location, Mapping, code_ranges, normalize, parse_maps};
+pub use maps::{Location, MappedRange, Mapping, code_ranges, normalize, parse_maps};
 pub use service::SymbolService;
-pub use symbols::{DEFAULT_CACHE_FRAMES, SymFrame, Symbols};
+pub use symbols::{DEFAULT_CACHE_FRAMES, InlinedCall, SymFrame, Symbols};
 
 use crate::{
     events::{RawSite, StackRecord},

@@ -2,10 +2,10 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use blazesym::symbolize::{Input, Symbolized, Symbolizer, source::Elf, source::Source};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer, source::Elf, source::Source};
 use serde::{Deserialize, Serialize};
 
-use super::{FileId, Frame, Location, Stack, read_build_id};
+use super::{FileId, Frame, Location, MappedRange, Stack, read_build_id};
 
 /// A frame with its symbol, as reports show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,41 @@ pub struct SymFrame {
     pub file: Option<String>,
     /// The source line of the call.
     pub line: Option<u32>,
+    /// The mapping the address lies in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<MappedRange>,
+    /// Calls inlined at the address, innermost first: the frames the
+    /// compiler folded into `function`, which made the call at `line`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inlined: Vec<InlinedCall>,
+}
+
+/// A call inlined into a frame's function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlinedCall {
+    /// The inlined function, demangled.
+    pub function: String,
+    /// The source file of the call it makes, when debug info has it.
+    pub file: Option<String>,
+    /// The source line of that call.
+    pub line: Option<u32>,
+}
+
+impl SymFrame {
+    /// The frame's calls as a stack shows them, innermost first: the
+    /// inlined ones, then the function's own, each as (function, file, line).
+    pub fn calls(&self) -> impl Iterator<Item = (Option<&str>, Option<&str>, Option<u32>)> {
+        self.inlined
+            .iter()
+            .map(|call| {
+                (
+                    Some(call.function.as_str()),
+                    call.file.as_deref(),
+                    call.line,
+                )
+            })
+            .chain([(self.function.as_deref(), self.file.as_deref(), self.line)])
+    }
 }
 
 /// Frames resolved per (file, build id, offset) kept by default.
@@ -53,6 +88,7 @@ struct Resolved {
     function: Option<String>,
     file: Option<String>,
     line: Option<u32>,
+    inlined: Vec<InlinedCall>,
 }
 
 impl Default for Symbols {
@@ -97,6 +133,8 @@ impl Symbols {
                 function: None,
                 file: None,
                 line: None,
+                mapping: None,
+                inlined: Vec::new(),
             };
         };
         let resolved = self.resolve(location);
@@ -108,6 +146,8 @@ impl Symbols {
             function: resolved.function,
             file: resolved.file,
             line: resolved.line,
+            mapping: Some(location.mapping),
+            inlined: resolved.inlined,
         }
     }
 
@@ -152,15 +192,33 @@ impl Symbols {
         match self.symbolizer.symbolize_single(&source, input) {
             Ok(Symbolized::Sym(sym)) => {
                 let code = sym.code_info.as_deref();
+                // blazesym lists inlined calls outermost first, each with
+                // the place in it of the next call (the innermost's: the
+                // address's own).
+                let inlined = sym
+                    .inlined
+                    .iter()
+                    .rev()
+                    .map(|call| InlinedCall {
+                        function: call.name.to_string(),
+                        file: call.code_info.as_ref().map(source_file),
+                        line: call.code_info.as_ref().and_then(|c| c.line),
+                    })
+                    .collect();
                 Resolved {
-                    function: Some(sym.name.into_owned()),
-                    file: code.map(|c| c.file.to_string_lossy().into_owned()),
+                    function: Some(sym.name.to_string()),
+                    file: code.map(source_file),
                     line: code.and_then(|c| c.line),
+                    inlined,
                 }
             }
             _ => Resolved::default(),
         }
     }
+}
+
+fn source_file(code: &CodeInfo<'_>) -> String {
+    code.file.to_string_lossy().into_owned()
 }
 
 /// Bytes as lowercase hex, as `readelf -n` prints build ids.
