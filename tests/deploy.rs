@@ -2,7 +2,8 @@
 //! the Kubernetes manifest, checked by the tools that consume them (and the
 //! manifest against the unit, the config and the daemon's flags), and against
 //! a real Prometheus server scraping a real daemon in a leak scenario; `cargo
-//! xtask install`.
+//! xtask install` and the group its sysusers.d entry makes (booted under a
+//! real systemd in tests/systemd.rs).
 
 #[allow(
     dead_code,
@@ -23,7 +24,7 @@ use serde_json::Value;
 use support::{
     Workload,
     daemon::{Daemon, free_port, http_get},
-    fixture, tempfile_path,
+    fixture, tempfile_path, xtask_install,
 };
 
 fn deploy(file: &str) -> PathBuf {
@@ -326,30 +327,53 @@ fn the_kubernetes_manifest_gives_the_daemon_its_config_its_port_and_its_host_pat
 #[test]
 fn xtask_install_puts_every_file_in_place() {
     let root = tempfile_path("root");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "install",
-            "--no-build",
-            "--root",
-        ])
-        .arg(&root)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .status()
-        .expect("run cargo xtask install");
-    assert!(status.success());
+    let said = String::from_utf8_lossy(&xtask_install(&root).stdout).into_owned();
     for file in [
         "usr/local/bin/heapwatch",
         "etc/systemd/system/heapwatch.service",
+        "usr/lib/sysusers.d/heapwatch.conf",
         "etc/heapwatch/config.toml",
         "usr/local/share/doc/heapwatch/README.md",
     ] {
         assert!(root.join(file).is_file(), "{file} not installed");
+        assert!(
+            said.contains(&format!("installed {}", root.join(file).display())),
+            "cargo xtask install does not say it installed {file}: {said}"
+        );
     }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn the_installed_sysusers_entry_makes_the_units_group() {
+    let unit = std::fs::read_to_string(deploy("heapwatch.service")).expect("read the unit");
+    let group = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Group="))
+        .expect("the unit sets Group=");
+    let root = tempfile_path("sysusers-root");
+    xtask_install(&root);
+    // systemd-sysusers as at boot, on the root alone (it reads the root's
+    // sysusers.d and writes the root's /etc/group): no root privilege needed.
+    let output = Command::new("systemd-sysusers")
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .expect("run systemd-sysusers (cargo xtask setup installs systemd)");
+    assert!(
+        output.status.success(),
+        "systemd-sysusers --root: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let groups = std::fs::read_to_string(root.join("etc/group"))
+        .expect("systemd-sysusers wrote no /etc/group under the root");
+    let gid: u32 = groups
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{group}:x:")))
+        .and_then(|rest| rest.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no group {group} in the root's /etc/group: {groups}"));
+    // Debian's system groups are below 1000 (SYS_GID_MAX in login.defs).
+    assert!(gid < 1000, "group {group} is not a system group: gid {gid}");
     let _ = std::fs::remove_dir_all(root);
 }
 

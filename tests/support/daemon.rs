@@ -260,6 +260,12 @@ impl Drop for Daemon {
     }
 }
 
+/// The metrics `address` serves, for a daemon this test did not start itself
+/// (one under systemd).
+pub fn scrape(address: &str) -> Metrics {
+    Metrics::parse(&http_get(address, "/metrics"))
+}
+
 /// The body of GET `path` from `address`.
 pub fn http_get(address: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(address).expect("connect to the daemon");

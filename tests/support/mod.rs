@@ -421,6 +421,34 @@ pub fn readelf_build_id(binary: &Path) -> String {
         .to_owned()
 }
 
+/// Runs `cargo xtask install --no-build --root ROOT`, as a user would
+/// (the binary from target/release).
+pub fn xtask_install(root: &Path) -> Output {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "install",
+            "--no-build",
+            "--root",
+        ])
+        .arg(root)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("run cargo xtask install");
+    assert!(
+        output.status.success(),
+        "cargo xtask install --root {} failed (it installs target/release/heapwatch: \
+         build it with cargo build --release): {}",
+        root.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// A path under /tmp unique to this test process.
 pub fn tempfile_path(name: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -1,4 +1,5 @@
-//! `cargo xtask install`: the binary, the systemd unit and the config.
+//! `cargo xtask install`: the binary, the systemd unit, its group and the
+//! config.
 
 use std::{
     fs,
@@ -7,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::{run::workspace_root, toolchain::run};
 
@@ -21,6 +22,7 @@ pub fn install(root: &Path) -> Result<()> {
             "etc/systemd/system/heapwatch.service",
             0o644,
         ),
+        ("deploy/heapwatch.sysusers", SYSUSERS_ENTRY, 0o644),
         (
             "README.md",
             "usr/local/share/doc/heapwatch/README.md",
@@ -39,9 +41,12 @@ pub fn install(root: &Path) -> Result<()> {
     } else {
         copy(&source.join("deploy/config.toml"), &config, 0o644)?;
     }
-    if root == Path::new("/") && systemd_runs() {
-        run(Command::new("systemctl").arg("daemon-reload"))?;
-        println!("next: systemctl enable --now heapwatch");
+    if root == Path::new("/") {
+        create_group()?;
+        if systemd_runs() {
+            run(Command::new("systemctl").arg("daemon-reload"))?;
+            println!("next: systemctl enable --now heapwatch");
+        }
     }
     Ok(())
 }
@@ -54,6 +59,73 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("set the mode of {}", to.display()))?;
     println!("installed {}", to.display());
     Ok(())
+}
+
+/// Where systemd-sysusers reads the group's entry, under the root: at boot
+/// (systemd-sysusers.service) it makes the group on a host where the unit is
+/// installed but the group is not yet made.
+const SYSUSERS_ENTRY: &str = "usr/lib/sysusers.d/heapwatch.conf";
+
+/// Makes the unit's group (`Group=heapwatch`) on this machine now, so that
+/// the unit can start without a reboot: by systemd-sysusers from the entry
+/// just installed (it needs no systemd as PID 1), or by groupadd where
+/// systemd-sysusers is absent. Both leave an existing group as it is.
+fn create_group() -> Result<()> {
+    let entry = Path::new("/").join(SYSUSERS_ENTRY);
+    if let Some(sysusers) = find_program("systemd-sysusers") {
+        run(Command::new(sysusers).arg(&entry)).with_context(|| {
+            format!(
+                "create the group heapwatch from {} (check that /etc/group is writable)",
+                entry.display()
+            )
+        })?;
+        println!(
+            "group heapwatch in place (systemd-sysusers {})",
+            entry.display()
+        );
+        return Ok(());
+    }
+    if group_exists()? {
+        println!("kept the group heapwatch (it exists)");
+        return Ok(());
+    }
+    run(Command::new("groupadd").args(["--system", "heapwatch"])).context(
+        "create the group heapwatch with groupadd (no systemd-sysusers here; \
+         install the passwd package for groupadd, or create the group by hand)",
+    )?;
+    println!("created the group heapwatch (groupadd --system)");
+    Ok(())
+}
+
+/// Whether the group heapwatch exists (getent, so that NSS sources count).
+fn group_exists() -> Result<bool> {
+    let output = Command::new("getent")
+        .args(["group", "heapwatch"])
+        .output()
+        .context("run getent group heapwatch (libc-bin provides getent)")?;
+    // getent exits 2 for a key it does not find, 1 or 3 for its own errors.
+    match output.status.code() {
+        Some(0) => Ok(true),
+        Some(2) => Ok(false),
+        _ => bail!(
+            "getent group heapwatch failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
+}
+
+/// The first executable `name` on PATH (or in the sbin directories, which a
+/// user's PATH may lack).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// True when PID 1 is systemd.
