@@ -353,6 +353,12 @@ fn snapshot_cases(s: &Scratch) -> Vec<Case> {
         each(["snapshot", "--duration"], &["0", "-1s", "soon", "1.5s"], &pid, 2, &["'--duration <DURATION>'", DURATION_SYNTAX]),
         each(["snapshot", "--duration"], &["18446744073709551615s"], &pid, 2, &["'--duration <DURATION>'", "is too long"]),
         each(["snapshot", "--format"], &["svg", "JSON", ""], &pid, 2, &["'--format <FORMAT>'", "[possible values: text, json, pprof, flamegraph]"]),
+        each(["snapshot", "--since"], &["0s"], &pid, 2, &["'--since <DURATION>'", "must be longer than 0"]),
+        each(["snapshot", "--since"], &["0", "-1s", "soon"], &pid, 2, &["'--since <DURATION>'", DURATION_SYNTAX]),
+        vec![
+            case(&["snapshot", "--pid", "1", "--since", "1m", "--duration", "1s"], 2, &["'--since <DURATION>' cannot be used with '--duration <DURATION>'"]),
+            case(&["snapshot", "--pid", "1", "--since", "1m", "--socket", &absent], 1, &[&absent, NOT_RUNNING[0]]),
+        ],
     ]
     .concat()
 }

@@ -105,7 +105,7 @@ fn live_bytes_and_leak_suspects_of_real_workloads() {
         series <= 50 + suspects + 1,
         "{series} series exceed the bound"
     );
-    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(m.dropped("ring_full"), 0.0);
     assert!(m.total("heapwatch_events_total") > 0.0);
 
     drop((leak, plateau, constant, burst, exiting, execing));
@@ -330,7 +330,7 @@ fn two_threads_churning_lose_no_event() {
         "frees counted: {} of {pairs}",
         m.events("free")
     );
-    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(m.dropped("ring_full"), 0.0);
     assert!(daemon.stop().success());
 }
 
@@ -351,7 +351,7 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
     );
     let before = daemon.scrape();
     let counted_before = before.events("alloc") + before.events("free");
-    let lost_before = before.total("heapwatch_events_lost_total");
+    let lost_before = before.dropped("ring_full");
     let churn = std::process::Command::new(fixture("churn"))
         .args(["2", "6"])
         .stdout(std::process::Stdio::piped())
@@ -361,7 +361,7 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
     let m = daemon.scrape_until(Duration::from_secs(5), |m| {
         m.process("heapwatch_process_inexact", pid) == Some(1.0)
     });
-    assert!(m.total("heapwatch_events_lost_total") > 0.0, "nothing lost");
+    assert!(m.dropped("ring_full") > 0.0, "nothing lost");
     assert_eq!(m.process("heapwatch_process_inexact", pid), Some(1.0));
     assert_eq!(
         m.process("heapwatch_process_leak_suspect_bytes", pid),
@@ -383,7 +383,7 @@ fn an_overflowing_ring_marks_the_losing_process_inexact_and_the_daemon_recovers(
     );
     let generated = 2.0 * churn_pairs(&output.stdout);
     let counted = |m: &Metrics| m.events("alloc") + m.events("free") - counted_before;
-    let lost = |m: &Metrics| m.total("heapwatch_events_lost_total") - lost_before;
+    let lost = |m: &Metrics| m.dropped("ring_full") - lost_before;
     let m = daemon.scrape_until(Duration::from_secs(10), |m| {
         counted(m) + lost(m) >= generated
     });
@@ -503,7 +503,7 @@ fn processes_whose_exit_records_were_lost_leave_no_series_behind() {
         assert!(status.success());
         short += 1;
     }
-    let lost = daemon.scrape().total("heapwatch_events_lost_total");
+    let lost = daemon.scrape().dropped("ring_full");
     assert!(lost > 0.0, "nothing lost: the test proves nothing");
 
     // Within a few ticks, every process with series still runs.

@@ -31,11 +31,6 @@ const BLOCKS: &str = "heapwatch_process_live_allocations";
 const ALLOCS: &str = "heapwatch_process_allocations_total";
 const INEXACT: &str = "heapwatch_process_inexact";
 
-/// `heapwatch_kernel_drops_total{reason}`.
-fn drops(m: &Metrics, reason: &str) -> f64 {
-    m.labelled("heapwatch_kernel_drops_total", "reason", reason)
-}
-
 /// Asserts that process `pid` holds what `workload constant` makes, exactly:
 /// 100 allocations, 1,000,000 live bytes, nothing inexact.
 fn assert_constant_exactly(m: &Metrics, pid: u32) {
@@ -173,7 +168,7 @@ fn a_process_exec_ing_while_its_threads_allocate_starts_afresh() {
     // leaks, and nothing lost or unpaired on the way.
     assert_constant_exactly(&m, pid);
     assert_eq!(m.process(BLOCKS, pid), Some(100.0));
-    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(m.dropped("ring_full"), 0.0);
     drop(busy);
     assert!(daemon.stop().success());
 }
@@ -208,8 +203,8 @@ fn processes_killed_inside_the_allocator_leave_no_state_behind() {
         assert_eq!(m.process(LIVE, *pid), None, "killed {pid} still has state");
     }
     assert_constant_exactly(&m, constant.pid());
-    assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
-    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(m.dropped("unpaired"), before.dropped("unpaired"));
+    assert_eq!(m.dropped("ring_full"), 0.0);
     drop(constant);
     assert!(daemon.stop().success());
 }
@@ -243,9 +238,9 @@ fn past_the_caps_blocks_are_refused_counted_and_cost_no_memory() {
     eprintln!(
         "caps 1,000,000 per process, 2,000,000 in all; 10,000,000 live blocks made: {} tracked, {refused} refused, {} lost; tracker {tracker_bytes} bytes; daemon RSS {idle_kib} KiB idle, peak {peak_kib} KiB",
         m.process(BLOCKS, pid).unwrap_or(0.0),
-        m.total("heapwatch_events_lost_total"),
+        m.dropped("ring_full"),
     );
-    assert_eq!(m.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(m.dropped("ring_full"), 0.0);
     assert_eq!(refused, 9_000_000.0);
     assert_eq!(m.process(BLOCKS, pid), Some(1_000_000.0));
     assert_eq!(m.process(LIVE, pid), Some(32_000_000.0));
@@ -323,7 +318,7 @@ fn a_process_killed_between_mallocs_entry_and_return_leaves_nothing_for_its_pid(
         m.process(ALLOCS, pid) == Some(100.0)
     });
     assert_constant_exactly(&m, pid);
-    assert_eq!(drops(&m, "unpaired"), drops(&before, "unpaired"));
+    assert_eq!(m.dropped("unpaired"), before.dropped("unpaired"));
     drop(reborn);
     assert!(daemon.stop().success());
 }
@@ -439,7 +434,7 @@ fn short_processes_started_under_the_daemon_leave_no_unmatched_free() {
         before.total("heapwatch_pretrace_frees_total"),
         after.total("heapwatch_pretrace_frees_total"),
     );
-    assert_eq!(after.total("heapwatch_events_lost_total"), 0.0);
+    assert_eq!(after.dropped("ring_full"), 0.0);
     assert_eq!(unmatched(&after), unmatched(&before), "frees missed");
     daemon.stop_cleanly();
     baseline.assert_nothing_left();

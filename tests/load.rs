@@ -127,7 +127,7 @@ fn scrapes_at_50_per_second_and_snapshots_in_a_loop_while_two_threads_churn() {
     });
     let counted =
         m.events("alloc") + m.events("free") - before.events("alloc") - before.events("free");
-    let lost = m.total("heapwatch_events_lost_total");
+    let lost = m.dropped("ring_full");
     let mut sorted = latencies.clone();
     sorted.sort();
     let growth_kib = rss_growth_kib(&rss);

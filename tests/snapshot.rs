@@ -227,6 +227,64 @@ fn a_snapshot_names_the_leaking_function_in_every_format() {
     assert!(daemon.stop().success());
 }
 
+#[test]
+#[ignore = "needs root"]
+fn since_shows_the_sites_that_grew_over_the_span_most_first() {
+    let (mut daemon, socket) = start_daemon();
+    // A large site that holds steady, and a small one that grows.
+    let process = Workload::start(&fixture("workload"), "held_and_leak");
+    thread::sleep(Duration::from_secs(4));
+    let json = |extra: &[&str]| -> Value {
+        let output = snapshot(
+            &socket,
+            process.pid(),
+            &[&["--format", "json"], extra].concat(),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON snapshot")
+    };
+    let largest = json(&["--top", "1"]);
+    assert_eq!(functions(&largest["sites"][0])[0], "hold", "{largest}");
+    let grown = json(&["--since", "3s"]);
+    let sites = grown["sites"].as_array().expect("sites");
+    assert!(!sites.is_empty(), "{grown}");
+    assert_eq!(functions(&sites[0])[0], "slow_leak_step", "{grown}");
+    assert!(
+        sites
+            .iter()
+            .all(|s| functions(s)[0] != "hold" && s["grown_bytes"].as_i64() > Some(0)),
+        "only sites that grew: {grown}"
+    );
+    let since = grown["since_secs"].as_f64().expect("the span covered");
+    assert!((1.0..=4.0).contains(&since), "{grown}");
+    // Live bytes are read at each tick: the growth is whole leaked blocks.
+    let step = grown["sites"][0]["grown_bytes"].as_i64().expect("growth");
+    let block = grown["sites"][0]["live_bytes"].as_i64().expect("live")
+        / grown["sites"][0]["live_blocks"].as_i64().expect("blocks");
+    assert_eq!(step % block, 0, "{grown}");
+    let text = snapshot(&socket, process.pid(), &["--since", "3s"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("grew over the last")
+            && text.contains(" bytes), allocated at:")
+            && text.contains(": slow_leak_step ("),
+        "{text}"
+    );
+    let too_far = snapshot(&socket, process.pid(), &["--since", "1h"]);
+    let said = String::from_utf8_lossy(&too_far.stderr);
+    assert!(
+        !too_far.status.success()
+            && said.contains("keeps the last 6 s")
+            && said.contains("--since"),
+        "{said}"
+    );
+    assert!(daemon.stop().success());
+}
+
 /// The blocks and bytes a snapshot over the API shows live in `pid`.
 fn live_now(socket: &Path, pid: u32) -> (Value, Value) {
     let request = format!("{{\"op\":\"snapshot\",\"pid\":{pid},\"top\":10}}\n");

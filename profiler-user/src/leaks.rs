@@ -93,6 +93,15 @@ impl History {
         self.samples.back().copied()
     }
 
+    /// The sample `ticks` before the newest; 0 before the first (a site's
+    /// history starts when it first holds live bytes).
+    pub fn ago(&self, ticks: usize) -> u64 {
+        self.samples
+            .len()
+            .checked_sub(ticks + 1)
+            .map_or(0, |index| self.samples[index])
+    }
+
     /// Growth in bytes per tick (Theil–Sen), 0 with fewer than 2 samples.
     pub fn slope_per_tick(&self) -> f64 {
         theil_sen_slope(&self.to_vec())
@@ -239,6 +248,23 @@ impl LeakDetector {
         self.processes.remove(&tgid);
     }
 
+    /// The growth of a site's live bytes over the last `ticks` ticks: its
+    /// newest sample less the one `ticks` before.
+    pub fn site_growth_over(&self, tgid: u32, site: u32, ticks: usize) -> i64 {
+        let Some(history) = self.sites.get(&tgid).and_then(|sites| sites.get(&site)) else {
+            return 0;
+        };
+        let now = history.last().unwrap_or(0);
+        now as i64 - history.ago(ticks) as i64
+    }
+
+    /// How many ticks back the process's history reaches.
+    pub fn ticks_known(&self, tgid: u32) -> usize {
+        self.processes
+            .get(&tgid)
+            .map_or(0, |history| history.len().saturating_sub(1))
+    }
+
     /// Number of site histories kept.
     pub fn tracked_sites(&self) -> usize {
         self.sites.values().map(HashMap::len).sum()
@@ -289,6 +315,24 @@ impl Verdict<'_> {
     /// Growth of the process's live bytes over the window, bytes per second.
     pub fn process_growth_rate(&self) -> f64 {
         self.detector.process_growth_rate(self.tgid)
+    }
+
+    /// The ticks of a span of `span` the process's history covers: at most
+    /// a tick more than asked (the span rounded up), at most what is known.
+    pub fn ticks_of(&self, span: Duration) -> usize {
+        let tick = nanos(self.detector.config.tick).max(1);
+        let asked = nanos(span).div_ceil(tick) as usize;
+        asked.min(self.detector.ticks_known(self.tgid))
+    }
+
+    /// The time `ticks` ticks span.
+    pub fn span_of(&self, ticks: usize) -> Duration {
+        self.detector.config.tick * ticks as u32
+    }
+
+    /// Growth of site `index`'s live bytes over the last `ticks` ticks.
+    pub fn site_growth_over(&self, index: u32, ticks: usize) -> i64 {
+        self.detector.site_growth_over(self.tgid, index, ticks)
     }
 }
 

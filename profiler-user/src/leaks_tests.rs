@@ -217,3 +217,34 @@ mod verdict {
         assert_eq!(verdict.suspect_bytes(state), 100 * old_blocks);
     }
 }
+
+#[test]
+fn growth_since_a_time_is_the_newest_sample_less_the_one_then() {
+    let mut d = LeakDetector::new(config());
+    for (tick, live) in [0u64, 0, 100, 300, 300, 700].into_iter().enumerate() {
+        d.sample_process(1, 1000 + tick as u64);
+        d.sample_site(1, 0, live);
+        d.sample_site(1, 1, 500);
+    }
+    let verdict = d.verdict(1, &ProcessState::default(), 0);
+    assert_eq!(
+        verdict.ticks_of(Duration::from_millis(2500)),
+        3,
+        "rounded up"
+    );
+    assert_eq!(
+        verdict.ticks_of(Duration::from_secs(60)),
+        5,
+        "what is known"
+    );
+    assert_eq!(verdict.span_of(3), Duration::from_secs(3));
+    assert_eq!(verdict.site_growth_over(0, 1), 400);
+    assert_eq!(verdict.site_growth_over(0, 3), 600);
+    assert_eq!(
+        verdict.site_growth_over(0, 5),
+        700,
+        "before its first live byte a site held none"
+    );
+    assert_eq!(verdict.site_growth_over(1, 5), 0, "steady");
+    assert_eq!(verdict.site_growth_over(9, 5), 0, "unknown");
+}

@@ -95,6 +95,9 @@ pub struct SnapshotRequest {
     pub top: u32,
     /// Count only blocks at least this old.
     pub min_age: Option<Duration>,
+    /// Show the sites whose live bytes grew over this last span (the
+    /// daemon keeps their history), by growth.
+    pub since: Option<Duration>,
     /// Trace the process for this long: by the daemon if it runs tiers,
     /// else by heapwatch itself.
     pub duration: Option<Duration>,
@@ -179,6 +182,7 @@ fn ask_snapshot(request: &SnapshotRequest) -> Result<ProcessReport, QueryError> 
             pid: request.pid,
             top: request.top as usize,
             min_age_ms: request.min_age.map_or(0, |age| age.as_millis() as u64),
+            since_ms: request.since.map_or(0, |since| since.as_millis() as u64),
         },
     )
 }
@@ -220,6 +224,7 @@ fn trace(request: &SnapshotRequest, duration: Duration) -> Result<ProcessReport,
         top: request.top as usize,
         now_ns: Some(monotonic_ns()),
         min_age_ns: request.min_age.map_or(0, |age| age.as_nanos() as u64),
+        since: None,
     };
     let no_allocations = ProcessState::default();
     let (state, exited) = session

@@ -344,6 +344,11 @@ impl Metrics {
             .map_or(0.0, |s| s.value)
     }
 
+    /// `heapwatch_events_dropped_total{reason}`.
+    pub fn dropped(&self, reason: &str) -> f64 {
+        self.labelled("heapwatch_events_dropped_total", "reason", reason)
+    }
+
     /// `heapwatch_events_total{kind}`.
     pub fn events(&self, kind: &str) -> f64 {
         self.labelled("heapwatch_events_total", "kind", kind)

@@ -26,6 +26,10 @@ pub enum Request {
         /// Count only blocks at least this many milliseconds old (0: all).
         #[serde(default)]
         min_age_ms: u64,
+        /// Show the sites whose live bytes grew over the last this many
+        /// milliseconds, by growth (0: the sites holding the most).
+        #[serde(default)]
+        since_ms: u64,
     },
     /// Trace one process exactly from now, for at least this long (scope
     /// `tiered`: it is escalated as if it grew); the reply is its pid.
@@ -195,7 +199,8 @@ mod tests {
             Ok(Request::Snapshot {
                 pid: 42,
                 top: 10,
-                min_age_ms: 0
+                min_age_ms: 0,
+                since_ms: 0
             })
         );
         assert_eq!(
@@ -203,7 +208,8 @@ mod tests {
             Ok(Request::Snapshot {
                 pid: 42,
                 top: 10,
-                min_age_ms: 1500
+                min_age_ms: 1500,
+                since_ms: 0
             })
         );
     }

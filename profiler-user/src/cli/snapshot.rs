@@ -37,6 +37,11 @@ pub struct SnapshotArgs {
     /// traces the process on request), else by heapwatch itself (as root).
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
+    /// Show the sites whose live bytes grew over this last span, e.g. 10m,
+    /// most first (the daemon keeps each site's live bytes over its leak
+    /// window).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, allow_hyphen_values = true, conflicts_with = "duration")]
+    pub since: Option<Duration>,
     /// Rendering (pprof and flamegraph need -o).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -97,6 +102,7 @@ pub fn run(args: &SnapshotArgs) -> Result<(), AnswerError> {
         pid: args.pid,
         top: args.top,
         min_age: args.min_age,
+        since: args.since,
         duration: args.duration,
         socket: args.socket.clone(),
     })?;

@@ -47,11 +47,13 @@ impl ApiSource {
                 pid,
                 top,
                 min_age_ms,
+                since_ms,
             } => {
                 let selection = SiteSelection {
                     top,
                     now_ns: Some(monotonic_ns()),
                     min_age_ns: min_age_ms.saturating_mul(1_000_000),
+                    since: (since_ms > 0).then(|| Duration::from_millis(since_ms)),
                 };
                 match self.snapshot(pid, &selection, uid) {
                     Ok(process) => Reply::answer(&process),
@@ -165,6 +167,13 @@ impl ApiSource {
         visible(pid, uid)?;
         let (draft, tiered) = {
             let state = self.lock();
+            let window = state.leak_window();
+            if selection.since.is_some_and(|since| since > window) {
+                return Err(format!(
+                    "the daemon keeps the last {} s of each site's live bytes (its leak window, `window` in its config): ask --since for at most that",
+                    window.as_secs()
+                ));
+            }
             (state.snapshot(pid, selection), state.tiers.is_some())
         };
         let draft = draft.ok_or_else(|| {

@@ -213,6 +213,7 @@ impl DaemonState {
             top: POST_MORTEM_SITES,
             now_ns: Some(monotonic_ns()),
             min_age_ns: 0,
+            since: None,
         };
         Victim {
             pid,
@@ -232,6 +233,11 @@ impl DaemonState {
                 .snapshot(pid, &selection)
                 .map(|draft| draft.normalize_with(self.session.sites_mut())),
         }
+    }
+
+    /// How far back the leak rule keeps each site's live bytes.
+    pub fn leak_window(&self) -> std::time::Duration {
+        self.detector.config().window
     }
 
     /// The draft of a snapshot of process `pid` at `now_ns`: the sites
@@ -322,6 +328,7 @@ mod tests {
             top,
             now_ns: Some(now),
             min_age_ns: min_age,
+            since: None,
         };
         Some(s.snapshot(10, &selection)?.report().sites.clone())
     }

@@ -10,7 +10,10 @@ pub mod http;
 use std::{fmt, sync::Mutex};
 
 use profiler_common::Counter;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    process_collector::ProcessCollector,
+};
 
 use crate::{coverage::Untraced, events::EventKind, session::SessionFigures};
 
@@ -40,18 +43,14 @@ pub enum Metric {
     ProcessInexact,
     /// Records decoded, by kind.
     Events,
-    /// Records the kernel could not write.
-    EventsLost,
-    /// Other kernel-side drops, by reason.
-    KernelDrops,
+    /// Records not applied, by reason.
+    EventsDropped,
     /// Frees of blocks never seen allocated, in processes traced from their start.
     UnmatchedFrees,
     /// Frees of blocks allocated before tracing began.
     PretraceFrees,
     /// Live blocks not tracked because a cap was reached.
     RefusedAllocations,
-    /// Records that could not be decoded.
-    MalformedRecords,
     /// Processes with heap state.
     TrackedProcesses,
     /// Approximate memory of the tracker's state.
@@ -117,7 +116,7 @@ const fn family(
 }
 
 /// Every metric family, in [`Metric`]'s order.
-pub const FAMILIES: [Family; 26] = [
+pub const FAMILIES: [Family; 24] = [
     family(
         Metric::ProcessLiveBytes,
         "heapwatch_process_live_bytes",
@@ -169,7 +168,7 @@ pub const FAMILIES: [Family; 26] = [
     ),
     family(
         Metric::ProcessGrowthRate,
-        "heapwatch_process_live_bytes_growth_rate",
+        "heapwatch_process_live_growth_bytes_per_second",
         Kind::RealGauge,
         "Growth of live heap bytes over the leak window, in bytes per second (Theil-Sen).",
         PROCESS_LABELS,
@@ -189,17 +188,10 @@ pub const FAMILIES: [Family; 26] = [
         &["kind"],
     ),
     family(
-        Metric::EventsLost,
-        "heapwatch_events_lost_total",
+        Metric::EventsDropped,
+        "heapwatch_events_dropped_total",
         Kind::Counter,
-        "Records the kernel could not write (ring buffer full).",
-        &[],
-    ),
-    family(
-        Metric::KernelDrops,
-        "heapwatch_kernel_drops_total",
-        Kind::Counter,
-        "Other kernel-side drops, by reason.",
+        "Allocator calls and process events not applied, by reason: ring_full (the kernel could not write the record), unpaired (an allocation's entry could not meet its return), targets_full (a forked child could not be traced), malformed (a record could not be decoded).",
         &["reason"],
     ),
     family(
@@ -221,13 +213,6 @@ pub const FAMILIES: [Family; 26] = [
         "heapwatch_refused_allocations_total",
         Kind::Counter,
         "Live blocks not tracked because a memory cap was reached.",
-        &[],
-    ),
-    family(
-        Metric::MalformedRecords,
-        "heapwatch_malformed_records_total",
-        Kind::Counter,
-        "Ring-buffer records that could not be decoded.",
         &[],
     ),
     family(
@@ -274,7 +259,7 @@ pub const FAMILIES: [Family; 26] = [
     ),
     family(
         Metric::ProcessAnonGrowthRate,
-        "heapwatch_process_anon_bytes_growth_rate",
+        "heapwatch_process_anon_growth_bytes_per_second",
         Kind::RealGauge,
         "Growth of anonymous resident bytes over the window, bytes per second (Theil-Sen; scope tiered).",
         PROCESS_LABELS,
@@ -316,12 +301,12 @@ pub fn event_kind_label(kind: EventKind) -> &'static str {
     }
 }
 
-/// Where a kernel counter is exported: its family and its labels.
-fn kernel_counter_series(counter: Counter) -> (Metric, &'static [&'static str]) {
+/// The `reason` label of the records a kernel counter counts as dropped.
+fn dropped_reason(counter: Counter) -> &'static str {
     match counter {
-        Counter::RingbufFull => (Metric::EventsLost, &[]),
-        Counter::Unpaired => (Metric::KernelDrops, &["unpaired"]),
-        Counter::TargetsFull => (Metric::KernelDrops, &["targets_full"]),
+        Counter::RingbufFull => "ring_full",
+        Counter::Unpaired => "unpaired",
+        Counter::TargetsFull => "targets_full",
     }
 }
 
@@ -494,6 +479,9 @@ impl Metrics {
         for collector in &collectors {
             collector.register(&registry)?;
         }
+        // The daemon's own CPU, memory, descriptors and threads, under the
+        // standard `process_*` names every exporter uses.
+        registry.register(Box::new(ProcessCollector::for_self()))?;
         let metrics = Self {
             registry,
             update: Mutex::new(()),
@@ -522,17 +510,16 @@ impl Metrics {
             self.collector(Metric::Events)
                 .set_whole(&[event_kind_label(kind)], own.session.events[kind as usize]);
         }
+        let dropped = self.collector(Metric::EventsDropped);
         for counter in Counter::ALL {
-            let (metric, labels) = kernel_counter_series(counter);
-            self.collector(metric)
-                .set_whole(labels, own.kernel[counter as usize]);
+            dropped.set_whole(&[dropped_reason(counter)], own.kernel[counter as usize]);
         }
         let session = &own.session;
+        dropped.set_whole(&["malformed"], session.malformed_records);
         for (metric, value) in [
             (Metric::UnmatchedFrees, session.unmatched_frees),
             (Metric::PretraceFrees, session.pretrace_frees),
             (Metric::RefusedAllocations, session.refused_allocations),
-            (Metric::MalformedRecords, session.malformed_records),
             (Metric::TrackedProcesses, session.tracked_processes),
             (Metric::TrackerMemory, session.tracker_memory_bytes),
             (Metric::StacksHeld, session.stacks_held),
@@ -587,14 +574,22 @@ impl Metrics {
         for (metric, value) in [
             (Metric::ProcessLiveBytes, row.live_bytes),
             (Metric::ProcessLiveAllocations, row.live_allocations),
-            (Metric::ProcessAllocatedBytes, row.allocated_bytes),
-            (Metric::ProcessFreedBytes, row.freed_bytes),
-            (Metric::ProcessAllocations, row.allocations),
-            (Metric::ProcessFrees, row.frees),
             (Metric::ProcessLeakSuspectBytes, row.leak_suspect_bytes),
             (Metric::ProcessInexact, u64::from(row.inexact)),
         ] {
             self.collector(metric).set_whole(&labels, value);
+        }
+        // The other processes are a set that changes from tick to tick: a
+        // sum of their counters would go down, which a counter never does.
+        if row.pid != Pid::Other {
+            for (metric, value) in [
+                (Metric::ProcessAllocatedBytes, row.allocated_bytes),
+                (Metric::ProcessFreedBytes, row.freed_bytes),
+                (Metric::ProcessAllocations, row.allocations),
+                (Metric::ProcessFrees, row.frees),
+            ] {
+                self.collector(metric).set_whole(&labels, value);
+            }
         }
         self.collector(Metric::ProcessGrowthRate)
             .set_real(&labels, row.growth_rate);
@@ -639,10 +634,6 @@ pub fn bounded_rows(mut rows: Vec<ProcessRow>, top: usize) -> Vec<ProcessRow> {
         summed += 1;
         other.live_bytes += row.live_bytes;
         other.live_allocations += row.live_allocations;
-        other.allocated_bytes += row.allocated_bytes;
-        other.freed_bytes += row.freed_bytes;
-        other.allocations += row.allocations;
-        other.frees += row.frees;
         other.growth_rate += row.growth_rate;
         other.inexact |= row.inexact;
     }
@@ -689,6 +680,56 @@ mod tests {
     }
 
     #[test]
+    fn the_other_processes_get_gauges_and_no_counter() {
+        let metrics = Metrics::new().expect("metrics register");
+        let rows = bounded_rows(vec![row(1, 10, 0), row(2, 500, 0), row(3, 5, 0)], 1);
+        metrics.update(&rows, &SelfFigures::default());
+        let text = metrics.render().expect("renders");
+        let other: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("pid=\"other\""))
+            .collect();
+        assert!(
+            other
+                .iter()
+                .any(|l| l.starts_with("heapwatch_process_live_bytes{")),
+            "{text}"
+        );
+        for family in FAMILIES.iter().filter(|f| f.kind == Kind::Counter) {
+            assert!(
+                !other
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{}{{", family.name))),
+                "{} sums a changing set:\n{text}",
+                family.name
+            );
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("heapwatch_process_allocations_total{")
+                    && l.contains("pid=\"2\"")),
+            "a shown process keeps its counters:\n{text}"
+        );
+    }
+
+    #[test]
+    fn the_daemon_exports_its_own_process_figures() {
+        let metrics = Metrics::new().expect("metrics register");
+        let text = metrics.render().expect("renders");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "no {name}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn no_other_row_when_everything_fits() {
         let shown = bounded_rows(vec![row(1, 10, 0)], 5);
         assert_eq!(shown.len(), 1);
@@ -713,7 +754,7 @@ mod tests {
             "heapwatch_processes{reason=\"own_runtime\",state=\"untraced\"} 1",
             "heapwatch_processes{reason=\"\",state=\"watched\"} 40",
             "heapwatch_events_total{kind=\"alloc\"} 3",
-            "heapwatch_events_lost_total 2",
+            "heapwatch_events_dropped_total{reason=\"ring_full\"} 2",
             "# TYPE heapwatch_process_allocations_total counter",
             "heapwatch_build_info{version=",
         ] {

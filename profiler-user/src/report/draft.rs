@@ -6,6 +6,7 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     sync::Arc,
+    time::Duration,
 };
 
 use super::{ProcessReport, SampledStacks, SiteReport};
@@ -27,6 +28,9 @@ pub struct SiteSelection {
     pub now_ns: Option<u64>,
     /// Count only blocks at least this many nanoseconds old at `now_ns` (0: all).
     pub min_age_ns: u64,
+    /// Show the sites whose live bytes grew over this last span, by growth
+    /// (judged by the leak rule's history: a daemon's snapshot).
+    pub since: Option<Duration>,
 }
 
 impl SiteSelection {
@@ -35,6 +39,7 @@ impl SiteSelection {
         top: usize::MAX,
         now_ns: None,
         min_age_ns: 0,
+        since: None,
     };
 
     /// Only blocks allocated before this time count.
@@ -95,10 +100,24 @@ pub fn draft_of(
     report.only_older_than_secs =
         (selection.min_age_ns > 0).then(|| selection.min_age_ns as f64 / 1e9);
     let mut held = state.sites_holding(selection.before_ns());
+    let growth = match (selection.since, verdict) {
+        (Some(since), Some(verdict)) => {
+            let ticks = verdict.ticks_of(since);
+            report.since_secs = Some(verdict.span_of(ticks).as_secs_f64());
+            Some(grown_most(&mut held, |index| {
+                verdict.site_growth_over(index, ticks)
+            }))
+        }
+        _ => None,
+    };
     held.truncate(selection.top);
     report.sites = held
         .iter()
-        .map(|held| site_figures(held, selection, verdict))
+        .enumerate()
+        .map(|(rank, held)| SiteReport {
+            grown_bytes: growth.as_ref().map(|grown| grown[rank]),
+            ..site_figures(held, selection, verdict)
+        })
         .collect();
     let sampled = sampled_stacks(session, pid, state, &held);
     let stacks = held
@@ -107,6 +126,20 @@ pub fn draft_of(
         .map(|(held, sampled)| (pending(session, pid, held.stats.site), sampled))
         .collect();
     ReportDraft { report, stacks }
+}
+
+/// Keeps the sites of `held` whose live bytes grew (by `growth` of a site's
+/// index), most first; returns their growth, in the same order.
+fn grown_most(held: &mut Vec<HeldSite>, growth: impl Fn(u32) -> i64) -> Vec<i64> {
+    let mut grown: Vec<(i64, HeldSite)> = held
+        .drain(..)
+        .map(|site| (growth(site.index), site))
+        .filter(|&(bytes, _)| bytes > 0)
+        .collect();
+    grown.sort_by_key(|&(bytes, ref site)| (std::cmp::Reverse(bytes), site.stats.site));
+    let (bytes, sites): (Vec<i64>, Vec<HeldSite>) = grown.into_iter().unzip();
+    *held = sites;
+    bytes
 }
 
 /// A site's figures, age and verdict, without its stack.
@@ -301,6 +334,7 @@ mod tests {
                 oldest_age_secs: Some(live_bytes as f64),
                 growth_bytes_per_sec: Some(1.0),
                 leak_suspect: suspect,
+                grown_bytes: None,
             },
             stack: Arc::new(Stack { frames, status }),
             sampled: None,

@@ -102,6 +102,10 @@ pub struct ProcessReport {
     /// Set when the sites count only blocks at least this many seconds old (`--min-age`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only_older_than_secs: Option<f64>,
+    /// Set when the sites are those whose live bytes grew over the last
+    /// this many seconds (`--since`), by growth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_secs: Option<f64>,
     /// Set when heapwatch traced the process itself for only this many
     /// seconds (no daemon): allocations made before are unseen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +143,10 @@ pub struct SiteReport {
     /// True when the leak rule flags the site (snapshots from the daemon).
     #[serde(default)]
     pub leak_suspect: bool,
+    /// How much its live bytes grew over the span asked (`--since`), or
+    /// since the base snapshot (`--base`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grown_bytes: Option<i64>,
 }
 
 impl ProcessReport {
@@ -159,6 +167,7 @@ impl ProcessReport {
             inexact: state.inexact(),
             attached_late: c.attached_late,
             only_older_than_secs: None,
+            since_secs: None,
             traced_secs: None,
             sites: Vec::new(),
         }
@@ -179,6 +188,7 @@ impl SiteReport {
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
             leak_suspect: false,
+            grown_bytes: None,
         }
     }
 
@@ -198,6 +208,10 @@ impl SiteReport {
             (a, b) => a.or(b),
         };
         self.leak_suspect |= other.leak_suspect;
+        self.grown_bytes = match (self.grown_bytes, other.grown_bytes) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -277,6 +291,12 @@ fn render_snapshot_text(process: &ProcessReport, top: usize) -> String {
         let _ = writeln!(
             out,
             "{tag} heapwatch: sites count only blocks allocated at least {secs:.0} s ago"
+        );
+    }
+    if let Some(secs) = process.since_secs {
+        let _ = writeln!(
+            out,
+            "{tag} heapwatch: the sites whose live bytes grew over the last {secs:.0} s, most first"
         );
     }
     if process.attached_late {
@@ -407,6 +427,10 @@ fn render_site(out: &mut String, tag: &str, site: &SiteReport, when: &str) {
     if site.leak_suspect {
         facts.push_str(" [LEAK SUSPECT]");
     }
+    if let Some(grown) = site.grown_bytes {
+        let sign = if grown < 0 { "-" } else { "+" };
+        let _ = write!(facts, " ({sign}{} bytes)", thousands(grown.unsigned_abs()));
+    }
     let _ = writeln!(
         out,
         "{tag} {} bytes in {} blocks still in use {when}{facts}, allocated at:",
@@ -508,6 +532,7 @@ mod tests {
             inexact: false,
             attached_late: false,
             only_older_than_secs: None,
+            since_secs: None,
             traced_secs: None,
             sites,
         }
@@ -550,6 +575,7 @@ mod tests {
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
             leak_suspect: false,
+            grown_bytes: None,
         };
         let text = render_text(&report(vec![process(100_000, vec![site])]), 10);
         assert!(text.starts_with("==42== heapwatch: traced the malloc family of /lib/libc.so.6\n"));
@@ -586,6 +612,7 @@ mod tests {
             oldest_age_secs: Some(61.4),
             growth_bytes_per_sec: growth,
             leak_suspect: growth.is_some(),
+            grown_bytes: None,
         };
         let sampled_here = SiteReport {
             sampled_stack: vec![frame("leak_step", 33), frame("main", 47)],
@@ -646,6 +673,7 @@ mod tests {
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
             leak_suspect: false,
+            grown_bytes: None,
         };
         let text = render_text(
             &report(vec![process(3, vec![site(30), site(20), site(10)])]),

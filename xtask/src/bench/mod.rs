@@ -388,7 +388,11 @@ fn churn_under_daemon(
         let text = daemon.scrape()?;
         (
             events(&text),
-            metric(&text, "heapwatch_events_lost_total", ""),
+            metric(
+                &text,
+                "heapwatch_events_dropped_total",
+                "reason=\"ring_full\"",
+            ),
         )
     };
     let (cpu_before, _) = daemon.usage()?;
@@ -411,7 +415,13 @@ fn churn_under_daemon(
         ns_per_pair: ns,
         pairs: Some(pairs),
         counted: Some(events(&text) - before),
-        lost: Some(metric(&text, "heapwatch_events_lost_total", "") - lost_before),
+        lost: Some(
+            metric(
+                &text,
+                "heapwatch_events_dropped_total",
+                "reason=\"ring_full\"",
+            ) - lost_before,
+        ),
         daemon_cpu_secs: Some(cpu_after - cpu_before),
         daemon_peak_rss_kib: Some(hwm),
     })
@@ -491,7 +501,11 @@ fn live_allocations(tools: &Tools, blocks: u64) -> Result<Value> {
     let pid = holder.pid().to_string();
     let seen = settled_live_blocks(tools, &socket, holder.pid())?;
     let held_rss = status_kib(daemon.child.id(), "RssAnon")?;
-    let lost = metric(&daemon.scrape()?, "heapwatch_events_lost_total", "");
+    let lost = metric(
+        &daemon.scrape()?,
+        "heapwatch_events_dropped_total",
+        "reason=\"ring_full\"",
+    );
     let snapshot = || -> Result<f64> {
         let started = Instant::now();
         let output = Command::new(&tools.heapwatch)
