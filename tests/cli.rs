@@ -358,6 +358,12 @@ fn snapshot_cases(s: &Scratch) -> Vec<Case> {
         vec![
             case(&["snapshot", "--pid", "1", "--since", "1m", "--duration", "1s"], 2, &["'--since <DURATION>' cannot be used with '--duration <DURATION>'"]),
             case(&["snapshot", "--pid", "1", "--since", "1m", "--socket", &absent], 1, &[&absent, NOT_RUNNING[0]]),
+            case(&["snapshot", "--pid", "1", "--from", &absent], 2, &["'--pid <PID>' cannot be used with '--from <FILE>'"]),
+            case(&["snapshot", "--from", &absent, "--since", "1m"], 2, &["'--from <FILE>' cannot be used with '--since <DURATION>'"]),
+            case(&["snapshot", "--from", &absent], 1, &[&format!("read the saved snapshot {absent}"), "No such file or directory"]),
+            case(&["snapshot", "--pid", "1", "--base", &absent], 1, &[&format!("read the saved snapshot {absent}"), "No such file or directory"]),
+            case(&["snapshot", "--from", &s.path("precious")], 1, &["read the saved snapshot", "--format json or --format pprof"]),
+            case(&["snapshot", "--from"], 2, &["a value is required for '--from <FILE>'"]),
         ],
     ]
     .concat()

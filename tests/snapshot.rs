@@ -285,6 +285,95 @@ fn since_shows_the_sites_that_grew_over_the_span_most_first() {
     assert!(daemon.stop().success());
 }
 
+#[test]
+#[ignore = "needs root"]
+fn base_shows_what_grew_since_a_saved_snapshot_json_or_pprof() {
+    let (mut daemon, socket) = start_daemon();
+    let process = Workload::start(&fixture("workload"), "held_and_leak");
+    thread::sleep(Duration::from_secs(2));
+    let saved = |name: &str, format: &str| -> PathBuf {
+        let path = tempfile_path(name);
+        let output = snapshot(
+            &socket,
+            process.pid(),
+            &["--format", format, "-o", path.to_str().expect("utf-8")],
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        path
+    };
+    let (old_json, old_pprof) = (saved("old.json", "json"), saved("old.pb.gz", "pprof"));
+    thread::sleep(Duration::from_secs(2));
+    let new_pprof = saved("new.pb.gz", "pprof");
+    let grown = |extra: &[&str]| -> Value {
+        let output = heapwatch()
+            .args(["snapshot", "--format", "json"])
+            .args(extra)
+            .output()
+            .expect("run heapwatch snapshot");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let live = grown(&[
+        "--pid",
+        &process.pid().to_string(),
+        "--socket",
+        socket.to_str().expect("utf-8"),
+        "--base",
+        old_json.to_str().expect("utf-8"),
+    ]);
+    let saved_both = grown(&[
+        "--from",
+        new_pprof.to_str().expect("utf-8"),
+        "--base",
+        old_pprof.to_str().expect("utf-8"),
+    ]);
+    for report in [&live, &saved_both] {
+        let sites = report["sites"].as_array().expect("sites");
+        assert_eq!(sites.len(), 1, "only the site that grew: {report}");
+        assert_eq!(functions(&sites[0])[0], "slow_leak_step", "{report}");
+        let grown_bytes = sites[0]["grown_bytes"].as_i64().expect("growth");
+        let then = report["base_in_use_bytes"]
+            .as_i64()
+            .expect("the base's figure");
+        let now = report["in_use_bytes"].as_i64().expect("now");
+        assert_eq!(grown_bytes, now - then, "all the growth: {report}");
+    }
+    let text = heapwatch()
+        .args(["snapshot", "--from"])
+        .arg(&old_json)
+        .output()
+        .expect("run heapwatch snapshot");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(": hold (workload.c:"),
+        "a saved snapshot shown again: {text}"
+    );
+    let not_one = heapwatch()
+        .args(["snapshot", "--from"])
+        .arg(fixture("workload"))
+        .output()
+        .expect("run heapwatch snapshot");
+    let said = String::from_utf8_lossy(&not_one.stderr);
+    assert!(
+        !not_one.status.success()
+            && said.contains("read the saved snapshot")
+            && said.contains("--format json or --format pprof"),
+        "{said}"
+    );
+    for path in [old_json, old_pprof, new_pprof] {
+        let _ = std::fs::remove_file(path);
+    }
+    assert!(daemon.stop().success());
+}
+
 /// The blocks and bytes a snapshot over the API shows live in `pid`.
 fn live_now(socket: &Path, pid: u32) -> (Value, Value) {
     let request = format!("{{\"op\":\"snapshot\",\"pid\":{pid},\"top\":10}}\n");

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     config::{DEFAULT_TOP_SITES, parse_duration},
-    report::{Format, render_snapshot},
+    report::{Format, ProcessReport, grown_since, parse_saved, render_snapshot},
     snapshot::{QueryError, SnapshotRequest, check_process, snapshot},
 };
 
@@ -24,8 +24,17 @@ use crate::{
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// The process.
-    #[arg(long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
-    pub pid: u32,
+    #[arg(long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true, required_unless_present = "from")]
+    pub pid: Option<u32>,
+    /// Read the snapshot from FILE, saved before as JSON (`--format json`,
+    /// or `record`'s report) or pprof, instead of asking for one.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "duration", "since", "min_age"])]
+    pub from: Option<PathBuf>,
+    /// Show the sites whose live bytes grew since the snapshot saved in
+    /// FILE (JSON or pprof), most first: sites are matched by their stacks'
+    /// functions and lines.
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
     /// Show at most K sites, largest first.
     #[arg(long, value_name = "K", default_value_t = DEFAULT_TOP_SITES, value_parser = parse_top, allow_negative_numbers = true)]
     pub top: u32,
@@ -62,6 +71,14 @@ pub enum AnswerError {
     /// A binary rendering was asked for without a file.
     #[error("--format {0} needs -o FILE")]
     NeedsOutput(Format),
+    /// A saved snapshot could not be read.
+    #[error("read the saved snapshot {path}: {why}")]
+    Saved {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
     /// Writing the answer failed.
     #[error("write the answer: {0}")]
     Write(#[source] io::Error),
@@ -94,24 +111,48 @@ pub fn run(args: &SnapshotArgs) -> Result<(), AnswerError> {
     if matches!(args.format, Format::Pprof | Format::Flamegraph) && args.output.is_none() {
         return Err(AnswerError::NeedsOutput(args.format));
     }
-    check_process(args.pid)?;
+    if let Some(pid) = args.pid {
+        check_process(pid)?;
+    }
     if let Some(path) = &args.output {
         check_writable(path).map_err(|source| output_error(path, source))?;
     }
-    let process = snapshot(&SnapshotRequest {
-        pid: args.pid,
-        top: args.top,
-        min_age: args.min_age,
-        since: args.since,
-        duration: args.duration,
-        socket: args.socket.clone(),
-    })?;
+    let base = args.base.as_deref().map(read_saved).transpose()?;
+    let process = match (&args.from, args.pid) {
+        (Some(path), _) => read_saved(path)?,
+        (None, Some(pid)) => snapshot(&SnapshotRequest {
+            pid,
+            top: args.top,
+            min_age: args.min_age,
+            since: args.since,
+            duration: args.duration,
+            socket: args.socket.clone(),
+        })?,
+        (None, None) => unreachable!("clap requires --pid without --from"),
+    };
+    let mut process = match &base {
+        Some(base) => grown_since(&process, base),
+        None => process,
+    };
+    process.sites.truncate(args.top as usize);
     let bytes =
         render_snapshot(&process, args.format, args.top as usize).map_err(AnswerError::Write)?;
     match &args.output {
         Some(path) => std::fs::write(path, bytes).map_err(|source| output_error(path, source)),
         None => io::stdout().write_all(&bytes).map_err(AnswerError::Write),
     }
+}
+
+/// A snapshot saved in a file, read back.
+fn read_saved(path: &Path) -> Result<ProcessReport, AnswerError> {
+    let bytes = std::fs::read(path).map_err(|source| AnswerError::Saved {
+        path: path.to_path_buf(),
+        why: source.to_string(),
+    })?;
+    parse_saved(&bytes).map_err(|why| AnswerError::Saved {
+        path: path.to_path_buf(),
+        why: format!("{why}; give a snapshot saved with --format json or --format pprof"),
+    })
 }
 
 fn output_error(path: &Path, source: io::Error) -> AnswerError {

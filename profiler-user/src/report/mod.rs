@@ -2,9 +2,11 @@
 //! session in one place ([`draft`]), and its renderings: text in valgrind's
 //! words, JSON, pprof and flame graphs.
 
+mod diff;
 mod draft;
 mod flamegraph;
 mod pprof;
+mod pprof_read;
 mod sampled;
 
 use std::{
@@ -12,9 +14,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+pub use diff::grown_since;
 pub use draft::{ReportDraft, SiteSelection, draft, draft_of};
 pub use flamegraph::{folded_stacks, render_flamegraph};
 pub use pprof::{ProfileTime, SAMPLE_TYPES, render_pprof};
+pub use pprof_read::{PprofError, read_pprof};
 pub use sampled::SampledStacks;
 
 use serde::Serialize;
@@ -106,6 +110,10 @@ pub struct ProcessReport {
     /// this many seconds (`--since`), by growth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_secs: Option<f64>,
+    /// Set when the sites are those whose live bytes grew since a base
+    /// snapshot (`--base`): its bytes in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_in_use_bytes: Option<u64>,
     /// Set when heapwatch traced the process itself for only this many
     /// seconds (no daemon): allocations made before are unseen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +176,7 @@ impl ProcessReport {
             attached_late: c.attached_late,
             only_older_than_secs: None,
             since_secs: None,
+            base_in_use_bytes: None,
             traced_secs: None,
             sites: Vec::new(),
         }
@@ -182,8 +191,20 @@ impl SiteReport {
             live_blocks: stats.live_blocks,
             allocs: stats.allocs,
             bytes_allocated: stats.bytes_allocated,
-            stack,
             stack_status,
+            ..Self::with_stack(stack)
+        }
+    }
+
+    /// A site with this full stack and no figures yet.
+    pub fn with_stack(stack: Vec<SymFrame>) -> Self {
+        Self {
+            live_bytes: 0,
+            live_blocks: 0,
+            allocs: 0,
+            bytes_allocated: 0,
+            stack,
+            stack_status: StackStatus::Full,
             sampled_stack: Vec::new(),
             oldest_age_secs: None,
             growth_bytes_per_sec: None,
@@ -255,6 +276,26 @@ pub fn render(report: &RecordReport, format: Format, top: usize) -> std::io::Res
     }
 }
 
+/// A saved snapshot read back: a process report as `snapshot --format
+/// json` writes it, the first process of `record`'s JSON report, or a pprof
+/// profile (gzipped or not).
+pub fn parse_saved(bytes: &[u8]) -> Result<ProcessReport, String> {
+    let text_start = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if text_start != Some(&b'{') {
+        return read_pprof(bytes).map_err(|e| e.to_string());
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not JSON: {e}"))?;
+    let process = match json.get("processes") {
+        Some(processes) => processes
+            .get(0)
+            .cloned()
+            .ok_or("its report has no process")?,
+        None => json,
+    };
+    serde_json::from_value(process).map_err(|e| format!("it is not a heapwatch report: {e}"))
+}
+
 /// A snapshot of one running process in `format` (JSON: the process report).
 pub fn render_snapshot(
     process: &ProcessReport,
@@ -291,6 +332,13 @@ fn render_snapshot_text(process: &ProcessReport, top: usize) -> String {
         let _ = writeln!(
             out,
             "{tag} heapwatch: sites count only blocks allocated at least {secs:.0} s ago"
+        );
+    }
+    if let Some(base) = process.base_in_use_bytes {
+        let _ = writeln!(
+            out,
+            "{tag} heapwatch: the sites whose live bytes grew since the base snapshot (which had {} bytes in use), most first",
+            thousands(base)
         );
     }
     if let Some(secs) = process.since_secs {
@@ -533,6 +581,7 @@ mod tests {
             attached_late: false,
             only_older_than_secs: None,
             since_secs: None,
+            base_in_use_bytes: None,
             traced_secs: None,
             sites,
         }
