@@ -362,6 +362,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_profile_written_reads_back_as_the_report() {
+        let site = SiteReport {
+            live_bytes: 300,
+            live_blocks: 3,
+            allocs: 5,
+            bytes_allocated: 500,
+            ..SiteReport::with_stack(vec![
+                frame(0x1010, 0x1000, &["inner"]),
+                frame(0x1100, 0x1000, &[]),
+            ])
+        };
+        let mut small = site.clone();
+        small.stack.truncate(1);
+        (small.live_bytes, small.live_blocks) = (10, 1);
+        let written = ProcessReport {
+            comm: Some("app".to_owned()),
+            sites: vec![site, small],
+            ..ProcessReport::summary(77, &Default::default(), false)
+        };
+        let time = ProfileTime {
+            taken: SystemTime::now(),
+            duration: None,
+        };
+        let profile = render_pprof(std::slice::from_ref(&written), time).expect("renders");
+        let read = crate::report::read_pprof(&profile).expect("reads");
+        assert_eq!(read.pid, 77);
+        assert_eq!((read.in_use_bytes, read.in_use_blocks), (310, 4));
+        for (read, written) in read.sites.iter().zip(&written.sites) {
+            let figures =
+                |s: &SiteReport| (s.live_bytes, s.live_blocks, s.allocs, s.bytes_allocated);
+            assert_eq!(figures(read), figures(written));
+            assert_eq!(read.stack, written.stack);
+        }
+    }
+
     /// The field numbers of a message's fields, in order.
     fn fields(mut message: &[u8]) -> impl Iterator<Item = u64> + '_ {
         std::iter::from_fn(move || {
