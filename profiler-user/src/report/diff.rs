@@ -34,7 +34,8 @@ fn key(site: &SiteReport) -> SiteKey {
 pub fn grown_since(newer: &ProcessReport, base: &ProcessReport) -> ProcessReport {
     let mut before: HashMap<SiteKey, u64> = HashMap::new();
     for site in &base.sites {
-        *before.entry(key(site)).or_default() += site.live_bytes;
+        let then = before.entry(key(site)).or_default();
+        *then = then.saturating_add(site.live_bytes);
     }
     let mut now: Vec<(SiteKey, SiteReport)> = Vec::new();
     let mut index: HashMap<SiteKey, usize> = HashMap::new();
@@ -52,8 +53,9 @@ pub fn grown_since(newer: &ProcessReport, base: &ProcessReport) -> ProcessReport
         .into_iter()
         .filter_map(|(key, mut site)| {
             let then = before.get(&key).copied().unwrap_or(0);
-            let grown = i64::try_from(site.live_bytes).unwrap_or(i64::MAX)
-                - i64::try_from(then).unwrap_or(i64::MAX);
+            let grown = i64::try_from(site.live_bytes)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(then).unwrap_or(i64::MAX));
             site.grown_bytes = Some(grown);
             (grown > 0).then_some(site)
         })

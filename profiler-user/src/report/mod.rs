@@ -216,10 +216,11 @@ impl SiteReport {
     /// Takes in the figures of `other`, a site found to have the same stack
     /// (two walks that differed only past where the stack is cut).
     pub fn absorb(&mut self, other: &SiteReport) {
-        self.live_bytes += other.live_bytes;
-        self.live_blocks += other.live_blocks;
-        self.allocs += other.allocs;
-        self.bytes_allocated += other.bytes_allocated;
+        // Saturating: the figures may come from a file (`--base`).
+        self.live_bytes = self.live_bytes.saturating_add(other.live_bytes);
+        self.live_blocks = self.live_blocks.saturating_add(other.live_blocks);
+        self.allocs = self.allocs.saturating_add(other.allocs);
+        self.bytes_allocated = self.bytes_allocated.saturating_add(other.bytes_allocated);
         self.oldest_age_secs = match (self.oldest_age_secs, other.oldest_age_secs) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -230,7 +231,7 @@ impl SiteReport {
         };
         self.leak_suspect |= other.leak_suspect;
         self.grown_bytes = match (self.grown_bytes, other.grown_bytes) {
-            (Some(a), Some(b)) => Some(a + b),
+            (Some(a), Some(b)) => Some(a.saturating_add(b)),
             (a, b) => a.or(b),
         };
     }

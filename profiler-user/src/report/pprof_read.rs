@@ -163,10 +163,11 @@ impl Profile {
                 bytes_allocated: allocated.as_ref().map_or(0, |&i| value(sample, i)),
                 ..SiteReport::with_stack(stack)
             };
-            report.in_use_bytes += site.live_bytes;
-            report.in_use_blocks += site.live_blocks;
-            report.allocs += site.allocs;
-            report.bytes_allocated += site.bytes_allocated;
+            // A file's figures, summed: saturating, whatever it says.
+            report.in_use_bytes = report.in_use_bytes.saturating_add(site.live_bytes);
+            report.in_use_blocks = report.in_use_blocks.saturating_add(site.live_blocks);
+            report.allocs = report.allocs.saturating_add(site.allocs);
+            report.bytes_allocated = report.bytes_allocated.saturating_add(site.bytes_allocated);
             report.sites.push(site);
         }
         report
