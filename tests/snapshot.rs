@@ -48,6 +48,22 @@ fn start_daemon() -> (Daemon, PathBuf) {
     (daemon, socket)
 }
 
+/// A snapshot of `pid` in `format`, written to a temporary file named `name`.
+fn snapshot_to_file(socket: &Path, pid: u32, format: &str, name: &str) -> PathBuf {
+    let path = tempfile_path(name);
+    let output = snapshot(
+        socket,
+        pid,
+        &["--format", format, "-o", path.to_str().expect("utf-8")],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    path
+}
+
 fn snapshot(socket: &Path, pid: u32, extra: &[&str]) -> Output {
     heapwatch()
         .args(["snapshot", "--pid", &pid.to_string(), "--socket"])
@@ -132,58 +148,17 @@ fn a_snapshot_names_the_leaking_function_in_every_format() {
             && text.contains(": leak_step (workload.c:"),
         "{text}"
     );
-    let svg_path = tempfile_path("leak.svg");
-    let svg = snapshot(
-        &socket,
-        leak.pid(),
-        &[
-            "--format",
-            "flamegraph",
-            "-o",
-            svg_path.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(svg.status.success());
+    let svg_path = snapshot_to_file(&socket, leak.pid(), "flamegraph", "leak.svg");
     assert!(
         std::fs::read_to_string(&svg_path)
             .expect("SVG")
             .contains("leak_step")
     );
-    let pprof_path = tempfile_path("leak.pb.gz");
-    let pprof = snapshot(
-        &socket,
-        leak.pid(),
-        &[
-            "--format",
-            "pprof",
-            "-o",
-            pprof_path.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(pprof.status.success());
-    let gz = std::fs::read(&pprof_path).expect("profile");
-    let mut profile = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut profile)
-        .expect("gzip");
-    assert!(
-        profile.windows(9).any(|w| w == b"leak_step"),
-        "the profile names leak_step"
-    );
+    let pprof_path = snapshot_to_file(&socket, leak.pid(), "pprof", "leak.pb.gz");
+    Profile::read(&pprof_path).sample_at("leak_step");
     // pprof's -base: what grew between two snapshots, by function.
     thread::sleep(Duration::from_millis(1500));
-    let later_path = tempfile_path("leak-later.pb.gz");
-    let later = snapshot(
-        &socket,
-        leak.pid(),
-        &[
-            "--format",
-            "pprof",
-            "-o",
-            later_path.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(later.status.success());
+    let later_path = snapshot_to_file(&socket, leak.pid(), "pprof", "leak-later.pb.gz");
     let inuse_total = |path: &Path| -> i64 {
         let profile = Profile::read(path);
         let index = profile.value_index("inuse_space");
@@ -291,20 +266,7 @@ fn base_shows_what_grew_since_a_saved_snapshot_json_or_pprof() {
     let (mut daemon, socket) = start_daemon();
     let process = Workload::start(&fixture("workload"), "held_and_leak");
     thread::sleep(Duration::from_secs(2));
-    let saved = |name: &str, format: &str| -> PathBuf {
-        let path = tempfile_path(name);
-        let output = snapshot(
-            &socket,
-            process.pid(),
-            &["--format", format, "-o", path.to_str().expect("utf-8")],
-        );
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        path
-    };
+    let saved = |name: &str, format: &str| snapshot_to_file(&socket, process.pid(), format, name);
     let (old_json, old_pprof) = (saved("old.json", "json"), saved("old.pb.gz", "pprof"));
     thread::sleep(Duration::from_secs(2));
     let new_pprof = saved("new.pb.gz", "pprof");
