@@ -46,7 +46,7 @@ pub enum StackStatus {
     /// Only the immediate caller: the stack was not sampled (`--stack-sample`).
     Unsampled,
     /// Nothing: the record of its stack was lost (ring buffer full, counted
-    /// in `heapwatch_events_lost_total`).
+    /// in `heapwatch_events_dropped_total{reason="ring_full"}`).
     NotCaptured,
 }
 
